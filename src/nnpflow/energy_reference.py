@@ -1,0 +1,113 @@
+"""Atomic reference energies and the ``max_energy`` filter of spec 000.
+
+The referenced (cohesive or formation) energy per atom of a structure is
+``(E - sum_i E_ref[species_i]) / N`` in eV/atom.  Without ``atomic_energies``
+all references are zero, so the filter applies to ``E / N`` as given.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Mapping
+
+from .errors import ConfigError, InputError
+from .structure import Structure, element_symbol
+
+
+def reference_energy(species, atomic_energies: Mapping[str, float] | None) -> float:
+    """Sum of atomic reference energies (eV) over ``species``; 0 without references.
+
+    Raises ``ConfigError`` when a species has no reference while others do.
+    """
+    if not atomic_energies:
+        return 0.0
+    total = 0.0
+    for s in species:
+        try:
+            total += float(atomic_energies[s])
+        except KeyError:
+            raise ConfigError(
+                f"atomic_energies has no entry for species {s!r} "
+                f"(given: {', '.join(sorted(atomic_energies))})") from None
+    return total
+
+
+def referenced_energy_per_atom(structure: Structure,
+                               atomic_energies: Mapping[str, float] | None) -> float:
+    """``(E - sum E_ref) / N`` in eV/atom; raises ``InputError`` without an energy."""
+    if structure.energy is None:
+        raise InputError("no total energy to reference", source=structure.name or None)
+    return (structure.energy - reference_energy(structure.species, atomic_energies)) / structure.n_atoms
+
+
+class EnergyFilter:
+    """Keep structures whose referenced energy per atom is at most ``max_energy``.
+
+    ``max_energy=None`` keeps everything (structures without energies too).
+    With a threshold, a structure without an energy is rejected.
+    """
+
+    def __init__(self, max_energy: float | None = None,
+                 atomic_energies: Mapping[str, float] | None = None):
+        if max_energy is not None and not math.isfinite(float(max_energy)):
+            raise ConfigError(f"max_energy must be a finite number, got {max_energy!r}")
+        self.max_energy = None if max_energy is None else float(max_energy)
+        self.atomic_energies = dict(atomic_energies or {})
+
+    def config(self) -> dict:
+        return {"max_energy": self.max_energy,
+                "atomic_energies": {k: float(v) for k, v in sorted(self.atomic_energies.items())}}
+
+    def reason_to_reject(self, structure: Structure) -> str | None:
+        """``None`` when kept, else a sentence saying why it is filtered out."""
+        if self.max_energy is None:
+            return None
+        if structure.energy is None:
+            return "no total energy, but max_energy filtering is on"
+        e = referenced_energy_per_atom(structure, self.atomic_energies)
+        if e > self.max_energy:
+            return (f"referenced energy {e:.6g} eV/atom is above "
+                    f"max_energy {self.max_energy:.6g} eV/atom")
+        return None
+
+    def __call__(self, structure: Structure) -> bool:
+        return self.reason_to_reject(structure) is None
+
+
+def read_atomic_energy_csv(path: str | os.PathLike) -> dict[str, float]:
+    """Read an Enerzyme ``atomic_energy`` CSV (columns ``atom_type,atomic_energy``).
+
+    ``atom_type`` may be a symbol or an atomic number.  Errors name the file and line.
+    """
+    path = os.fspath(path)
+    out: dict[str, float] = {}
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot open atomic energy file: {exc.strerror}", source=path) from None
+    with fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        if "atom_type" not in fields or "atomic_energy" not in fields:
+            raise InputError("expected CSV columns 'atom_type' and 'atomic_energy', "
+                             f"found {fields}", source=path, line=1)
+        for row in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            line = reader.line_num
+            try:
+                symbol = element_symbol(row["atom_type"])
+            except InputError as exc:
+                raise exc.located(source=path, line=line) from None
+            try:
+                value = float(row["atomic_energy"])
+            except ValueError:
+                raise InputError(f"non-numeric atomic_energy {row['atomic_energy']!r}",
+                                 source=path, line=line) from None
+            if not math.isfinite(value):
+                raise InputError(f"non-finite atomic_energy {value!r}", source=path, line=line)
+            out[symbol] = value
+    if not out:
+        raise InputError("no rows", source=path)
+    return out

@@ -1,0 +1,111 @@
+"""Tests of the foundation modules: Structure, errors, atomic writes, provenance, sharding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nnpflow import InputError, Structure
+from nnpflow.energy_reference import EnergyFilter, read_atomic_energy_csv, referenced_energy_per_atom
+from nnpflow.provenance import code_fingerprint, module_closure
+from nnpflow.safe_write import atomic_path, write_json
+from nnpflow.sharding import shard_of, unit_label
+
+
+def cu2(**kw):
+    return Structure(positions=[[0, 0, 0], [1.8, 1.8, 0]], species=["Cu", "Cu"],
+                     cell=np.eye(3) * 3.6, energy=-7.0, forces=[[0.1, 0, 0], [-0.1, 0, 0]],
+                     name="a.xsf", **kw)
+
+
+def test_structure_ase_round_trip_keeps_labels():
+    s = cu2()
+    back = Structure.from_ase(s.to_ase(), name=s.name)
+    assert back.content_hash() == s.content_hash()
+    np.testing.assert_array_equal(back.forces, s.forces)
+    assert back.energy == -7.0 and back.is_periodic
+
+
+def test_isolated_structure_has_no_cell():
+    s = Structure(positions=[[0, 0, 0], [0, 0, 0.74]], species=["H", "H"])
+    assert s.cell is None and not s.is_periodic
+    back = Structure.from_ase(s.to_ase())
+    assert back.cell is None and not back.is_periodic
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"positions": [[0, 0, np.nan], [1.8, 1.8, 0]]}, "non-finite position for atom 1"),
+    ({"forces": [[0, 0, 0], [np.inf, 0, 0]]}, "non-finite force on atom 2"),
+    ({"energy": float("nan")}, "non-finite total energy"),
+    ({"cell": [[1, 0, 0], [2, 0, 0], [0, 0, 1]]}, "singular cell"),
+    ({"species": ["Cu", "Xx"]}, "unknown element symbol 'Xx'"),
+])
+def test_validate_names_source_and_problem(change, message):
+    s = cu2().copy(**change)
+    with pytest.raises(InputError) as info:
+        s.validate()
+    assert str(info.value).startswith("a.xsf: ")
+    assert message in str(info.value)
+
+
+def test_content_hash_changes_with_any_label():
+    base = cu2().content_hash()
+    assert cu2().copy(energy=-7.0000001).content_hash() != base
+    assert cu2().copy(forces=[[0.1, 0, 0], [-0.1, 0, 1e-9]]).content_hash() != base
+    assert cu2().copy(name="other").content_hash() == base
+
+
+def test_input_error_location_format_and_pickling():
+    import pickle
+    err = InputError("bad energy", source="d.tar.gz", member="x.xsf", line=3)
+    assert str(err) == "d.tar.gz:x.xsf, line 3: bad energy"
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)
+    assert str(InputError("bad").located(source="f")) == "f: bad"
+
+
+def test_energy_filter_uses_referenced_energy_per_atom():
+    s = cu2()  # E = -7 eV, 2 atoms
+    assert referenced_energy_per_atom(s, {"Cu": -3.0}) == pytest.approx(-0.5)
+    assert EnergyFilter(max_energy=-0.6, atomic_energies={"Cu": -3.0})(s) is False
+    assert EnergyFilter(max_energy=-0.4, atomic_energies={"Cu": -3.0})(s) is True
+    # without references the filter applies to E/N as given
+    assert EnergyFilter(max_energy=-3.4)(s) is True
+    assert EnergyFilter(max_energy=-3.6)(s) is False
+
+
+def test_atomic_energy_csv_errors_name_line(tmp_path):
+    good = tmp_path / "ref.csv"
+    good.write_text("atom_type,atomic_energy\nH,-0.5\n8,-75.0\n")
+    assert read_atomic_energy_csv(good) == {"H": -0.5, "O": -75.0}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("atom_type,atomic_energy\nH,-0.5\nO,abc\n")
+    with pytest.raises(InputError, match=r"bad.csv, line 3: non-numeric atomic_energy 'abc'"):
+        read_atomic_energy_csv(bad)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_code_fingerprint_follows_imports():
+    closure = module_closure("nnpflow.energy_reference")
+    assert {"nnpflow.errors", "nnpflow.structure"} <= set(closure)
+    assert "nnpflow.sharding" not in closure
+    assert code_fingerprint("nnpflow.sharding") != code_fingerprint("nnpflow.energy_reference")
+
+
+def test_shard_assignment_is_stable_and_spread():
+    labels = [f"data/s{i:04d}.xsf" for i in range(400)]
+    shards = [shard_of(x, 4) for x in labels]
+    assert shards == [shard_of(x, 4) for x in labels]
+    assert min(np.bincount(shards, minlength=4)) > 60
+    assert unit_label("a.xyz@12") == "a.xyz" and unit_label("a@b.xsf") == "a@b.xsf"

@@ -109,3 +109,23 @@ def test_shard_assignment_is_stable_and_spread():
     assert shards == [shard_of(x, 4) for x in labels]
     assert min(np.bincount(shards, minlength=4)) > 60
     assert unit_label("a.xyz@12") == "a.xyz" and unit_label("a@b.xsf") == "a@b.xsf"
+
+
+def test_reader_subtracted_reference_is_not_subtracted_twice():
+    from nnpflow.energy_reference import SUBTRACTED_REFERENCE_KEY
+    # a pickle reader subtracted 2 x (-3.0) eV already: stored energy -1.0 eV
+    s = cu2().copy(energy=-1.0)
+    s.info[SUBTRACTED_REFERENCE_KEY] = {"file": "ref.csv", "energies": {"Cu": -3.0}, "total": -6.0}
+    assert referenced_energy_per_atom(s, None) == pytest.approx(-0.5)
+    # run references given: they apply to the raw total energy (-7 eV)
+    assert referenced_energy_per_atom(s, {"Cu": -3.2}) == pytest.approx((-7.0 + 6.4) / 2)
+    assert EnergyFilter(max_energy=-0.4, atomic_energies={"Cu": -3.0})(s) is True
+    assert EnergyFilter(max_energy=-0.6, atomic_energies={"Cu": -3.0})(s) is False
+
+
+def test_atomic_path_output_has_umask_mode(tmp_path):
+    import os
+    write_json(tmp_path / "m.json", {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~mask

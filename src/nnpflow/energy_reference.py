@@ -15,6 +15,11 @@ from typing import Mapping
 from .errors import ConfigError, InputError
 from .structure import Structure, element_symbol
 
+#: ``Structure.info`` key under which a reader records atomic references it has
+#: already subtracted from ``Structure.energy`` (Enerzyme's ``atomic_energy``
+#: transform): ``{"file": path, "energies": {species: eV}, "total": eV}``.
+SUBTRACTED_REFERENCE_KEY = "atomic_energy_reference"
+
 
 def reference_energy(species, atomic_energies: Mapping[str, float] | None) -> float:
     """Sum of atomic reference energies (eV) over ``species``; 0 without references.
@@ -34,12 +39,32 @@ def reference_energy(species, atomic_energies: Mapping[str, float] | None) -> fl
     return total
 
 
+def raw_total_energy(structure: Structure) -> float | None:
+    """The structure's total energy (eV) before any reference a reader subtracted.
+
+    ``Structure.energy`` plus the total recorded under
+    :data:`SUBTRACTED_REFERENCE_KEY`, or ``Structure.energy`` as is.
+    """
+    if structure.energy is None:
+        return None
+    done = structure.info.get(SUBTRACTED_REFERENCE_KEY)
+    return structure.energy + (float(done["total"]) if done else 0.0)
+
+
 def referenced_energy_per_atom(structure: Structure,
                                atomic_energies: Mapping[str, float] | None) -> float:
-    """``(E - sum E_ref) / N`` in eV/atom; raises ``InputError`` without an energy."""
+    """``(E - sum E_ref) / N`` in eV/atom; raises ``InputError`` without an energy.
+
+    References are never subtracted twice: with ``atomic_energies`` given, ``E`` is
+    the raw total energy (:func:`raw_total_energy`); without them, a reference a
+    reader already subtracted stays the reference.
+    """
     if structure.energy is None:
         raise InputError("no total energy to reference", source=structure.name or None)
-    return (structure.energy - reference_energy(structure.species, atomic_energies)) / structure.n_atoms
+    if not atomic_energies:
+        return structure.energy / structure.n_atoms
+    raw = raw_total_energy(structure)
+    return (raw - reference_energy(structure.species, atomic_energies)) / structure.n_atoms
 
 
 class EnergyFilter:

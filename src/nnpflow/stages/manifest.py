@@ -1,0 +1,54 @@
+"""Stage ``manifest``: join the shard manifests into one manifest and its summary.
+
+Inputs are the ingest stage's per-shard TSVs, in shard order.  Outputs (atomic):
+
+* ``manifest``: the shard manifests concatenated in shard order (TSV);
+* ``rejected``: the shard rejected lists concatenated (a row repeated verbatim by
+  several shards, e.g. a corrupt archive every shard streams, is kept once);
+* ``summary``: JSON from :func:`nnpflow.io.manifest.summarize` -- counts, species
+  (by atomic number), per-species atom counts, energy statistics and the
+  ``structures_fingerprint`` that keys the split.
+
+A label in two shards is an :class:`~nnpflow.errors.InputError` naming both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import InputError
+from ..io.manifest import (read_manifest, read_rejected, summarize, write_manifest,
+                           write_rejected)
+from ..safe_write import write_json
+
+log = logging.getLogger(__name__)
+
+
+def run(shard_manifests: list[str], shard_rejected: list[str], manifest: str, summary: str,
+        rejected: str) -> None:
+    """Concatenate shard manifests and rejected lists; write the summary JSON."""
+    rows: list[dict] = []
+    where: dict[str, str] = {}
+    for path in shard_manifests:
+        for row in read_manifest(path):
+            first = where.get(row["label"])
+            if first is not None:
+                raise InputError(f"label {row['label']!r} appears in two shard manifests: "
+                                 f"{first} and {path}", source=str(path))
+            where[row["label"]] = str(path)
+            rows.append(row)
+    rejections: list[dict] = []
+    seen = set()
+    for path in shard_rejected:
+        for row in read_rejected(path):
+            key = (row["label"], row["reason"])
+            if key not in seen:
+                seen.add(key)
+                rejections.append(row)
+    info = summarize(rows, n_rejected=len(rejections))
+    write_manifest(manifest, rows)
+    write_rejected(rejected, rejections)
+    write_json(summary, info)
+    log.info("manifest: %d structures (%d atoms, species %s) from %d shards, %d rejected",
+             info["n_structures"], info["n_atoms"], " ".join(info["species"]),
+             len(shard_manifests), len(rejections))

@@ -1,0 +1,210 @@
+"""The ingest and manifest stages on tiny inputs, and ``nnpflow ingest``'s summary."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnpflow import InputError, Structure
+from nnpflow.cli import main
+from nnpflow.io.manifest import MANIFEST_COLUMNS, read_manifest, read_rejected
+from nnpflow.io.xsf import format_xsf
+from nnpflow.sharding import shard_of
+from nnpflow.sources import expand_sources
+from nnpflow.stages import ingest, manifest
+
+
+def cell(species, energy, shift=0.0, forces=True):
+    n = len(species)
+    grid = np.array([[0, 0, 0], [1.8, 1.8, 0], [1.8, 0, 1.8], [0, 1.8, 1.8]])[:n] + shift
+    return Structure(positions=grid, species=species, cell=np.eye(3) * 3.6, energy=energy,
+                     forces=np.full((n, 3), 0.01) if forces else None)
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    """Five XSF files, a tar.bz2 with six members (one name repeated) and a pickle."""
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    for k in range(5):
+        Path(f"data/s{k}.xsf").write_text(format_xsf(cell(["Cu", "Au"], -1.0 - k)))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:bz2") as tf:
+        for k, name in enumerate(["m0.xsf", "m1.xsf", "m2.xsf", "m0.xsf", "m3.xsf", "m4.xsf"]):
+            text = format_xsf(cell(["Cu", "Cu", "Pt", "Au"], -10.0 - k)).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tf.addfile(info, io.BytesIO(text))
+    Path("data/arch.tar.bz2").write_bytes(buf.getvalue())
+    with open("data/frames.pkl", "wb") as fh:
+        pickle.dump({"R": np.stack([np.eye(3) * 1.1, np.eye(3) * 1.2]), "Z": np.array([1, 1, 8]),
+                     "E": np.array([-100.0, -101.0])}, fh)
+    Path("data/ae.csv").write_text("atom_type,atomic_energy\nH,-13.0\nO,-70.0\n")
+    entries = ["data/*.xsf", "data/arch.tar.bz2",
+               {"path": "data/frames.pkl", "features": {"Ra": "R", "Za": "Z"},
+                "targets": {"E": "E"}, "transforms": {"atomic_energy": "data/ae.csv"}}]
+    return [s.to_dict() for s in expand_sources(entries)]
+
+
+def run_shards(specs, n_shards, **kw):
+    """Run the ingest stage per shard the way the workflow does (plain files to one shard)."""
+    outs = []
+    for k in range(n_shards):
+        mine = [s for s in specs
+                if s["format"] == "tar" or shard_of(s["path"], n_shards) == k]
+        m, r = f"out/shard_{k}.tsv", f"out/shard_{k}.rejected.tsv"
+        ingest.run(mine, shard=k, n_shards=n_shards, manifest=m, rejected=r, **kw)
+        outs.append((m, r))
+    return outs
+
+
+def test_single_shard_manifest_rows(data):
+    ingest.run(data, shard=0, n_shards=1, manifest="out/m.tsv", rejected="out/r.tsv")
+    rows = read_manifest("out/m.tsv")
+    labels = [r["label"] for r in rows]
+    assert labels == (["data/arch.tar.bz2:m0.xsf", "data/arch.tar.bz2:m1.xsf",
+                       "data/arch.tar.bz2:m2.xsf", "data/arch.tar.bz2:m0.xsf#2",
+                       "data/arch.tar.bz2:m3.xsf", "data/arch.tar.bz2:m4.xsf",
+                       "data/frames.pkl@0", "data/frames.pkl@1"]
+                      + [f"data/s{k}.xsf" for k in range(5)])  # specs sorted by path
+    first = rows[0]
+    assert first["unit"] == first["label"] and first["frame"] == ""
+    assert first["species"] == "Au:1 Cu:2 Pt:1" and first["n_atoms"] == "4"
+    assert first["energy"] == "-10.0" and first["has_forces"] == "true"
+    s = cell(["Cu", "Cu", "Pt", "Au"], -10.0)
+    assert first["content_hash"] == s.content_hash()
+    frame = rows[7]
+    assert frame["unit"] == "data/frames.pkl" and frame["frame"] == "1"
+    assert float(frame["energy"]) == -101.0 - (-13.0 * 2 - 70.0)
+    assert frame["has_forces"] == "false"
+    assert read_rejected("out/r.tsv") == []
+    assert Path("out/r.tsv").read_text() == "label\treason\n"
+    assert Path("out/m.tsv").read_text().splitlines()[0] == "\t".join(MANIFEST_COLUMNS)
+
+
+def test_shards_partition_the_structures_and_merge_back(data):
+    ingest.run(data, shard=0, n_shards=1, manifest="out/all.tsv", rejected="out/all.rej.tsv")
+    single = read_manifest("out/all.tsv")
+    outs = run_shards(data, 3)
+    per_shard = [read_manifest(m) for m, _ in outs]
+    assert sum(len(p) for p in per_shard) == len(single)
+    for k, rows in enumerate(per_shard):
+        assert all(shard_of(r["unit"], 3) == k for r in rows)
+    manifest.run([m for m, _ in outs], [r for _, r in outs], manifest="out/manifest.tsv",
+                 summary="out/manifest.json", rejected="out/rejected.tsv")
+    merged = read_manifest("out/manifest.tsv")
+    assert merged == [r for rows in per_shard for r in rows]  # shard order
+    assert sorted(map(str, merged)) == sorted(map(str, single))
+    summary = json.loads(Path("out/manifest.json").read_text())
+    assert summary["n_structures"] == 13
+    assert summary["n_atoms"] == 5 * 2 + 6 * 4 + 2 * 3
+    assert summary["species"] == ["H", "O", "Cu", "Pt", "Au"]  # by atomic number
+    assert summary["atoms_per_species"] == {"H": 4, "O": 2, "Cu": 17, "Pt": 6, "Au": 11}
+    assert summary["n_with_forces"] == 11 and summary["n_rejected"] == 0
+    expected = hashlib.sha256("".join(f"{r['label']}\t{r['content_hash']}\n"
+                                      for r in merged).encode()).hexdigest()
+    assert summary["structures_fingerprint"] == expected
+    energies = [float(r["energy"]) for r in merged]
+    assert summary["energy"]["min"] == min(energies)
+    assert summary["energy"]["mean"] == pytest.approx(np.mean(energies))
+
+
+def test_energy_filter_rejects_without_error(data):
+    # referenced energy per atom: Cu/Au files (E = -1 - k over 2 atoms, refs -0.5 each):
+    # (E + 1) / 2 = -k / 2 -> s0 (0.0) kept at max_energy 0, s1.. kept too (negative)
+    refs = {"Cu": -0.5, "Au": -0.5, "Pt": -0.5, "H": -13.0, "O": -70.0}
+    ingest.run(data, shard=0, n_shards=1, manifest="out/m.tsv", rejected="out/r.tsv",
+               atomic_energies=refs, max_energy=-0.75, on_error="raise")
+    kept = {r["label"] for r in read_manifest("out/m.tsv")}
+    rejected = {r["label"]: r["reason"] for r in read_rejected("out/r.tsv")}
+    # s0: 0.0, s1: -0.5 > -0.75 -> filtered; s2 (-1.0), s3, s4 kept
+    assert {"data/s2.xsf", "data/s3.xsf", "data/s4.xsf"} <= kept
+    assert "filtered: referenced energy 0 eV/atom is above max_energy -0.75" in rejected["data/s0.xsf"]
+    assert "data/s1.xsf" in rejected
+    # the pickle had its references subtracted by its transform: the filter uses the raw
+    # total energy with the run's references, (-100 - (-96)) / 3 = -1.33 -> kept
+    assert "data/frames.pkl@0" in kept and "data/frames.pkl@1" in kept
+    # archive members: (E + 2) / 4 with E = -10 .. -15 -> all kept
+    assert sum(1 for label in kept if label.startswith("data/arch")) == 6
+
+
+def test_species_and_min_cutoff_checks(data):
+    with pytest.raises(InputError, match=r"species H, O not in the species list"):
+        ingest.run(data, shard=0, n_shards=1, manifest="out/m.tsv", rejected="out/r.tsv",
+                   species=["Cu", "Au", "Pt"])
+    assert not Path("out/m.tsv").exists() and not Path("out/r.tsv").exists()
+    ingest.run(data, shard=0, n_shards=1, manifest="out/m.tsv", rejected="out/r.tsv",
+               species=["Cu", "Au", "Pt"], min_cutoff=1.6, on_error="skip")
+    rejected = {r["label"]: r["reason"] for r in read_rejected("out/r.tsv")}
+    assert set(rejected) == {"data/frames.pkl@0", "data/frames.pkl@1"}
+    # H-H distance in the pickle frames: 1.1 * sqrt(2) = 1.556 Å < 1.6 (species first though)
+    assert "species H, O not in the species list" in rejected["data/frames.pkl@0"]
+    ingest.run(data, shard=0, n_shards=1, manifest="out/m.tsv", rejected="out/r.tsv",
+               min_cutoff=1.6, on_error="skip")
+    rejected = {r["label"]: r["reason"] for r in read_rejected("out/r.tsv")}
+    assert "overlapping atoms" in rejected["data/frames.pkl@0"]
+    assert "data/frames.pkl@1" not in rejected  # 1.2 * sqrt(2) = 1.697 Å
+
+
+def test_require_energy_false(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("a.xsf").write_text(format_xsf(cell(["Cu"], None)))
+    specs = [s.to_dict() for s in expand_sources(["a.xsf"])]
+    with pytest.raises(InputError, match="no total energy"):
+        ingest.run(specs, 0, 1, "m.tsv", "r.tsv")
+    ingest.run(specs, 0, 1, "m.tsv", "r.tsv", require_energy=False)
+    (row,) = read_manifest("m.tsv")
+    assert row["energy"] == ""
+
+
+def test_empty_shard_writes_headers(tmp_path):
+    ingest.run([], shard=1, n_shards=2, manifest=str(tmp_path / "m.tsv"),
+               rejected=str(tmp_path / "r.tsv"))
+    assert read_manifest(tmp_path / "m.tsv") == []
+    assert read_rejected(tmp_path / "r.tsv") == []
+
+
+def test_manifest_stage_refuses_duplicate_labels_and_dedupes_rejections(data):
+    outs = run_shards(data, 2)
+    Path("out/copy.tsv").write_text(Path(outs[0][0]).read_text())
+    with pytest.raises(InputError, match=r"appears in two shard manifests: out/shard_0.tsv and "
+                                         r"out/copy.tsv"):
+        manifest.run([outs[0][0], "out/copy.tsv"], [], "out/m.tsv", "out/s.json", "out/r.tsv")
+    assert not Path("out/m.tsv").exists()
+    for k in range(2):
+        Path(f"out/rej{k}.tsv").write_text("label\treason\nx.tar.gz\tx.tar.gz: corrupt\n"
+                                           f"y{k}\ty{k}: bad\n")
+    manifest.run([m for m, _ in outs], ["out/rej0.tsv", "out/rej1.tsv"], "out/m.tsv",
+                 "out/s.json", "out/r.tsv")
+    assert [r["label"] for r in read_rejected("out/r.tsv")] == ["x.tar.gz", "y0", "y1"]
+    assert json.loads(Path("out/s.json").read_text())["n_rejected"] == 3
+
+
+def test_shard_arguments_are_checked(data):
+    from nnpflow import ConfigError
+
+    with pytest.raises(ConfigError, match="shard must be in 0..1"):
+        ingest.run(data, shard=2, n_shards=2, manifest="m.tsv", rejected="r.tsv")
+
+
+def test_cli_summary_on_stdout(data, capsys):
+    assert main(["ingest", "data", "-o", "out/m.tsv", "--max-energy", "-0.75",
+                 "--atomic-energies", "ref.csv"]) == 2
+    assert "ref.csv: cannot open atomic energy file" in capsys.readouterr().err
+    Path("ref.csv").write_text("atom_type,atomic_energy\nCu,-0.5\nAu,-0.5\nPt,-0.5\nH,-13\nO,-70\n")
+    status = main(["ingest", "data/arch.tar.bz2", "data/s0.xsf", "data/s3.xsf", "-o", "out/m.tsv",
+                   "--max-energy", "-0.75", "--atomic-energies", "ref.csv"])
+    captured = capsys.readouterr()
+    assert status == 0
+    summary = json.loads(captured.out)
+    assert summary["n_structures"] == 7 and summary["n_rejected"] == 1
+    assert summary["rejected"] == "out/m.rejected.tsv"
+    assert "1 rejected" in captured.err
+    assert [r["label"] for r in read_rejected("out/m.rejected.tsv")] == ["data/s0.xsf"]

@@ -1,0 +1,61 @@
+# nnpflow: raw atomistic reference data -> trained, evaluated interatomic potentials.
+#
+#   snakemake --cores 2                              # the bundled example, locally
+#   snakemake --workflow-profile profiles/slurm      # on a SLURM cluster
+#   snakemake -n                                     # what would run, and why
+#
+# The configuration is config/config.yaml (documented in config/README.md), validated
+# against workflow/schemas/config.schema.yaml: unknown keys are rejected, missing
+# keys get their defaults.  Each stage is one rule file under workflow/rules/ whose
+# rules call one function of nnpflow.stages (see docs/architecture.md).
+
+import os
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+def _validate_config():
+    """Validate and fill ``config``; re-raise schema errors as one clear line."""
+    import jsonschema
+
+    try:
+        validate(config, "workflow/schemas/config.schema.yaml")
+    except WorkflowError as exc:
+        err = exc.__context__  # snakemake raises from inside its `except ValidationError`
+        if not isinstance(err, jsonschema.ValidationError):
+            raise
+        err = jsonschema.exceptions.best_match([err, *err.context]) if err.context else err
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        what = err.message
+        if err.validator == "not" and err.schema.get("description"):
+            what = err.schema["description"]
+        raise WorkflowError(f"invalid configuration at {where}: {what} "
+                            f"(see config/README.md)") from None
+
+
+_validate_config()
+
+# The rule environment envs/nnpflow.yaml (--sdm conda) pip-installs this checkout.
+os.environ.setdefault("NNPFLOW_ROOT", str(workflow.basedir))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/example.smk"
+include: "workflow/rules/ingest.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    """The default target: every final output of the enabled stages."""
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,118 @@
+"""The example workflow through a real SLURM: ``--workflow-profile profiles/slurm``.
+
+A session fixture starts a one-node SLURM cluster on this machine with
+``tests/slurm/local-slurm.sh`` (Debian's slurm-wlm with slurmdbd, installed with
+apt-get when missing; about 30 s the first time) and stops it afterwards, unless it
+was already running.  The test runs the example workflow (small example, two
+shards: four SLURM jobs) with the repository's SLURM profile and checks in SLURM's
+accounting that every job went through sbatch, under its rule's name, and finished.
+
+Needs root and apt-get (CI has both); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SLURM = REPO / "tests" / "slurm" / "local-slurm.sh"
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(LOCAL_SLURM), *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def local_slurm():
+    """A running local SLURM cluster (partition ``debug``)."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (slurmd, munged)")
+    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        pytest.skip("no apt-get to install slurm-wlm (Debian/Ubuntu only)")
+    if importlib_missing("snakemake_executor_plugin_slurm"):
+        pytest.skip("snakemake-executor-plugin-slurm is not installed "
+                    "(pip install -e '.[slurm]')")
+    before = _script("status", timeout=60).stdout
+    was_running = "slurmctld: running" in before and "slurmd: running" in before
+    started = _script("start")
+    if started.returncode != 0:
+        pytest.fail(f"local-slurm.sh start failed (rc {started.returncode}):\n"
+                    f"{started.stderr[-3000:]}")
+    yield
+    if not was_running:
+        _script("stop", timeout=120)
+
+
+def importlib_missing(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is None
+
+
+def _sacct(workdir: Path, since: str) -> list[dict]:
+    """SLURM's accounting records of the batch jobs that ran in ``workdir``."""
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-S", since, "-o", "JobID,Comment,State,WorkDir"],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        job_id, comment, state, wd = line.split("|", 3)
+        if Path(wd) == workdir:
+            rows.append({"id": job_id, "comment": comment, "state": state})
+    return rows
+
+
+def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path):
+    for part in ("Snakefile", "workflow", "config", "profiles", "envs"):
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / part)
+        else:
+            shutil.copy(src, tmp_path / part)
+    cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    cfg["example"].update(n_structures=6, archive_fraction=0.5)
+    cfg["database"]["shards"] = 2
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["timeout", "-k", "10", "420", sys.executable, "-m", "snakemake",
+         "--workflow-profile", "profiles/slurm",
+         # the local cluster's node has 2 CPUs; poll sacct soon after submitting
+         "--max-threads", "2", "--slurm-init-seconds-before-status-checks", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"snakemake failed after {elapsed:.0f} s:\n{out[-6000:]}"
+    print(f"example workflow through SLURM: {elapsed:.1f} s")
+
+    # the workflow finished: one manifest row per example structure
+    rows = (tmp_path / "results" / "manifest" / "manifest.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 6
+
+    # every non-local job was an sbatch job, visible in SLURM's accounting under its
+    # rule's name (the plugin puts "rule_<name>..." into the job comment)
+    time.sleep(1)
+    jobs = _sacct(tmp_path, since)
+    assert jobs, f"sacct lists no job that ran in {tmp_path}"
+    rules = Counter(job["comment"].split("_wildcards")[0].removeprefix("rule_")
+                    for job in jobs)
+    assert rules == Counter({"example": 1, "ingest": 2, "manifest": 1}), jobs
+    assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
+    # and Snakemake reported the SLURM job ids it submitted
+    for job in jobs:
+        assert job["id"] in out

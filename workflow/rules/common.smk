@@ -1,0 +1,180 @@
+# Helpers shared by the rule files: paths, the source plan, shard planning and
+# per-rule params.  No rules here.
+#
+# Rerunning only what changed rests on two things done here:
+# * every rule's params carry exactly the config its stage reads, in a canonical
+#   form (sorted keys, so reordering config.yaml changes nothing), plus
+#   code_fingerprint("nnpflow.stages.<stage>"), the hash of the stage module and
+#   every nnpflow module it imports (Snakemake does not see those edits otherwise);
+# * sources are planned at DAG-construction time: a plain file belongs to shard
+#   shard_of(path, shards) and is an input of that shard's jobs only, so adding
+#   one file changes one shard's inputs; an archive is an input of every shard
+#   (each shard keeps the members that hash to it).
+
+from snakemake.exceptions import WorkflowError
+
+from nnpflow.errors import ConfigError
+from nnpflow.example import example_files
+from nnpflow.io import detect_format
+from nnpflow.provenance import code_fingerprint
+from nnpflow.sharding import shard_of
+from nnpflow.sources import SourceSpec, expand_sources
+
+#: the rule environment for --sdm conda (path relative to this folder)
+CONDA_ENV = "../../envs/nnpflow.yaml"
+
+RESULTS = str(config["results"]).rstrip("/") or "."
+N_SHARDS = int(config["database"]["shards"])
+SHARDS = list(range(N_SHARDS))
+
+
+wildcard_constraints:
+    shard=r"\d+",
+
+
+def results(*parts):
+    """Path under the results folder: results("manifest", "manifest.tsv")."""
+    return "/".join([RESULTS, *parts])
+
+
+def log_file(*parts):
+    """The log file of a job, under {results}/logs/."""
+    return results("logs", *parts)
+
+
+def benchmark_file(*parts):
+    """The benchmark file of a job, under {results}/benchmarks/."""
+    return results("benchmarks", *parts)
+
+
+def canonical(obj):
+    """``obj`` with dict keys sorted at every level and tuples as lists.
+
+    Snakemake compares params by ``repr``; a canonical form makes the comparison
+    independent of the key order in config.yaml.
+    """
+    if isinstance(obj, dict):
+        return {str(k): canonical(obj[k]) for k in sorted(obj, key=str)}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    return obj
+
+
+def stage_code(stage):
+    """Fingerprint of nnpflow.stages.<stage>, everything it imports and the stage
+    adapter (nnpflow.stages) that calls it."""
+    return code_fingerprint(f"nnpflow.stages.{stage}", "nnpflow.stages")
+
+
+# ---------------------------------------------------------------- sources
+
+EXAMPLE_ENABLED = bool(config["example"]["enabled"])
+
+#: the example's files (outputs of rule example), as paths under {results}/example/
+EXAMPLE_FILES = (
+    [results("example", rel) for rel in example_files(config["example"])]
+    if EXAMPLE_ENABLED
+    else []
+)
+
+
+def _plan_sources():
+    """Concrete sources: the config's entries expanded now, plus the example files.
+
+    Paths stay relative to the working folder (Snakemake's --directory), as the
+    user wrote them: they are the structures' source labels and decide the shards.
+    """
+    try:
+        specs = list(expand_sources(config["sources"], base_dir="."))
+    except ConfigError as exc:
+        raise WorkflowError(f"invalid configuration at sources: {exc}") from None
+    # the example files do not exist yet (rule example makes them): no expansion
+    specs += [SourceSpec(path=p, format=detect_format(p)) for p in EXAMPLE_FILES]
+    seen = {}
+    for spec in specs:
+        if spec.path in seen:
+            raise WorkflowError(
+                f"source {spec.path} is listed twice in the configuration "
+                f"(sources: and/or the example); list each file once"
+            )
+        seen[spec.path] = spec
+    if not specs:
+        raise WorkflowError(
+            "no sources: the configuration lists no existing files under sources: "
+            "and the example is disabled (example: {enabled: true} runs the bundled example)"
+        )
+    return specs
+
+
+SOURCES = _plan_sources()
+
+
+def shard_sources(shard):
+    """The sources shard ``shard`` reads: its plain files and every archive."""
+    shard = int(shard)
+    return [s for s in SOURCES if s.is_archive or shard_of(s.path, N_SHARDS) == shard]
+
+
+def ingest_inputs(wildcards):
+    """Files shard ``wildcards.shard`` reads (sources and atomic_energy tables)."""
+    files = []
+    for spec in shard_sources(wildcards.shard):
+        files += [f for f in spec.input_files() if f not in files]
+    return files
+
+
+def ingest_specs(wildcards):
+    return [canonical(s.to_dict()) for s in shard_sources(wildcards.shard)]
+
+
+def ingest_settings():
+    """The config the ingest stage depends on (beyond its own sources)."""
+    return canonical(
+        dict(
+            species=config["species"],
+            atomic_energies=config["atomic_energies"],
+            max_energy=config["max_energy"],
+            min_cutoff=config["descriptor"]["min_cutoff"],
+            on_error=config["on_error"],
+        )
+    )
+
+
+# ---------------------------------------------------------------- targets
+
+
+def manifest_outputs():
+    """The merged manifest: one row per accepted structure, summary, rejected list."""
+    return dict(
+        manifest=results("manifest", "manifest.tsv"),
+        summary=results("manifest", "manifest.json"),
+        rejected=results("manifest", "rejected.tsv"),
+    )
+
+
+def final_outputs():
+    """Everything rule all asks for (later stages add their targets here)."""
+    return list(manifest_outputs().values())
+
+
+# ---------------------------------------------------------------- later stages
+
+
+def model_names():
+    """Names of the active models, in config order."""
+    return [name for name, m in config["models"].items() if m["active"]]
+
+
+def model_training(name):
+    """Effective training settings of a model: the training block, then its overrides."""
+    return canonical({**config["training"], **config["models"][name].get("training", {})})
+
+
+def training_gpus(name):
+    """GPUs a training job of model ``name`` asks for (SLURM ``gpu`` resource).
+
+    ``device: cuda`` asks for ``devices`` GPUs; ``auto`` and ``cpu`` ask for none
+    (with ``auto`` the job still uses a GPU when the node it lands on has one).
+    """
+    settings = model_training(name)
+    return int(settings["devices"]) if settings["device"] == "cuda" else 0

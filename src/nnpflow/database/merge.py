@@ -1,0 +1,181 @@
+"""Merge shard databases into one database.
+
+Every shard's part (row group) is copied into the output as its own part with
+HDF5's object copy, which moves the compressed chunks as they are, chunk by
+chunk: no decompression, no recompression, memory bounded by one chunk.  The
+structures of the merged database are the shards' in the order given (shard 0
+first), each shard's in its own order.  Statistics combine exactly from the
+shards' moments; the structures fingerprint is recomputed over the merged
+order; sources and their content hashes are united.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import h5py
+
+from .. import __version__
+from ..errors import ConfigError, DescriptorMismatchError
+from ..safe_write import atomic_path, canonical_json
+from ..structure import atomic_number
+from .fingerprint import StructuresFingerprint, database_fingerprint
+from .reader import DatabaseReader
+from .schema import FORMAT, PARTS, SCHEMA_VERSION
+from .statistics import DatabaseStatistics
+
+#: layout entries that must agree between shards
+_SAME_LAYOUT = ("features", "force_derivatives", "descriptor", "dtype", "n_features",
+                "feature_species")
+
+
+def merge_sources_meta(metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Unite shards' ``sources`` metadata.
+
+    ``content_hashes`` dicts are united (the same path with two hashes is an
+    error); ``sources`` lists are concatenated without duplicates; any other key
+    keeps its value when all shards agree, else the list of distinct values.
+    """
+    hashes: dict[str, str] = {}
+    sources: list[Any] = []
+    seen: set[str] = set()
+    other: dict[str, list[Any]] = {}
+    for meta in metas:
+        for path, digest in (meta.get("content_hashes") or {}).items():
+            if path in hashes and hashes[path] != digest:
+                raise ConfigError(f"source {path} has different content hashes in two shards "
+                                  f"({hashes[path][:12]}..., {digest[:12]}...): it changed "
+                                  "between shard builds; rebuild the shards")
+            hashes[path] = digest
+        for entry in meta.get("sources") or []:
+            key = canonical_json(entry)
+            if key not in seen:
+                seen.add(key)
+                sources.append(entry)
+        for key, value in meta.items():
+            if key in ("content_hashes", "sources"):
+                continue
+            values = other.setdefault(key, [])
+            if all(canonical_json(v) != canonical_json(value) for v in values):
+                values.append(value)
+    out: dict[str, Any] = {}
+    if hashes:
+        out["content_hashes"] = {k: hashes[k] for k in sorted(hashes)}
+    if sources:
+        out["sources"] = sources
+    for key, values in other.items():
+        out[key] = values[0] if len(values) == 1 else values
+    return out
+
+
+def _check_compatible(readers: Sequence[DatabaseReader]) -> None:
+    first = readers[0]
+    for r in readers[1:]:
+        if r.descriptor_sha256 != first.descriptor_sha256:
+            raise DescriptorMismatchError(
+                f"cannot merge {r.path} into {first.path}: descriptor SHA-256 "
+                f"{r.descriptor_sha256} differs from {first.descriptor_sha256}")
+        for key in _SAME_LAYOUT:
+            if r.layout.get(key) != first.layout.get(key):
+                raise ConfigError(f"cannot merge {r.path} with {first.path}: layout {key!r} "
+                                  f"is {r.layout.get(key)!r} vs {first.layout.get(key)!r}")
+        if canonical_json(r.filter) != canonical_json(first.filter):
+            raise ConfigError(f"cannot merge {r.path} with {first.path}: filter settings "
+                              f"{r.filter} differ from {first.filter}")
+    keys = {tuple(r.layout.get("derivative_keys") or []) for r in readers} - {()}
+    if len(keys) > 1:
+        raise ConfigError(f"cannot merge: shards store different derivative arrays {sorted(keys)}")
+
+
+def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, *,
+                    show_progress: bool = False) -> Path:
+    """Merge ``shard_paths`` (in this order) into a new database ``out_path``.
+
+    The shards must share the descriptor, persisted content, dtype and filter
+    settings (:class:`~nnpflow.errors.DescriptorMismatchError` /
+    :class:`~nnpflow.errors.ConfigError` otherwise).  Written atomically;
+    returns ``out_path``.
+    """
+    if not shard_paths:
+        raise ConfigError("merge_databases needs at least one shard")
+    readers = [DatabaseReader(p, cache_size=0) for p in shard_paths]
+    try:
+        _check_compatible(readers)
+        first = readers[0]
+        stats = DatabaseStatistics.from_dict(first.statistics)
+        for r in readers[1:]:
+            stats = stats.merge(DatabaseStatistics.from_dict(r.statistics))
+        fp = StructuresFingerprint()
+        for r in readers:
+            for label, digest in r.iter_labels():
+                fp.add(label, digest)
+        structures_fp = fp.hexdigest(first.filter)
+        progress = None
+        if show_progress:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=sum(len(r) for r in readers), unit="structure",
+                            desc=f"merging into {Path(out_path).name}")
+        n_parts = 0
+        layouts_shared: list[bool] = []
+        compressions: set[tuple] = set()
+        derivative_keys: list[str] = []
+        try:
+            with atomic_path(out_path) as tmp:
+                with h5py.File(tmp, "w", libver="latest") as out:
+                    out.attrs["format"] = FORMAT
+                    out.attrs["schema_version"] = SCHEMA_VERSION
+                    out.attrs["complete"] = False
+                    parts = out.create_group(PARTS)
+                    for r in readers:
+                        h5 = r._file()
+                        compressions.add((r.layout.get("compression"),
+                                          r.layout.get("compression_level")))
+                        for part in r._load_parts():
+                            if part.n == 0:
+                                continue
+                            h5.copy(h5[part.name], parts, name=str(n_parts))
+                            layouts_shared.append(part.species_layout == "shared")
+                            derivative_keys = derivative_keys or list(part.derivative_keys)
+                            n_parts += 1
+                            if progress is not None:
+                                progress.update(part.n)
+                    layout = dict(first.layout)
+                    layout["species_layout"] = ("shared" if layouts_shared and all(layouts_shared)
+                                                else "per_atom")
+                    layout["derivative_keys"] = derivative_keys
+                    if len(compressions) > 1:
+                        layout["compression"] = "mixed"
+                        layout["compression_level"] = None
+                    desc_sha = first.descriptor_sha256
+                    stats_dict = stats.to_dict()
+                    attrs = out.attrs
+                    attrs["n_parts"] = n_parts
+                    attrs["n_structures"] = stats.n_structures
+                    attrs["n_atoms"] = stats.n_atoms
+                    attrs["species"] = json.dumps(sorted(stats_dict["species_counts"],
+                                                         key=atomic_number))
+                    attrs["layout"] = canonical_json(layout)
+                    if first.descriptor_config is not None:
+                        attrs["descriptor"] = canonical_json(first.descriptor_config)
+                        attrs["descriptor_sha256"] = desc_sha
+                    attrs["sources"] = canonical_json(merge_sources_meta([r.sources
+                                                                          for r in readers]))
+                    attrs["filter"] = canonical_json(first.filter)
+                    attrs["statistics"] = json.dumps(stats_dict, sort_keys=True)
+                    attrs["structures_fingerprint"] = structures_fp
+                    attrs["fingerprint"] = database_fingerprint(structures_fp, desc_sha, layout)
+                    attrs["created_by"] = f"nnpflow {__version__}"
+                    attrs["merged_from"] = json.dumps([str(p) for p in shard_paths])
+                    attrs["complete"] = True
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        finally:
+            if progress is not None:
+                progress.close()
+    finally:
+        for r in readers:
+            r.close()
+    return Path(out_path)

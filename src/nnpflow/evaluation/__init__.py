@@ -1,0 +1,2 @@
+"""Evaluation of trained potentials: metrics (:mod:`nnpflow.evaluation.metrics`),
+error tables and plots."""

@@ -1,0 +1,475 @@
+"""The training loop for layer-stack models (SchNet) of a train.yaml.
+
+One :class:`ModelJob` trains one Modelhub entry into its folder
+``<DIR>/<name>-<architecture>[-<suffix>]/``:
+
+* ``model_last.pt`` -- the full training state after every epoch (and on
+  SIGTERM): a checkpoint (:mod:`nnpflow.training.checkpoint`) whose ``model``
+  entry is a layer-stack model file payload (live weights);
+* ``model_best.pt`` -- a model file (:mod:`nnpflow.models.model_file`) with the
+  averaged (EMA) weights of the epoch with the best validation score (without a
+  validation part: of the last epoch);
+* ``history.csv`` -- one row per epoch: learning rate, training loss, validation
+  loss and score, each validation metric term, early-stopping state, time;
+* ``test_metrics.json`` -- the Metrics terms and score on the test part and
+  :func:`nnpflow.evaluation.metrics.energy_force_metrics` (per-atom energy and
+  force errors, per species), computed with the best weights.
+
+Adam optimises the weighted loss of the entry; the learning rate follows the
+Trainer's schedule per optimiser step; the EMA weights are used for validation,
+test and ``model_best.pt``.  Batch order is drawn per epoch from
+``default_rng([seed, epoch])`` so a resumed run (``--resume``, also after
+SIGTERM mid-epoch) continues with exactly the batches, weights, optimiser, EMA,
+schedule and RNG state the uninterrupted run would have had.  A folder that
+already holds results is never trained on silently: ``resume`` continues it
+(refused with the changed settings named when the configuration or data
+changed, unless ``force``), ``force`` alone starts over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ResumeMismatchError
+from ..evaluation.metrics import energy_force_metrics
+from ..models.batch import PackedGraphs, packed_for_model
+from ..models.model_file import (MODEL_SCHEMA, MODEL_SCHEMA_VERSION, dtype_from_name,
+                                 model_payload, read_torch_file, save_layer_stack)
+from ..models.stack import LayerStack
+from ..provenance import versions
+from ..runtime import resolve_device
+from ..safe_write import write_json, write_text
+from .allocator import tune_cpu_allocator
+from .checkpoint import (capture_rng_state, check_resume, load_checkpoint, restore_rng_state,
+                         save_checkpoint, seed_everything)
+from .datahub import ProcessedData
+from .early_stopping import EarlyStopping
+from .ema import ExponentialMovingAverage
+from .interrupt import GracefulInterrupt, TrainingInterrupted
+from .losses import MetricAccumulator, WeightedLoss, metric, term_fields
+from .schedules import make_schedule
+
+#: Trainer keys that may change when resuming (they do not change results)
+RUNTIME_KEYS = ("num_workers",)
+OUTPUT_FILES = ("model_last.pt", "model_best.pt", "history.csv", "test_metrics.json")
+
+
+@dataclass
+class ModelJob:
+    """Everything needed to train one Modelhub entry.
+
+    ``entry`` is the resolved Modelhub entry, ``trainer`` the resolved Trainer
+    section, ``metrics`` the term table for the validation score and test
+    metrics, ``split`` the part name -> structure indices of ``data``,
+    ``out_dir`` the model's folder.  ``on_step(epoch, step)`` (0-based) is called
+    after every optimiser step.
+    """
+
+    name: str
+    entry: dict
+    trainer: dict
+    metrics: dict
+    data: ProcessedData
+    split: dict
+    split_key: str
+    out_dir: Path
+    resume: bool = False
+    force: bool = False
+    show_progress: bool = False
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("nnpflow.train"))
+    interrupt: GracefulInterrupt | None = None
+    on_step: Callable[[int, int], None] | None = None
+    command: str = "nnpflow train"
+
+    def identity(self) -> dict:
+        """What the resume guard compares."""
+        return {f"Modelhub.{self.name}": {k: self.entry[k] for k in
+                                          ("architecture", "build_params", "layers", "loss")},
+                "Trainer": {k: v for k, v in self.trainer.items() if k not in RUNTIME_KEYS},
+                "Metrics": self.metrics,
+                "processed data hash (data file, mapping, transforms)": self.data.hash,
+                "split key (data, parts, ratios, seed)": self.split_key}
+
+
+# ------------------------------------------------------------------ batches
+class _BatchList(torch.utils.data.Dataset):
+    """Prepared batches for DataLoader workers (``num_workers > 0``)."""
+
+    def __init__(self, packed: PackedGraphs, batches: list[np.ndarray], dtype: torch.dtype):
+        self.packed, self.batches, self.dtype = packed, batches, dtype
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int):
+        return self.packed.batch(self.batches[k], dtype=self.dtype)
+
+
+def iter_batches(packed: PackedGraphs, batches: list[np.ndarray], dtype: torch.dtype,
+                 device: torch.device, num_workers: int = 0) -> Iterator[tuple[dict, dict]]:
+    """``(inputs, targets)`` for each index array, built in ``num_workers`` processes."""
+    if num_workers == 0:
+        for b in batches:
+            yield packed.batch(b, dtype=dtype, device=device)
+        return
+    loader = torch.utils.data.DataLoader(_BatchList(packed, batches, dtype), batch_size=None,
+                                         shuffle=False, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    for inputs, targets in loader:
+        if device.type != "cpu":
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+        yield inputs, targets
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """Training indices in the order of ``epoch`` (a permutation drawn from seed and epoch)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(indices)
+
+
+def chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
+    return [indices[k:k + size] for k in range(0, len(indices), size)]
+
+
+def make_adam(params: list[torch.Tensor], lr) -> torch.optim.Adam:
+    """Adam (spec 004's optimiser), fused into one kernel per step where torch supports
+    it for the parameters' device and dtype."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def optimizer_step(model: LayerStack, loss_fn: WeightedLoss, optimizer: torch.optim.Optimizer,
+                   params: list[torch.Tensor], inputs: dict, targets: dict,
+                   max_grad_norm: float | None = None) -> torch.Tensor:
+    """One optimiser step on a batch; returns the (detached) batch loss.
+
+    Gradients are computed for the trainable parameters only (not for the
+    positions, which require gradients for the forces).  No host
+    synchronisation, so the step can be captured in a CUDA graph.
+    """
+    out = model(inputs)
+    loss, _ = loss_fn(out, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+# --------------------------------------------------------------- evaluation
+def validation_metrics(model: LayerStack, packed: PackedGraphs, indices: np.ndarray, fields,
+                       batch_size: int, dtype, device, num_workers: int = 0) -> dict[str, float]:
+    """``{"<kind>_<field>": value}`` over ``indices`` (exact whole-set values)."""
+    acc = MetricAccumulator(fields)
+    model.eval()
+    for inputs, targets in iter_batches(packed, chunks(indices, batch_size), dtype, device,
+                                        num_workers):
+        out = model(inputs)
+        acc.add({f: out[f] for f in fields}, targets)
+    return acc.compute()
+
+
+def predict_set(model: LayerStack, packed: PackedGraphs, indices: np.ndarray, fields,
+                batch_size: int, dtype, device) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """Predictions and targets of ``fields`` over ``indices``, concatenated (CPU float64),
+    with atoms per structure and atomic numbers."""
+    model.eval()
+    preds = {f: [] for f in fields}
+    refs = {f: [] for f in fields}
+    n_atoms, numbers = [], []
+    for inputs, targets in iter_batches(packed, chunks(indices, batch_size), dtype, device):
+        out = model(inputs)
+        for f in fields:
+            preds[f].append(out[f].detach().cpu().double())
+            refs[f].append(targets[f].cpu().double())
+        n_atoms.append(inputs["N"].cpu())
+        numbers.append(inputs["Za"].cpu())
+    cat = {f: torch.cat(v) for f, v in preds.items()}
+    ref = {f: torch.cat(v) for f, v in refs.items()}
+    return cat, ref, torch.cat(n_atoms).numpy(), torch.cat(numbers).numpy()
+
+
+def held_out_report(model, packed, indices, terms, batch_size, dtype, device) -> dict:
+    """Metrics terms, score and energy/force metrics on ``indices``."""
+    fields = sorted(set(term_fields(terms)) | ({"E", "Fa"} & set(packed.targets)
+                                              & set(model.outputs)))
+    pred, ref, n_atoms, numbers = predict_set(model, packed, indices, fields, batch_size, dtype,
+                                              device)
+    values = {f"{kind}_{f}": float(metric(kind, pred[f], ref[f]))
+              for kind, weights in terms.items() for f in weights}
+    report = {"n_structures": int(len(indices)), "score": MetricAccumulator.score(values, terms),
+              "terms": values}
+    if "E" in pred:
+        report.update(energy_force_metrics(
+            pred["E"], ref["E"], n_atoms,
+            pred.get("Fa"), ref.get("Fa"), species=numbers if "Fa" in pred else None))
+    return report
+
+
+# -------------------------------------------------------------------- files
+def _write_history(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in columns})
+    write_text(path, buf.getvalue())
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.6g}"
+
+
+# --------------------------------------------------------------------- train
+def _check_targets(job: ModelJob, model: LayerStack, terms: dict, where: str) -> None:
+    for kind, weights in terms.items():
+        for f in weights:
+            if f not in job.data.targets:
+                present = ", ".join(job.data.targets) or "none"
+                raise ConfigError(f"{where}.{kind}.{f}: the data set has no {f} target "
+                                  f"(Datahub targets present: {present})")
+            if f not in model.outputs:
+                raise ConfigError(f"{where}.{kind}.{f}: model {job.name} does not predict {f} "
+                                  f"(it predicts {', '.join(model.outputs)})")
+
+
+def _prepare_output(job: ModelJob) -> dict[str, Path]:
+    paths = {name: job.out_dir / name for name in OUTPUT_FILES}
+    if job.resume:
+        if not paths["model_last.pt"].exists():
+            raise ConfigError(f"--resume: {paths['model_last.pt']} does not exist, so there is "
+                              "nothing to resume; run without --resume")
+        return paths
+    existing = [p.name for p in paths.values() if p.exists()]
+    if existing:
+        if not job.force:
+            raise ConfigError(
+                f"{job.out_dir} already holds results ({', '.join(existing)}); nnpflow never "
+                "continues training silently: pass --resume to continue from model_last.pt, "
+                "or --force to start over (the old files are replaced)")
+        for name in existing:
+            paths[name].unlink()
+        job.logger.info("%s: --force: removed the previous %s", job.name, ", ".join(existing))
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def train_model(job: ModelJob) -> dict:
+    """Train one layer-stack model; returns its test metrics (``{}`` without a test part)."""
+    log, cfg, entry = job.logger, job.trainer, job.entry
+    where = f"Modelhub.{job.name}"
+    paths = _prepare_output(job)
+    device = resolve_device("cuda" if cfg["cuda"] else "cpu")
+    dtype = dtype_from_name(cfg["dtype"])
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    seed_everything(cfg["seed"])
+    model = LayerStack(entry["architecture"], entry["layers"], entry["build_params"], where=where)
+    model = model.to(device=device, dtype=dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    log.info("%s: built %s with %d layers, %d trainable parameters, on %s in %s; pair cutoffs %s",
+             job.name, entry["architecture"], len(entry["layers"]), sum(p.numel() for p in params),
+             device, cfg["dtype"], model.requirements)
+    if model.unused_build_params:
+        log.info("%s: build_params not taken by any layer: %s", job.name,
+                 ", ".join(model.unused_build_params))
+    metric_terms = job.metrics or entry["loss"]
+    _check_targets(job, model, entry["loss"], f"{where}.loss")
+    _check_targets(job, model, metric_terms, "Metrics" if job.metrics else f"{where}.loss")
+    fields = sorted(set(term_fields(entry["loss"])) | set(term_fields(metric_terms))
+                    | ({"E", "Fa"} & set(job.data.targets) & set(model.outputs)))
+    t0 = time.perf_counter()
+    packed = packed_for_model(job.data.structures(), model, targets=fields,
+                              total_charge="Q" in job.data.features,
+                              show_progress=job.show_progress)
+    log.info("%s: pair lists for %d structures in %.1f s (%s pairs)", job.name, len(packed),
+             time.perf_counter() - t0, packed.n_pairs)
+
+    train_idx = np.asarray(job.split["training"], dtype=np.int64)
+    val_idx = np.asarray(job.split.get("validation", []), dtype=np.int64)
+    test_idx = np.asarray(job.split.get("test", []), dtype=np.int64)
+    bs, workers = int(cfg["batch_size"]), int(cfg["num_workers"])
+    steps_per_epoch = math.ceil(len(train_idx) / bs)
+    optimizer = make_adam(params, cfg["learning_rate"])
+    schedule = make_schedule(cfg["schedule"], optimizer, cfg["learning_rate"],
+                             cfg["max_epochs"] * steps_per_epoch, cfg["warmup_ratio"],
+                             **cfg["schedule_params"])
+    ema = (ExponentialMovingAverage(model, cfg["ema_decay"])
+           if cfg["ema_decay"] is not None else None)
+    stopper = EarlyStopping(cfg["patience"] if len(val_idx) else None)
+    loss_fn = WeightedLoss(entry["loss"])
+    if not len(val_idx):
+        log.info("%s: no validation structures: no early stopping; model_best.pt holds the "
+                 "weights of the last epoch", job.name)
+    identity = job.identity()
+    history: list[dict] = []
+    start_epoch, start_step = 0, 0
+    epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
+    epoch_count = 0
+    lr_used = resumed_lr = schedule.lr
+    if job.resume:
+        state = load_checkpoint(paths["model_last.pt"], map_location=device)
+        changes = check_resume(state["identity"], identity, force=job.force,
+                               source=str(paths["model_last.pt"]))
+        if changes:
+            log.warning("%s: resuming despite changes (--force): %s", job.name, "; ".join(changes))
+        try:
+            model.load_state_dict(state["model"]["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ResumeMismatchError(f"cannot resume from {paths['model_last.pt']}: its state "
+                                      f"does not fit the model ({str(exc).splitlines()[0]})"
+                                      ) from None
+        schedule.load_state_dict(state["scheduler"])
+        if changes:  # the new settings win
+            total = cfg["max_epochs"] * steps_per_epoch
+            schedule.reconfigure(cfg["learning_rate"], total, round(cfg["warmup_ratio"] * total))
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        stopper.load_state_dict(state["early_stopping"])
+        if changes:
+            stopper.patience = cfg["patience"] if len(val_idx) else None
+        history = list(state["history"])
+        progress = state["progress"]
+        start_epoch, start_step = int(progress["epoch"]), int(progress["step_in_epoch"])
+        epoch_loss = state["epoch_loss"].to(device)
+        epoch_count = int(progress["epoch_count"])
+        resumed_lr = progress["epoch_lr"]
+        restore_rng_state(state["rng"])
+        log.info("%s: resumed from %s at epoch %d, step %d", job.name, paths["model_last.pt"].name,
+                 start_epoch + 1, start_step)
+        if progress.get("finished") and not changes:
+            log.info("%s: training had already finished; nothing to do", job.name)
+            if paths["test_metrics.json"].exists():
+                return json.loads(paths["test_metrics.json"].read_text(encoding="utf-8"))
+            return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device,
+                           history)
+
+    def checkpoint(epoch: int, step: int, finished: bool = False) -> None:
+        save_checkpoint(paths["model_last.pt"], {
+            "model": model_payload(model, {"name": job.name}),
+            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+            "ema": None if ema is None else ema.state_dict(),
+            "early_stopping": stopper.state_dict(), "rng": capture_rng_state(),
+            "progress": {"epoch": epoch, "step_in_epoch": step, "finished": finished,
+                         "epoch_count": epoch_count, "steps_per_epoch": steps_per_epoch,
+                         "epoch_lr": lr_used},
+            "epoch_loss": epoch_loss.detach().cpu().clone(),
+            "history": history, "identity": identity, "versions": versions()})
+
+    def averaged():
+        return ema.average_parameters() if ema is not None else contextlib.nullcontext()
+
+    max_grad = cfg["max_grad_norm"]
+    epochs = range(start_epoch, cfg["max_epochs"])
+    if job.show_progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc=job.name, unit="epoch", initial=start_epoch,
+                      total=cfg["max_epochs"])
+    for epoch in epochs:
+        t_epoch = time.perf_counter()
+        batches = chunks(epoch_order(train_idx, cfg["seed"], epoch), bs)
+        first = start_step if epoch == start_epoch else 0
+        lr_used = resumed_lr if first else schedule.lr  # the rate of the epoch's first step
+        model.train()
+        for step, (inputs, targets) in enumerate(
+                iter_batches(packed, batches[first:], dtype, device, workers), start=first):
+            loss = optimizer_step(model, loss_fn, optimizer, params, inputs, targets, max_grad)
+            schedule.step()
+            if ema is not None:
+                ema.update()
+            n = len(batches[step])
+            epoch_loss += loss.detach().double() * n
+            epoch_count += n
+            if job.on_step is not None:
+                job.on_step(epoch, step)
+            if job.interrupt is not None and job.interrupt.requested:
+                checkpoint(epoch, step + 1)
+                raise TrainingInterrupted(
+                    f"{job.name}: stopped by {job.interrupt.signal_name} at epoch {epoch + 1}, "
+                    f"step {step + 1}/{len(batches)}; the training state is in "
+                    f"{paths['model_last.pt']}; continue with: {job.command} --resume",
+                    job.interrupt.signal_name or "SIGTERM", [paths["model_last.pt"]])
+        train_loss = float(epoch_loss) / max(epoch_count, 1)
+        row = {"epoch": epoch + 1, "lr": lr_used, "train_loss": train_loss}
+        score = None
+        if len(val_idx):
+            with averaged():
+                values = validation_metrics(model, packed, val_idx, fields, bs, dtype, device,
+                                            workers)
+            score = MetricAccumulator.score(values, metric_terms)
+            row["val_loss"] = MetricAccumulator.score(values, entry["loss"])
+            row["val_score"] = score
+            for kind, weights in metric_terms.items():
+                for f in weights:
+                    row[f"val_{kind}_{f}"] = values[f"{kind}_{f}"]
+            improved = stopper.update(score, epoch + 1)
+        else:
+            improved = True
+        row["best"] = bool(improved)
+        row["epochs_without_improvement"] = stopper.bad_epochs
+        row["time_s"] = round(time.perf_counter() - t_epoch, 3)
+        history.append(row)
+        schedule.epoch_end(score)
+        if improved:
+            with averaged():
+                save_layer_stack(paths["model_best.pt"], model, {
+                    "name": job.name, "epoch": epoch + 1, "val_score": score,
+                    "targets": list(model.outputs), "data_hash": job.data.hash})
+        epoch_loss.zero_()
+        epoch_count = 0
+        checkpoint(epoch + 1, 0)
+        _write_history(paths["history.csv"], history)
+        terms = ", ".join(f"{k[4:]} {_fmt(v)}" for k, v in row.items()
+                          if k.startswith("val_") and k not in ("val_loss", "val_score"))
+        log.info("%s epoch %d/%d: train loss %s, val loss %s, score %s%s; lr %.3g; %s; %.1f s",
+                 job.name, epoch + 1, cfg["max_epochs"], _fmt(train_loss),
+                 _fmt(row.get("val_loss")),
+                 _fmt(score), f" ({terms})" if terms else "", lr_used,
+                 stopper.describe() if len(val_idx) else "no validation", row["time_s"])
+        if stopper.should_stop:
+            log.info("%s: early stopping after epoch %d: %s", job.name, epoch + 1,
+                     stopper.describe())
+            break
+    checkpoint(len(history), 0, finished=True)
+    return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device, history)
+
+
+def _finish(job, model, packed, test_idx, terms, paths, dtype, device, history) -> dict:
+    """Load the best weights, evaluate the test part, write test_metrics.json."""
+    best = read_torch_file(paths["model_best.pt"], MODEL_SCHEMA, MODEL_SCHEMA_VERSION, device)
+    model.load_state_dict(best["state_dict"])
+    if not len(test_idx):
+        job.logger.info("%s: no test structures; no test metrics", job.name)
+        return {}
+    report = held_out_report(model, packed, test_idx, terms, int(job.trainer["batch_size"]),
+                             dtype, device)
+    report = {"model": job.out_dir.name, "epochs": len(history),
+              "best_epoch": best["metadata"].get("epoch"), **report}
+    write_json(paths["test_metrics.json"], report)
+    parts = [f"{k} {_fmt(v)}" for k, v in report["terms"].items()]
+    for key in ("energy_rmse_per_atom", "energy_rmse", "force_rmse"):
+        if report.get(key) is not None:
+            parts.append(f"{key} {_fmt(report[key])}")
+    job.logger.info("%s: test (%d structures, best epoch %s): score %s; %s", job.name,
+                    report["n_structures"], report["best_epoch"], _fmt(report["score"]),
+                    ", ".join(parts))
+    return report

@@ -1,0 +1,109 @@
+"""One ``nnpflow train -c train.yaml -o DIR`` invocation.
+
+Order of work: resolve the configuration (errors before anything is written),
+open ``DIR/logs/train-<YYYYmmdd-HHMMSS.mmm>.log`` (one per invocation), process or reuse
+the data set (:mod:`~nnpflow.training.datahub`), draw or reuse the split
+(:mod:`~nnpflow.training.splitter`), write ``DIR/config.yaml`` (the resolved
+configuration plus a ``Provenance`` section: data hash, split sizes and key,
+versions, command), then train each active Modelhub entry with its
+architecture's trainer (:mod:`~nnpflow.training.modelhub`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import ConfigError
+from ..provenance import versions
+from ..safe_write import write_text
+from .datahub import prepare_data
+from .interrupt import GracefulInterrupt
+from .message_passing import ModelJob
+from .modelhub import model_dir_name, trainer_for
+from .splitter import load_or_make_split
+from .yaml_config import dump_config, load_config
+
+LOGGER_NAME = "nnpflow.train"
+
+
+def open_log(out_dir: Path) -> tuple[logging.Logger, logging.Handler, Path]:
+    """A timestamped log file under ``out_dir/logs/`` attached to the ``nnpflow`` logger."""
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+    path = logs / f"train-{stamp}.log"
+    k = 1
+    while path.exists():  # names sort in invocation order
+        k += 1
+        path = logs / f"train-{stamp}-{k}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger("nnpflow")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return logging.getLogger(LOGGER_NAME), handler, path
+
+
+def run_train(config_path: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
+              force: bool = False, show_progress: bool = False,
+              interrupt: GracefulInterrupt | None = None,
+              on_step: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Run a train.yaml; returns ``{model folder name: test metrics}``.
+
+    ``resume`` continues every active model from its ``model_last.pt``; ``force``
+    starts over where results exist (with ``resume``: resumes despite changed
+    settings).  ``interrupt`` (a :class:`GracefulInterrupt`) stops training
+    cleanly on SIGTERM; ``on_step(epoch, step)`` is called after each optimiser step.
+    """
+    config = load_config(config_path)
+    if config["Trainer"]["cuda"] and not torch.cuda.is_available():
+        raise ConfigError(f"{config_path}: Trainer.cuda is true but torch {torch.__version__} "
+                          "reports no CUDA device; set cuda: false to train on the CPU")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    logger, handler, log_path = open_log(out)
+    command = f"nnpflow train -c {config_path} -o {out_dir}"
+    results: dict[str, dict] = {}
+    try:
+        logger.info("%s%s%s (log %s)", command, " --resume" if resume else "",
+                    " --force" if force else "", log_path.name)
+        logger.info("versions: %s", ", ".join(f"{k} {v}" for k, v in versions().items()))
+        data = prepare_data(config["Datahub"], out, logger, show_progress)
+        splitter = config["Trainer"]["Splitter"]
+        split, key, _ = load_or_make_split(data.directory, data.hash, data.n_structures,
+                                           splitter, logger)
+        provenance = {"data_hash": data.hash, "processed_dataset": data.directory.name,
+                      "n_structures": data.n_structures, "targets": data.targets,
+                      "split_key": key, "split_sizes": {p: len(v) for p, v in split.items()},
+                      "versions": versions(), "command": command + (" --resume" if resume else "")}
+        write_text(out / "config.yaml", dump_config({**config, "Provenance": provenance}))
+        active = [(n, e) for n, e in config["Modelhub"].items() if e["active"]]
+        for name, entry in config["Modelhub"].items():
+            if not entry["active"]:
+                logger.info("%s: inactive (active: false); skipped", name)
+        if not active:
+            logger.warning("no active model in Modelhub; nothing to train")
+        for name, entry in active:
+            job = ModelJob(name=name, entry=entry, trainer=config["Trainer"],
+                           metrics=config["Metrics"] or {}, data=data, split=split, split_key=key,
+                           out_dir=out / model_dir_name(name, entry), resume=resume, force=force,
+                           show_progress=show_progress, logger=logger, interrupt=interrupt,
+                           on_step=on_step, command=command)
+            results[job.out_dir.name] = trainer_for(entry)(job)
+        logger.info("done")
+        return results
+    except Exception as exc:
+        logger.error("%s: %s", type(exc).__name__, exc)
+        raise
+    finally:
+        logging.getLogger("nnpflow").removeHandler(handler)
+        handler.close()

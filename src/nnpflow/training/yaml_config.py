@@ -1,0 +1,316 @@
+"""``train.yaml`` (spec 004): load, validate, fill defaults.
+
+Sections and keys are Enerzyme's.  Every key is checked: an unknown key is a
+:class:`~nnpflow.errors.ConfigError` that names its full path (``Trainer.Splitter.ratio:
+unknown key (did you mean 'ratios'?)``); defaults are filled in so the resolved
+configuration (written to ``config.yaml`` in the output directory) states every
+setting that was used.
+
+Sections
+--------
+``Datahub``
+    ``data_path`` (required; relative paths are relative to the working
+    directory), ``data_format`` (required: ``pickle``, ``npz``, ``extxyz``,
+    ``xsf``, ``hdf5``), ``features`` / ``targets`` (standard name -> key in the
+    file; ``null`` means the standard name), ``compression`` (false; Enerzyme's
+    ``compressed`` is accepted as its alias), ``preload`` (true: reuse a
+    processed data set with the same hash), ``transforms``
+    (``atomic_energy``: CSV path or null, ``negative_gradient``: false).
+``Modelhub``
+    Named models (``FF01: {...}``), optionally under ``internal_FFs``; each has
+    ``architecture`` (required), ``active`` (true), ``suffix`` (null),
+    ``loss`` (required term table) and the architecture's own keys
+    (``build_params`` and ``layers`` for layer stacks); see
+    :mod:`nnpflow.training.modelhub`.
+``Trainer``
+    ``Splitter`` (``method: random``, ``parts`` [training, validation, test],
+    ``ratios`` [0.8, 0.1, 0.1], ``seed`` (the Trainer seed), ``save`` true,
+    ``preload`` true), ``batch_size`` 32, ``cuda`` false, ``dtype`` float32,
+    ``schedule`` linear (also constant, cosine, plateau) with
+    ``schedule_params`` (per schedule, see :mod:`nnpflow.training.schedules`),
+    ``learning_rate`` 0.001, ``max_epochs`` 100, ``num_workers`` 0,
+    ``patience`` 50 (null: no early stopping), ``seed`` 42, ``warmup_ratio``
+    0.01, ``ema_decay`` 0.99 (null: no weight averaging), ``max_grad_norm`` null
+    (gradient clipping by total norm).
+``Metrics``
+    Term table (``rmse: {E: 1, Fa: 10}``) for the validation score (early
+    stopping, best model) and the test metrics; default: each model's loss.
+``Provenance``
+    Written by nnpflow into ``config.yaml`` (data hash, split sizes, versions);
+    accepted and dropped when such a file is used as input.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..errors import ConfigError
+from ..models.fields import FEATURE_NAMES, TARGET_NAMES
+from .losses import parse_terms
+from .schedules import SCHEDULE_PARAMS, SCHEDULES
+
+DATA_FORMATS = ("pickle", "npz", "extxyz", "xsf", "hdf5")
+SECTIONS = ("Datahub", "Modelhub", "Trainer", "Metrics", "Provenance")
+
+DATAHUB_DEFAULTS: dict[str, Any] = {
+    "data_path": None, "data_format": None, "features": {}, "targets": {},
+    "compression": False, "preload": True,
+    "transforms": {"atomic_energy": None, "negative_gradient": False},
+}
+SPLITTER_DEFAULTS: dict[str, Any] = {
+    "method": "random", "parts": ["training", "validation", "test"], "ratios": [0.8, 0.1, 0.1],
+    "seed": None, "save": True, "preload": True,
+}
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "Splitter": SPLITTER_DEFAULTS, "batch_size": 32, "cuda": False, "dtype": "float32",
+    "schedule": "linear", "schedule_params": {}, "learning_rate": 1e-3, "max_epochs": 100,
+    "num_workers": 0, "patience": 50, "seed": 42, "warmup_ratio": 0.01, "ema_decay": 0.99,
+    "max_grad_norm": None,
+}
+
+
+def _suggest(key: str, choices) -> str:
+    close = difflib.get_close_matches(str(key), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(mapping: Mapping, allowed, where: str) -> None:
+    """Raise ``ConfigError`` for the first key of ``mapping`` not in ``allowed``."""
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown key{_suggest(key, allowed)}; allowed: "
+                              f"{', '.join(map(str, allowed))}")
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+    return dict(value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _int(value: Any, where: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(value: Any, where: str, minimum: float | None = None, maximum: float | None = None,
+           exclusive_min: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):
+            try:  # YAML reads 1e-3 as a string
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        else:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+    value = float(value)
+    if minimum is not None and (value < minimum or (exclusive_min and value == minimum)):
+        relation = ">" if exclusive_min else ">="
+        raise ConfigError(f"{where}: must be {relation} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{where}: must be <= {maximum}, got {value}")
+    return value
+
+
+def _choice(value: Any, choices, where: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}"
+                          f"{_suggest(value, choices) if isinstance(value, str) else ''}")
+    return value
+
+
+# ------------------------------------------------------------------ sections
+def resolve_datahub(raw: Mapping, base_dir: Path) -> dict:
+    where = "Datahub"
+    raw = dict(raw)
+    if "compressed" in raw:
+        if "compression" in raw:
+            raise ConfigError("Datahub: give either compression or its alias compressed, not both")
+        raw["compression"] = raw.pop("compressed")
+    check_keys(raw, DATAHUB_DEFAULTS, where)
+    out = copy.deepcopy(DATAHUB_DEFAULTS)
+    out.update({k: v for k, v in raw.items() if k != "transforms"})
+    if not out["data_path"] or not isinstance(out["data_path"], (str, os.PathLike)):
+        raise ConfigError(f"{where}.data_path: required (the data set file), "
+                          f"got {out['data_path']!r}")
+    path = Path(os.path.expanduser(os.fspath(out["data_path"])))
+    out["data_path"] = str(path if path.is_absolute() else (base_dir / path).resolve())
+    if out["data_format"] is None:
+        raise ConfigError(f"{where}.data_format: required; one of {', '.join(DATA_FORMATS)}")
+    _choice(out["data_format"], DATA_FORMATS, f"{where}.data_format")
+    for section, allowed in (("features", FEATURE_NAMES), ("targets", TARGET_NAMES)):
+        mapping = _mapping(out[section], f"{where}.{section}")
+        check_keys(mapping, allowed, f"{where}.{section}")
+        for name, key in mapping.items():
+            if key is not None and not isinstance(key, (str, int)):
+                raise ConfigError(f"{where}.{section}.{name}: expected a key of the data file, "
+                                  f"got {key!r}")
+            if out["data_format"] not in ("pickle", "npz") and key not in (None, name):
+                raise ConfigError(f"{where}.{section}.{name}: renaming fields applies to pickle "
+                                  f"and npz data; {out['data_format']} data carries the standard "
+                                  "fields (leave the value empty)")
+        out[section] = {name: (name if key is None else key) for name, key in mapping.items()}
+    for key in ("compression", "preload"):
+        _bool(out[key], f"{where}.{key}")
+    transforms = _mapping(raw.get("transforms"), f"{where}.transforms")
+    check_keys(transforms, DATAHUB_DEFAULTS["transforms"], f"{where}.transforms")
+    out["transforms"] = {**DATAHUB_DEFAULTS["transforms"], **transforms}
+    ae = out["transforms"]["atomic_energy"]
+    if ae is not None:
+        if not isinstance(ae, (str, os.PathLike)):
+            raise ConfigError(f"{where}.transforms.atomic_energy: expected a CSV path, got {ae!r}")
+        ae_path = Path(os.path.expanduser(os.fspath(ae)))
+        out["transforms"]["atomic_energy"] = str(ae_path if ae_path.is_absolute()
+                                                 else (base_dir / ae_path).resolve())
+    _bool(out["transforms"]["negative_gradient"], f"{where}.transforms.negative_gradient")
+    return out
+
+
+def resolve_splitter(raw: Mapping, trainer_seed: int) -> dict:
+    where = "Trainer.Splitter"
+    check_keys(raw, SPLITTER_DEFAULTS, where)
+    out = copy.deepcopy(SPLITTER_DEFAULTS)
+    out.update(raw)
+    _choice(out["method"], ("random",), f"{where}.method")
+    parts, ratios = out["parts"], out["ratios"]
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
+        raise ConfigError(f"{where}.parts: expected a list of part names, got {parts!r}")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"{where}.parts: names must be unique, got {parts}")
+    if "training" not in parts:
+        raise ConfigError(f"{where}.parts: needs a part named 'training', got {parts}")
+    if not isinstance(ratios, list) or len(ratios) != len(parts):
+        raise ConfigError(f"{where}.ratios: expected one ratio per part ({len(parts)}), "
+                          f"got {ratios!r}")
+    for k, r in enumerate(ratios):
+        if r is None:
+            continue
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or r < 0:
+            raise ConfigError(f"{where}.ratios[{k}]: expected a fraction (0..1), a count of "
+                              f"structures or null (the remainder), got {r!r}")
+        if isinstance(r, float) and r > 1:
+            raise ConfigError(f"{where}.ratios[{k}]: {r} is neither a fraction (<= 1) nor a "
+                              "whole number of structures")
+    if sum(r is None for r in ratios) > 1:
+        raise ConfigError(f"{where}.ratios: at most one part may take the remainder (null)")
+    out["seed"] = trainer_seed if out["seed"] is None else _int(out["seed"], f"{where}.seed")
+    _bool(out["save"], f"{where}.save")
+    _bool(out["preload"], f"{where}.preload")
+    return out
+
+
+def resolve_trainer(raw: Mapping) -> dict:
+    where = "Trainer"
+    check_keys(raw, TRAINER_DEFAULTS, where)
+    out = copy.deepcopy(TRAINER_DEFAULTS)
+    out.update({k: v for k, v in raw.items() if k != "Splitter"})
+    out["seed"] = _int(out["seed"], f"{where}.seed")
+    out["Splitter"] = resolve_splitter(_mapping(raw.get("Splitter"), f"{where}.Splitter"),
+                                       out["seed"])
+    _int(out["batch_size"], f"{where}.batch_size", 1)
+    _bool(out["cuda"], f"{where}.cuda")
+    _choice(out["dtype"], ("float32", "float64"), f"{where}.dtype")
+    _choice(out["schedule"], tuple(SCHEDULES), f"{where}.schedule")
+    params = _mapping(out["schedule_params"], f"{where}.schedule_params")
+    allowed = SCHEDULE_PARAMS[out["schedule"]]
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"{where}.schedule_params.{key}: not a parameter of schedule "
+                              f"{out['schedule']!r} (it takes: {', '.join(allowed) or 'none'})")
+    out["schedule_params"] = {**allowed, **{k: _float(v, f"{where}.schedule_params.{k}")
+                                             for k, v in params.items()}}
+    if "patience" in out["schedule_params"]:
+        out["schedule_params"]["patience"] = int(out["schedule_params"]["patience"])
+    out["learning_rate"] = _float(out["learning_rate"], f"{where}.learning_rate", 0.0,
+                                  exclusive_min=True)
+    _int(out["max_epochs"], f"{where}.max_epochs", 1)
+    _int(out["num_workers"], f"{where}.num_workers", 0)
+    if out["patience"] is not None:
+        _int(out["patience"], f"{where}.patience", 1)
+    out["warmup_ratio"] = _float(out["warmup_ratio"], f"{where}.warmup_ratio", 0.0, 1.0)
+    if out["ema_decay"] is not None:
+        out["ema_decay"] = _float(out["ema_decay"], f"{where}.ema_decay", 0.0, 1.0)
+        if out["ema_decay"] >= 1.0:
+            raise ConfigError(f"{where}.ema_decay: must be below 1, got {out['ema_decay']}")
+    if out["max_grad_norm"] is not None:
+        out["max_grad_norm"] = _float(out["max_grad_norm"], f"{where}.max_grad_norm", 0.0,
+                                      exclusive_min=True)
+    return out
+
+
+def resolve_config(raw: Mapping, base_dir: str | os.PathLike = ".") -> dict:
+    """Validate a parsed train.yaml and fill defaults (see the module docstring).
+
+    Relative paths are resolved against ``base_dir`` (the working directory).
+    Returns ``{"Datahub", "Modelhub", "Trainer", "Metrics"}``; Modelhub entries are
+    resolved by :func:`nnpflow.training.modelhub.resolve_modelhub`.
+    """
+    from .modelhub import resolve_modelhub
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"train.yaml: expected a mapping of sections ({', '.join(SECTIONS[:4])})")
+    check_keys(raw, SECTIONS, "train.yaml")
+    for section in ("Datahub", "Modelhub"):
+        if section not in raw:
+            raise ConfigError(f"train.yaml: missing section {section}")
+    base = Path(base_dir).resolve()
+    config = {
+        "Datahub": resolve_datahub(_mapping(raw["Datahub"], "Datahub"), base),
+        "Modelhub": resolve_modelhub(_mapping(raw["Modelhub"], "Modelhub")),
+        "Trainer": resolve_trainer(_mapping(raw.get("Trainer"), "Trainer")),
+        "Metrics": parse_terms(raw.get("Metrics"), "Metrics", TARGET_NAMES) or None,
+    }
+    return config
+
+
+def load_config(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> dict:
+    """Read and resolve a train.yaml; YAML errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{path}{line}: not valid YAML ({problem})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty configuration")
+    try:
+        return resolve_config(raw, Path.cwd() if base_dir is None else base_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def dump_config(config: Mapping) -> str:
+    """YAML text of a resolved configuration (sections in spec order)."""
+    ordered = {k: config[k] for k in SECTIONS if k in config and config[k] is not None}
+    return yaml.safe_dump(_plain(ordered), sort_keys=False, default_flow_style=False)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

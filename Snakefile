@@ -48,6 +48,8 @@ os.environ.setdefault("NNPFLOW_ROOT", str(workflow.basedir))
 include: "workflow/rules/common.smk"
 include: "workflow/rules/example.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/build.smk"
+include: "workflow/rules/split.smk"
 
 
 localrules:

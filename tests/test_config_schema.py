@@ -46,7 +46,7 @@ def test_defaults_are_filled():
                                  "ang_cutoff": 4.0, "min_cutoff": 0.55}
     assert cfg["database"] == {"shards": 4, "persist_features": True,
                                "persist_force_derivatives": True,
-                               "compression": "gzip", "dtype": "float32"}
+                               "compression": "gzip", "dtype": "float32", "threads": 1}
     assert cfg["split"] == {"validation": 0.1, "test": 0.1, "seed": 42}
     assert cfg["models"] == {"ann": {"architecture": "ann", "active": True, "committee": 1,
                                      "hidden": [[16, "tanh"], [16, "tanh"]]}}

@@ -129,3 +129,25 @@ def test_atomic_path_output_has_umask_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_code_fingerprint_exclude_drops_modules_and_submodules():
+    full = code_fingerprint("nnpflow.energy_reference")
+    without = code_fingerprint("nnpflow.energy_reference", exclude=("nnpflow.structure",))
+    assert without != full
+    assert without == code_fingerprint("nnpflow.energy_reference",
+                                       exclude=("nnpflow.structure", "nnpflow.structure.x"))
+
+
+def test_configure_threads_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys, os; from nnpflow.runtime import configure_threads; "
+            "n = configure_threads(1); "
+            "print(n, 'torch' in sys.modules, os.environ['OMP_NUM_THREADS']); "
+            "import torch; print(torch.get_num_threads())")
+    import os
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    assert out == ["1", "False", "1", "1"]

@@ -3,9 +3,10 @@
 A session fixture starts a one-node SLURM cluster on this machine with
 ``tests/slurm/local-slurm.sh`` (Debian's slurm-wlm with slurmdbd, installed with
 apt-get when missing; about 30 s the first time) and stops it afterwards, unless it
-was already running.  The test runs the example workflow (small example, two
-shards: four SLURM jobs) with the repository's SLURM profile and checks in SLURM's
-accounting that every job went through sbatch, under its rule's name, and finished.
+was already running.  The test runs the example workflow's data stages (small example, two
+shards: eight SLURM jobs -- example, 2 ingest, manifest, 2 build, merge, split) with the
+repository's SLURM profile and checks in SLURM's accounting that every job went
+through sbatch, under its rule's name, and finished.
 
 Needs root and apt-get (CI has both); skipped otherwise.
 """
@@ -100,9 +101,16 @@ def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path):
     assert proc.returncode == 0, f"snakemake failed after {elapsed:.0f} s:\n{out[-6000:]}"
     print(f"example workflow through SLURM: {elapsed:.1f} s")
 
-    # the workflow finished: one manifest row per example structure
-    rows = (tmp_path / "results" / "manifest" / "manifest.tsv").read_text().splitlines()
+    # the workflow finished: one manifest row per example structure, the database holds
+    # them in the manifest's order, and the split belongs to them
+    from nnpflow.database import DatabaseReader
+    from nnpflow.splitting import load_split
+    results = tmp_path / "results"
+    rows = (results / "manifest" / "manifest.tsv").read_text().splitlines()
     assert len(rows) == 1 + 6
+    with DatabaseReader(results / "database" / "database.h5") as db:
+        assert db.names() == [row.split("\t")[0] for row in rows[1:]] and db.has_features
+        load_split(results / "split" / "split.json", db, n_structures=6)
 
     # every non-local job was an sbatch job, visible in SLURM's accounting under its
     # rule's name (the plugin puts "rule_<name>..." into the job comment)
@@ -111,7 +119,8 @@ def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path):
     assert jobs, f"sacct lists no job that ran in {tmp_path}"
     rules = Counter(job["comment"].split("_wildcards")[0].removeprefix("rule_")
                     for job in jobs)
-    assert rules == Counter({"example": 1, "ingest": 2, "manifest": 1}), jobs
+    assert rules == Counter({"example": 1, "ingest": 2, "manifest": 1, "build": 2,
+                             "merge": 1, "split": 1}), jobs
     assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
     # and Snakemake reported the SLURM job ids it submitted
     for job in jobs:

@@ -1,8 +1,8 @@
-"""The ingest and manifest stages on tiny inputs, and ``nnpflow ingest``'s summary."""
+"""The ingest, manifest, build and merge stages on tiny inputs, the one structures
+fingerprint they share, and ``nnpflow ingest``'s summary."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -18,6 +18,9 @@ from nnpflow.io.manifest import MANIFEST_COLUMNS, read_manifest, read_rejected
 from nnpflow.io.xsf import format_xsf
 from nnpflow.sharding import shard_of
 from nnpflow.sources import expand_sources
+from nnpflow.database import DatabaseReader, write_database
+from nnpflow.database.fingerprint import structures_fingerprint
+from nnpflow.energy_reference import EnergyFilter
 from nnpflow.stages import ingest, manifest
 
 
@@ -53,14 +56,17 @@ def data(tmp_path, monkeypatch):
     return [s.to_dict() for s in expand_sources(entries)]
 
 
-def run_shards(specs, n_shards, **kw):
-    """Run the ingest stage per shard the way the workflow does (plain files to one shard)."""
+def run_shards(specs, n_shards, structures=False, **kw):
+    """Run the ingest stage per shard the way the workflow does (plain files to one
+    shard); with ``structures`` each shard also writes ``out/shard_{k}.h5``."""
     outs = []
     for k in range(n_shards):
         mine = [s for s in specs
                 if s["format"] == "tar" or shard_of(s["path"], n_shards) == k]
         m, r = f"out/shard_{k}.tsv", f"out/shard_{k}.rejected.tsv"
-        ingest.run(mine, shard=k, n_shards=n_shards, manifest=m, rejected=r, **kw)
+        h5 = f"out/shard_{k}.h5" if structures else None
+        ingest.run(mine, shard=k, n_shards=n_shards, manifest=m, rejected=r,
+                   structures=h5, **kw)
         outs.append((m, r))
     return outs
 
@@ -108,9 +114,12 @@ def test_shards_partition_the_structures_and_merge_back(data):
     assert summary["species"] == ["H", "O", "Cu", "Pt", "Au"]  # by atomic number
     assert summary["atoms_per_species"] == {"H": 4, "O": 2, "Cu": 17, "Pt": 6, "Au": 11}
     assert summary["n_with_forces"] == 11 and summary["n_rejected"] == 0
-    expected = hashlib.sha256("".join(f"{r['label']}\t{r['content_hash']}\n"
-                                      for r in merged).encode()).hexdigest()
+    # the database's structures fingerprint of the same (label, content hash) pairs,
+    # with the (empty) filter settings
+    expected = structures_fingerprint([(r["label"], r["content_hash"]) for r in merged],
+                                      {"max_energy": None, "atomic_energies": {}})
     assert summary["structures_fingerprint"] == expected
+    assert summary["filter"] == {"max_energy": None, "atomic_energies": {}}
     energies = [float(r["energy"]) for r in merged]
     assert summary["energy"]["min"] == min(energies)
     assert summary["energy"]["mean"] == pytest.approx(np.mean(energies))
@@ -138,8 +147,9 @@ def test_energy_filter_rejects_without_error(data):
 def test_species_and_min_cutoff_checks(data):
     with pytest.raises(InputError, match=r"species H, O not in the species list"):
         ingest.run(data, shard=0, n_shards=1, manifest="out/m.tsv", rejected="out/r.tsv",
-                   species=["Cu", "Au", "Pt"])
-    assert not Path("out/m.tsv").exists() and not Path("out/r.tsv").exists()
+                   structures="out/s.h5", species=["Cu", "Au", "Pt"])
+    # on_error=raise: nothing at all is written, no temporary file is left
+    assert not Path("out").exists() or list(Path("out").iterdir()) == []
     ingest.run(data, shard=0, n_shards=1, manifest="out/m.tsv", rejected="out/r.tsv",
                species=["Cu", "Au", "Pt"], min_cutoff=1.6, on_error="skip")
     rejected = {r["label"]: r["reason"] for r in read_rejected("out/r.tsv")}
@@ -166,9 +176,122 @@ def test_require_energy_false(tmp_path, monkeypatch):
 
 def test_empty_shard_writes_headers(tmp_path):
     ingest.run([], shard=1, n_shards=2, manifest=str(tmp_path / "m.tsv"),
-               rejected=str(tmp_path / "r.tsv"))
+               rejected=str(tmp_path / "r.tsv"), structures=str(tmp_path / "s.h5"))
     assert read_manifest(tmp_path / "m.tsv") == []
     assert read_rejected(tmp_path / "r.tsv") == []
+    with DatabaseReader(tmp_path / "s.h5") as raw:
+        assert len(raw) == 0
+
+
+def test_ingest_writes_the_raw_structures_in_manifest_order(data):
+    refs = {"Cu": -0.5, "Au": -0.5, "Pt": -0.5, "H": -13.0, "O": -70.0}
+    outs = run_shards(data, 3, structures=True, atomic_energies=refs, max_energy=-0.75)
+    from nnpflow.sources import collection_for
+    for k, (m, _) in enumerate(outs):
+        rows = read_manifest(m)
+        with DatabaseReader(f"out/shard_{k}.h5") as raw:
+            assert raw.names() == [r["label"] for r in rows]
+            assert not raw.has_features and raw.descriptor_config is None
+            for i, row in enumerate(rows):
+                s = raw.structure(i)
+                assert s.content_hash() == row["content_hash"]  # every field round-trips
+            assert raw.filter == EnergyFilter(-0.75, refs).config()
+            # the sources this shard read, with their content hashes
+            mine = [d for d in data if d["format"] == "tar" or shard_of(d["path"], 3) == k]
+            assert raw.sources["content_hashes"] == collection_for(mine).content_hashes()
+    assert sum(len(read_manifest(m)) for m, _ in outs) == 11  # s0, s1 filtered out
+
+
+def _pipeline(data, tmp, n_shards=2, descriptor=None, **filter_kw):
+    """ingest -> manifest -> build -> merge in ``tmp``; returns (manifest.json, database)."""
+    from nnpflow.stages import build, merge
+    Path(tmp).mkdir(parents=True, exist_ok=True)
+    outs = []
+    for k in range(n_shards):
+        mine = [s for s in data if s["format"] == "tar" or shard_of(s["path"], n_shards) == k]
+        paths = [f"{tmp}/{name}_{k}" for name in ("m.tsv", "r.tsv", "raw.h5", "db.h5")]
+        ingest.run(mine, shard=k, n_shards=n_shards, manifest=paths[0], rejected=paths[1],
+                   structures=paths[2], **filter_kw)
+        outs.append(paths)
+    manifest.run([o[0] for o in outs], [o[1] for o in outs], manifest=f"{tmp}/manifest.tsv",
+                 summary=f"{tmp}/manifest.json", rejected=f"{tmp}/rejected.tsv", **filter_kw)
+    for o in outs:
+        build.run(structures=o[2], database=o[3],
+                  descriptor=descriptor or dict(rad_order=2, rad_cutoff=3.0, ang_order=1,
+                                                ang_cutoff=2.5, min_cutoff=0.5),
+                  database_cfg={"persist_features": True, "persist_force_derivatives": True,
+                                "compression": "lzf", "dtype": "float32"},
+                  species=None, manifest_summary=f"{tmp}/manifest.json")
+    merge.run([o[3] for o in outs], database=f"{tmp}/database.h5",
+              summary=f"{tmp}/database.json", manifest_summary=f"{tmp}/manifest.json")
+    return (json.loads(Path(f"{tmp}/manifest.json").read_text()),
+            json.loads(Path(f"{tmp}/database.json").read_text()))
+
+
+def test_manifest_and_database_carry_one_structures_fingerprint(data):
+    refs = {"Cu": -0.5, "Au": -0.5, "Pt": -0.5, "H": -13.0, "O": -70.0}
+    summary, db = _pipeline(data, "a", atomic_energies=refs, max_energy=-0.75)
+    fp = summary["structures_fingerprint"]
+    assert db["structures_fingerprint"] == fp
+    # the database holds the manifest's structures in the manifest's order
+    rows = read_manifest("a/manifest.tsv")
+    with DatabaseReader("a/database.h5") as r:
+        assert r.names() == [row["label"] for row in rows]
+        assert r.has_features and r.species == summary["species"]  # species inferred
+        # a Python-API build of the same structures in the same order, same filter
+        structures = list(r.iter_structures())
+    write_database("api.h5", structures, filter_meta=EnergyFilter(-0.75, refs).config())
+    with DatabaseReader("api.h5") as api:
+        assert api.structures_fingerprint == fp
+    # another descriptor: another database fingerprint, the same structures fingerprint
+    _, db2 = _pipeline(data, "b", descriptor=dict(rad_order=3, rad_cutoff=3.2, ang_order=1,
+                                                 ang_cutoff=2.5, min_cutoff=0.5),
+                       atomic_energies=refs, max_energy=-0.75)
+    assert db2["structures_fingerprint"] == fp and db2["fingerprint"] != db["fingerprint"]
+    # another filter (even one keeping the same structures), structure or set: another
+    summary3, _ = _pipeline(data, "c", atomic_energies=refs, max_energy=-0.74)
+    assert summary3["n_structures"] == summary["n_structures"]
+    assert summary3["structures_fingerprint"] != fp
+    changed = [dict(r, content_hash=r["content_hash"] if i else "0" * 64)
+               for i, r in enumerate(rows)]
+    from nnpflow.io.manifest import rows_fingerprint
+    filt = EnergyFilter(-0.75, refs).config()
+    assert rows_fingerprint(rows, filt) == fp
+    assert rows_fingerprint(changed, filt) != fp
+    assert rows_fingerprint(rows[1:], filt) != fp
+    assert rows_fingerprint(rows[::-1], filt) != fp
+
+
+def test_merge_refuses_shards_of_other_structures(data):
+    from nnpflow.stages import merge
+    _pipeline(data, "a")
+    Path("b").mkdir()
+    # a manifest of one shard only: the two shards hold more than it lists
+    manifest.run(["a/m.tsv_0"], ["a/r.tsv_0"], manifest="b/manifest.tsv",
+                 summary="b/manifest.json", rejected="b/rejected.tsv")
+    with pytest.raises(InputError, match="merged shards hold other structures than the "
+                                         "manifest"):
+        merge.run(["a/db.h5_0", "a/db.h5_1"], database="b/database.h5",
+                  summary="b/database.json", manifest_summary="b/manifest.json")
+    assert not Path("b/database.h5").exists() and not Path("b/database.json").exists()
+
+
+def test_build_needs_species_or_a_manifest_to_infer_them(data, tmp_path):
+    from nnpflow import ConfigError
+    from nnpflow.stages import build
+    ingest.run(data[:1], shard=0, n_shards=1, manifest="m.tsv", rejected="r.tsv",
+               structures="raw.h5")
+    kw = dict(structures="raw.h5", database="db.h5",
+              descriptor=dict(rad_order=2, rad_cutoff=3.0, ang_order=1, ang_cutoff=2.5),
+              database_cfg={})
+    with pytest.raises(ConfigError, match="needs species or the manifest summary"):
+        build.run(**kw)
+    Path("empty.json").write_text(json.dumps({"species": []}))
+    with pytest.raises(InputError, match="empty.json: the manifest holds no structures"):
+        build.run(**kw, manifest_summary="empty.json")
+    assert build.run(**kw, species=["Au", "Cu"])["species"] == ["Au", "Cu"]
+    with DatabaseReader("db.h5") as db:
+        assert db.species == ["Cu", "Au"] and db.layout["feature_species"] == ["Au", "Cu"]
 
 
 def test_manifest_stage_refuses_duplicate_labels_and_dedupes_rejections(data):

@@ -228,67 +228,209 @@ def job_set(jobs: list[dict]) -> JobSet:
     return JobSet(jobs)
 
 
+DATA_JOBS = {("ingest", 0): 1, ("ingest", 1): 1, ("ingest", 2): 1, ("manifest", None): 1,
+             ("build", 0): 1, ("build", 1): 1, ("build", 2): 1, ("merge", None): 1,
+             ("split", None): 1, ("all", None): 1}
+
+
 @pytest.mark.workflow
 def test_dry_run_plans_every_stage_and_assigns_files_to_shards(workdir):
     jobs = planned_jobs(workdir)
-    assert job_set(jobs) == Counter({("example", None): 1, ("ingest", 0): 1,
-                                     ("ingest", 1): 1, ("ingest", 2): 1,
-                                     ("manifest", None): 1, ("all", None): 1})
+    assert job_set(jobs) == Counter({("example", None): 1, **DATA_JOBS})
     plain = [f"extra/cell-{i}.xsf" for i in range(3)] + \
         [f"results/example/xsf/example-{i:04d}.xsf" for i in range(3)]
     archive = "results/example/archive.tar.bz2"
     for job in jobs:
-        if job["rule"] != "ingest":
-            continue
         k = job["shard"]
-        # a plain file is read by exactly the shard its path hashes to; an archive by all
-        assert sorted(job["input"]) == sorted(
-            [p for p in plain if shard_of(p, 3) == k] + [archive]), job
+        if job["rule"] == "ingest":
+            # a plain file is read by exactly the shard its path hashes to; an archive by all
+            assert sorted(job["input"]) == sorted(
+                [p for p in plain if shard_of(p, 3) == k] + [archive]), job
+        elif job["rule"] == "build":
+            # species: null -> inferred from the manifest, an input of every build job
+            assert job["input"] == [f"results/ingest/shard_{k}.h5",
+                                    "results/manifest/manifest.json"], job
+        elif job["rule"] == "split":
+            assert job["input"] == ["results/manifest/manifest.json"], job
+
+
+# ---------------------------------------------------------------- one completed run
+
+#: the tiny run's filter settings (eV per atom / eV); max_energy keeps every structure
+ATOMIC_ENERGIES = {"Cu": -0.25, "Au": -0.5, "Pt": -0.75}
+MAX_ENERGY = 100.0
+SPECIES = ["Cu", "Pt", "Au"]
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    """The data DAG run once to completion (``snakemake --cores 2``) on a tiny
+    configuration: 6 example structures and 3 files in ``extra/``, 3 shards, species
+    given (so each build job reads its own shard only), a filter that keeps all."""
+    root = tmp_path_factory.mktemp("completed")
+    for part in WORKFLOW_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, root / part)
+        else:
+            shutil.copy(src, root / part)
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    cfg["example"].update(n_structures=6, archive_fraction=0.5, seed=3)
+    cfg["database"]["shards"] = 3
+    cfg["sources"] = [{"path": "extra"}]
+    cfg.update(species=SPECIES, atomic_energies=ATOMIC_ENERGIES, max_energy=MAX_ENERGY)
+    cfg["split"] = {"validation": 0.2, "test": 1, "seed": 7}
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for i in range(3):
+        write_xsf(root / "extra" / f"cell-{i}.xsf", energy=-7.0 - 0.1 * i, z=0.1 * i)
+    snakemake(root, "--cores", "2")
+    return root
+
+
+@pytest.fixture
+def scenario(completed, tmp_path):
+    """A private copy of the completed run (outputs, Snakemake's metadata and file
+    modification times preserved) to change and dry-run."""
+    dest = tmp_path / "run"
+    shutil.copytree(completed, dest, symlinks=True, copy_function=shutil.copy2)
+    return dest
+
+
+def edit_config(workdir: Path, change) -> None:
+    path = workdir / "config" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    change(cfg)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def check_data_outputs(workdir: Path, n_structures: int) -> None:
+    """The data DAG's outputs agree with each other: database order = manifest order,
+    one structures fingerprint in manifest.json, database.json and split.json."""
+    from nnpflow.database import DatabaseReader
+    from nnpflow.io.manifest import read_manifest
+    from nnpflow.splitting import load_split
+    results = workdir / "results"
+    labels = [row["label"] for row in read_manifest(results / "manifest" / "manifest.tsv")]
+    assert len(labels) == n_structures
+    summary = json.loads((results / "manifest" / "manifest.json").read_text())
+    db_info = json.loads((results / "database" / "database.json").read_text())
+    fp = summary["structures_fingerprint"]
+    assert db_info["structures_fingerprint"] == fp
+    assert summary["filter"] == db_info["filter"] == {"max_energy": MAX_ENERGY,
+                                                      "atomic_energies": ATOMIC_ENERGIES}
+    with DatabaseReader(results / "database" / "database.h5") as db:
+        assert db.names() == labels
+        assert db.structures_fingerprint == fp and db.fingerprint == db_info["fingerprint"]
+        assert db.has_features and db.has_force_derivatives
+        assert db.layout["feature_species"] == SPECIES
+        split = load_split(results / "split" / "split.json", db, n_structures=len(db))
+    assert split.counts == {"train": n_structures - round(0.2 * n_structures) - 1,
+                            "validation": round(0.2 * n_structures), "test": 1}
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_end_to_end_run_and_what_reruns(workdir):
-    out = snakemake(workdir, "--cores", "2")
-    results = workdir / "results"
-    rows = (results / "manifest" / "manifest.tsv").read_text().splitlines()
-    labels = {row.split("\t")[0] for row in rows[1:]}
-    assert len(rows) == 1 + 6 + 3
-    assert {f"extra/cell-{i}.xsf" for i in range(3)} <= labels
-    summary = json.loads((results / "manifest" / "manifest.json").read_text())
-    assert summary["n_structures"] == 9
+def test_end_to_end_data_dag(completed, monkeypatch):
+    results = completed / "results"
+    labels = [row.split("\t")[0] for row in
+              (results / "manifest" / "manifest.tsv").read_text().splitlines()[1:]]
+    assert {f"extra/cell-{i}.xsf" for i in range(3)} <= set(labels)
+    check_data_outputs(completed, 9)
     # one log and one benchmark per job
-    for name in ("example", "manifest", "ingest/shard_0", "ingest/shard_1", "ingest/shard_2"):
+    for name in ("example", "manifest", "merge", "split",
+                 *(f"{stage}/shard_{k}" for stage in ("ingest", "build") for k in range(3))):
         assert (results / "logs" / f"{name}.log").stat().st_size > 0, name
         assert (results / "benchmarks" / f"{name}.tsv").exists(), name
-    assert "nnpflow.stages.ingest.run(" in (results / "logs" / "ingest" / "shard_0.log").read_text()
+    assert "nnpflow.stages.build.run(" in (results / "logs" / "build" / "shard_0.log").read_text()
+    # raw shards (ingest) hold the structures without features
+    from nnpflow.database import DatabaseReader
+    with DatabaseReader(results / "ingest" / "shard_0.h5") as raw:
+        assert not raw.has_features and len(raw) > 0
+
+    # a Python-API build of the same sources (spec 000's HDF5StructureDataset, one
+    # worker process per shard, the sources in the workflow's order) gives the same
+    # database order and the same structures fingerprint
+    from nnpflow.datasets import HDF5StructureDataset
+    from nnpflow.descriptors import ChebyshevDescriptor
+    cfg = yaml.safe_load((completed / "config" / "config.yaml").read_text())
+    monkeypatch.chdir(completed)
+    sources = sorted([f"extra/cell-{i}.xsf" for i in range(3)]
+                     + [str(p.relative_to(completed)) for p in
+                        (results / "example" / "xsf").glob("*.xsf")]
+                     + ["results/example/archive.tar.bz2"])
+    descriptor = ChebyshevDescriptor(species=SPECIES, **cfg["descriptor"])
+    with HDF5StructureDataset(descriptor, completed / "api.h5", sources=sources, mode="build",
+                              max_energy=MAX_ENERGY,
+                              atomic_energies=ATOMIC_ENERGIES) as dataset:
+        dataset.build_database(build_workers=3, persist_features=True)
+        summary = json.loads((results / "manifest" / "manifest.json").read_text())
+        assert dataset.structures_fingerprint == summary["structures_fingerprint"]
+        with DatabaseReader(completed / "api.h5") as api:
+            assert api.names() == labels
 
     # nothing changed -> nothing to do
-    assert planned_jobs(workdir) == []
+    assert planned_jobs(completed) == []
 
-    # the same settings written in another key order -> still nothing to do
-    cfg_file = workdir / "config" / "config.yaml"
-    cfg = yaml.safe_load(cfg_file.read_text())
-    reordered = {key: cfg[key] for key in reversed(list(cfg))}
-    reordered["descriptor"] = dict(reversed(list(cfg["descriptor"].items())))
-    cfg_file.write_text(yaml.safe_dump(reordered, sort_keys=False))
-    assert planned_jobs(workdir) == []
 
-    # one new XSF file in a source folder -> its shard's ingest and the merge only
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_reordered_config_and_threads_rerun_nothing(scenario):
+    def reorder(cfg):
+        reordered = {key: cfg[key] for key in reversed(list(cfg))}
+        reordered["descriptor"] = dict(reversed(list(cfg["descriptor"].items())))
+        reordered["atomic_energies"] = dict(reversed(list(cfg["atomic_energies"].items())))
+        reordered["database"] = dict(cfg["database"], threads=2)  # threads: no trigger
+        cfg.clear()
+        cfg.update(reordered)
+    edit_config(scenario, reorder)
+    assert planned_jobs(scenario) == []
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_descriptor_change_rebuilds_every_shard_but_not_ingest_or_split(scenario):
+    edit_config(scenario, lambda cfg: cfg["descriptor"].update(rad_cutoff=4.5))
+    assert job_set(planned_jobs(scenario)) == Counter(
+        {("build", 0): 1, ("build", 1): 1, ("build", 2): 1, ("merge", None): 1,
+         ("all", None): 1})
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_split_seed_change_redraws_only_the_split(scenario):
+    edit_config(scenario, lambda cfg: cfg["split"].update(seed=8))
+    assert job_set(planned_jobs(scenario)) == Counter({("split", None): 1, ("all", None): 1})
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_max_energy_change_reruns_every_ingest_and_downstream(scenario):
+    edit_config(scenario, lambda cfg: cfg.update(max_energy=50.0))
+    assert job_set(planned_jobs(scenario)) == Counter(DATA_JOBS)
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_new_file_reruns_its_shard_and_the_merges_only(scenario):
     new = "extra/cell-new.xsf"
-    write_xsf(workdir / new, energy=-6.5, z=0.05)
+    write_xsf(scenario / new, energy=-6.5, z=0.05)
     k = shard_of(new, 3)
-    assert job_set(planned_jobs(workdir)) == Counter(
-        {("ingest", k): 1, ("manifest", None): 1, ("all", None): 1})
-    snakemake(workdir, "--cores", "2")
-    rows = (results / "manifest" / "manifest.tsv").read_text().splitlines()
-    assert len(rows) == 1 + 10 and any(row.startswith(new + "\t") for row in rows)
-    assert planned_jobs(workdir) == []
+    jobs = planned_jobs(scenario)
+    assert job_set(jobs) == Counter(
+        {("ingest", k): 1, ("build", k): 1, ("manifest", None): 1, ("merge", None): 1,
+         ("split", None): 1, ("all", None): 1})
+    # with species given, a build job reads its own raw shard only
+    [build] = [job for job in jobs if job["rule"] == "build"]
+    assert build["input"] == [f"results/ingest/shard_{k}.h5"]
+    untouched = [scenario / "results" / "database" / f"shard_{j}.h5" for j in range(3) if j != k]
+    before = [p.stat().st_mtime_ns for p in untouched]
 
-    # a changed ingest setting (max_energy) -> every shard's ingest and the merge
-    assert job_set(planned_jobs(workdir, "--config", "max_energy=10.0")) == Counter(
-        {("ingest", 0): 1, ("ingest", 1): 1, ("ingest", 2): 1,
-         ("manifest", None): 1, ("all", None): 1})
+    snakemake(scenario, "--cores", "2")
+    check_data_outputs(scenario, 10)
+    labels = (scenario / "results" / "manifest" / "manifest.tsv").read_text()
+    assert f"\n{new}\t" in labels
+    assert [p.stat().st_mtime_ns for p in untouched] == before
+    assert planned_jobs(scenario) == []
 
 
 # ---------------------------------------------------------------- the conda environment

@@ -75,3 +75,7 @@ class SchemaError(NNPFlowError):
 
 class ResumeMismatchError(NNPFlowError):
     """A checkpoint does not belong to the configuration or data it is resumed with."""
+
+
+class SplitMismatchError(NNPFlowError, ValueError):
+    """A split file does not belong to the structures it is used with."""

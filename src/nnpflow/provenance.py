@@ -80,10 +80,16 @@ def module_closure(name: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-def code_fingerprint(*modules: str) -> str:
-    """SHA-256 (hex, 16 chars) of the source of ``modules`` and their nnpflow imports."""
+def code_fingerprint(*modules: str, exclude: tuple[str, ...] = ()) -> str:
+    """SHA-256 (hex, 16 chars) of the source of ``modules`` and their nnpflow imports.
+
+    ``exclude`` names modules (and, with them, their submodules) left out: those a
+    stage imports but never runs, so that editing them does not rerun it.
+    """
     h = hashlib.sha256()
-    names = sorted({m for mod in modules for m in module_closure(mod)})
+    names = sorted(m for mod in modules for m in set(module_closure(mod))
+                   if not any(m == x or m.startswith(x + ".") for x in exclude))
+    names = sorted(set(names))
     for mod in names:
         h.update(mod.encode() + b"\0")
         h.update(_module_file(mod).read_bytes())

@@ -11,6 +11,7 @@
 #   one file changes one shard's inputs; an archive is an input of every shard
 #   (each shard keeps the members that hash to it).
 
+
 from snakemake.exceptions import WorkflowError
 
 from nnpflow.errors import ConfigError
@@ -60,10 +61,21 @@ def canonical(obj):
     return obj
 
 
+#: nnpflow modules a stage imports (through nnpflow.database's lazy imports) but never
+#: runs, left out of its code fingerprint: ingest writes raw databases without a
+#: descriptor and manifest only hashes, so editing the descriptor code must not make
+#: every ingest job read all sources again.
+NOT_RUN = {
+    "ingest": ("nnpflow.descriptors", "nnpflow.database.featurize"),
+    "manifest": ("nnpflow.descriptors", "nnpflow.database.featurize"),
+}
+
+
 def stage_code(stage):
     """Fingerprint of nnpflow.stages.<stage>, everything it imports and the stage
-    adapter (nnpflow.stages) that calls it."""
-    return code_fingerprint(f"nnpflow.stages.{stage}", "nnpflow.stages")
+    adapter (nnpflow.stages) that calls it (less the modules in NOT_RUN[stage])."""
+    return code_fingerprint(f"nnpflow.stages.{stage}", "nnpflow.stages",
+                            exclude=NOT_RUN.get(stage, ()))
 
 
 # ---------------------------------------------------------------- sources
@@ -127,17 +139,58 @@ def ingest_specs(wildcards):
     return [canonical(s.to_dict()) for s in shard_sources(wildcards.shard)]
 
 
+def filter_settings():
+    """The structure filter (max_energy eV/atom, atomic_energies eV): applied by
+    ingest, part of the structures fingerprint the manifest stage computes."""
+    return canonical(
+        dict(
+            atomic_energies=config["atomic_energies"],
+            max_energy=config["max_energy"],
+        )
+    )
+
+
 def ingest_settings():
     """The config the ingest stage depends on (beyond its own sources)."""
     return canonical(
         dict(
             species=config["species"],
-            atomic_energies=config["atomic_energies"],
-            max_energy=config["max_energy"],
             min_cutoff=config["descriptor"]["min_cutoff"],
             on_error=config["on_error"],
+            **filter_settings(),
         )
     )
+
+
+# ---------------------------------------------------------------- database
+
+#: the species of the descriptor: the config's, or None (inferred from the manifest)
+SPECIES = list(config["species"]) if config["species"] else None
+
+#: torch threads of each build job
+BUILD_THREADS = int(config["database"]["threads"])
+
+
+def descriptor_settings():
+    """The descriptor block (Å) the build stage featurises with."""
+    return canonical(config["descriptor"])
+
+
+def database_settings():
+    """What the build stage stores: the database block without the shard count
+    (it shapes the DAG) and the threads (they do not change the result)."""
+    return canonical(
+        {k: v for k, v in config["database"].items() if k not in ("shards", "threads")}
+    )
+
+
+def build_inputs(wildcards):
+    """The raw shard and, only when species are inferred, the manifest summary:
+    inference makes every shard's build depend on the whole manifest."""
+    inputs = dict(structures=results("ingest", f"shard_{wildcards.shard}.h5"))
+    if SPECIES is None:
+        inputs["manifest_summary"] = manifest_outputs()["summary"]
+    return inputs
 
 
 # ---------------------------------------------------------------- targets
@@ -152,9 +205,26 @@ def manifest_outputs():
     )
 
 
+def database_outputs():
+    """The merged training database and its JSON summary."""
+    return dict(
+        database=results("database", "database.h5"),
+        summary=results("database", "database.json"),
+    )
+
+
+def split_output():
+    """The training/validation/test split (indices into the manifest's order)."""
+    return results("split", "split.json")
+
+
 def final_outputs():
-    """Everything rule all asks for (later stages add their targets here)."""
-    return list(manifest_outputs().values())
+    """Everything rule all asks for; later stages append their targets here."""
+    return [
+        *manifest_outputs().values(),
+        *database_outputs().values(),
+        split_output(),
+    ]
 
 
 # ---------------------------------------------------------------- later stages

@@ -1,7 +1,8 @@
 # rule ingest: read the sources of one shard, validate and filter the structures,
-# write the shard's manifest (one row per accepted structure) and rejected list.
+# write the shard's manifest (one row per accepted structure), rejected list and raw
+# structures (HDF5 database schema without features, in the manifest's order).
 # rule manifest: merge the shard manifests into manifest.tsv / manifest.json /
-# rejected.tsv.
+# rejected.tsv; manifest.json carries the structures fingerprint (filter included).
 
 
 rule ingest:
@@ -10,6 +11,7 @@ rule ingest:
     output:
         manifest=results("manifest", "shard_{shard}.tsv"),
         rejected=results("manifest", "shard_{shard}.rejected.tsv"),
+        structures=results("ingest", "shard_{shard}.h5"),
     params:
         stage="ingest",
         code=stage_code("ingest"),
@@ -48,6 +50,7 @@ rule manifest:
     params:
         stage="manifest",
         code=stage_code("manifest"),
+        **filter_settings(),
     threads: 1
     resources:
         mem_mb=1000,

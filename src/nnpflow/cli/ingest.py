@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..energy_reference import read_atomic_energy_csv
+from ..energy_reference import EnergyFilter, read_atomic_energy_csv
 from ..errors import ConfigError
 from ..structure import element_symbol
 
@@ -82,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
                on_error=args.on_error, require_energy=args.require_energy)
     rows = read_manifest(args.output)
     n_rejected = len(read_rejected(rejected))
-    info = summarize(rows, n_rejected=n_rejected)
+    filter_meta = EnergyFilter(args.max_energy, refs).config()
+    info = summarize(rows, n_rejected=n_rejected, filter_meta=filter_meta)
     info["manifest"] = str(args.output)
     info["rejected"] = str(rejected)
     json.dump(info, sys.stdout, indent=2, sort_keys=True)

@@ -11,8 +11,11 @@ Two SHA-256 fingerprints identify a database:
   what is persisted (features, force derivatives, their dtype).
 
 Both are computed while streaming, so neither needs the whole database in memory.
-The workflow's manifest uses :class:`StructuresFingerprint` too, so a manifest
-and the database built from it carry the same structures fingerprint.
+:func:`structures_fingerprint` is the only definition of the structures
+fingerprint in nnpflow: the workflow's manifest (``manifest.json``, through
+:func:`nnpflow.io.manifest.rows_fingerprint`), the database writer, the merge
+and the split all use it, so a manifest, the database built from it and the
+split drawn from it carry the same value.
 """
 
 from __future__ import annotations

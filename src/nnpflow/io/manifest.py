@@ -15,18 +15,21 @@ Manifest columns (tab-separated, one header line):
 
 Row order is canonical: the database build follows it.  The rejected list has
 columns ``label`` and ``reason``.  :func:`summarize` gives the counts that go to
-``manifest.json``, including ``structures_fingerprint``, the SHA-256 of the
-ordered ``(label, content_hash)`` rows that keys the train/test split.
+``manifest.json``, including ``structures_fingerprint``: the fingerprint of the
+ordered ``(label, content_hash)`` rows and the filter settings, computed by
+:func:`nnpflow.database.fingerprint.structures_fingerprint` -- the same function
+the database writer uses, so a manifest and the database built from it carry the
+same value.  It keys the train/validation/test split.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from ..database.fingerprint import filter_config, structures_fingerprint
 from ..errors import InputError
 from ..safe_write import atomic_path
 from ..sharding import unit_label
@@ -34,7 +37,7 @@ from ..structure import Structure, atomic_number
 
 __all__ = ["MANIFEST_COLUMNS", "REJECTED_COLUMNS", "manifest_row", "write_manifest",
            "read_manifest", "write_rejected", "read_rejected", "summarize",
-           "structures_fingerprint"]
+           "rows_fingerprint"]
 
 MANIFEST_COLUMNS = ("label", "unit", "frame", "n_atoms", "species", "energy", "has_forces",
                     "content_hash")
@@ -116,12 +119,15 @@ def read_rejected(path: str | os.PathLike) -> list[dict]:
     return _read_tsv(path, REJECTED_COLUMNS)
 
 
-def structures_fingerprint(rows: Iterable[dict]) -> str:
-    """SHA-256 (hex) over the ordered ``label<TAB>content_hash<LF>`` lines."""
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(f"{row['label']}\t{row['content_hash']}\n".encode("utf-8"))
-    return h.hexdigest()
+def rows_fingerprint(rows: Iterable[dict],
+                     filter_meta: Mapping[str, Any] | None = None) -> str:
+    """The structures fingerprint of manifest rows (in order) under the filter
+    settings ``filter_meta`` (``{"max_energy", "atomic_energies"}``; ``None``:
+    no filter): :func:`nnpflow.database.fingerprint.structures_fingerprint` of
+    their ``(label, content_hash)`` pairs, equal to the ``structures_fingerprint``
+    of a database holding the same structures in the same order."""
+    return structures_fingerprint(((row["label"], row["content_hash"]) for row in rows),
+                                  filter_meta)
 
 
 def _stats(values: list[float]) -> dict | None:
@@ -133,14 +139,18 @@ def _stats(values: list[float]) -> dict | None:
     return {"min": min(values), "max": max(values), "mean": mean, "std": math.sqrt(var)}
 
 
-def summarize(rows: Sequence[dict], n_rejected: int = 0) -> dict:
+def summarize(rows: Sequence[dict], n_rejected: int = 0,
+              filter_meta: Mapping[str, Any] | None = None) -> dict:
     """Counts and statistics of manifest rows (JSON-compatible).
 
     Keys: ``n_structures``, ``n_atoms``, ``species`` (sorted by atomic number),
     ``atoms_per_species``, ``structures_per_species``, ``n_with_energy``,
     ``n_with_forces``, ``n_rejected``, ``energy`` and ``energy_per_atom`` (min,
     max, mean, std in eV and eV/atom; null without energies), ``atoms_per_structure``
-    (min, max) and ``structures_fingerprint``.
+    (min, max), ``filter`` (the filter settings applied at ingestion, canonical:
+    ``max_energy`` eV/atom or null, ``atomic_energies`` eV) and
+    ``structures_fingerprint`` (:func:`rows_fingerprint` of ``rows`` and
+    ``filter_meta``).
     """
     atoms = Counter()
     structures = Counter()
@@ -172,5 +182,6 @@ def summarize(rows: Sequence[dict], n_rejected: int = 0) -> dict:
         "energy": _stats(energies),
         "energy_per_atom": _stats(per_atom),
         "atoms_per_structure": {"min": min(sizes), "max": max(sizes)} if sizes else None,
-        "structures_fingerprint": structures_fingerprint(rows),
+        "filter": filter_config(filter_meta),
+        "structures_fingerprint": rows_fingerprint(rows, filter_meta),
     }

@@ -10,12 +10,13 @@ structures fingerprint equals the raw shard's.  Written atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Mapping
 
 from ..database import DatabaseReader, write_database
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..runtime import configure_threads
 
 log = logging.getLogger(__name__)
@@ -57,17 +58,47 @@ def make_descriptor(descriptor: Mapping[str, Any], species: list[str]):
     return ChebyshevDescriptor(species=list(species), **cfg)
 
 
+def inferred_species(manifest_summary: str) -> list[str]:
+    """The species of ``manifest.json`` (the manifest stage's summary; sorted by
+    atomic number)."""
+    try:
+        with open(manifest_summary, encoding="utf-8") as fh:
+            info = json.load(fh)
+        species = [str(x) for x in info["species"]]
+    except OSError as exc:
+        raise InputError(f"cannot read the manifest summary: {exc.strerror}",
+                         source=str(manifest_summary)) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a manifest summary (no species list: {exc})",
+                         source=str(manifest_summary)) from None
+    if not species:
+        raise InputError("the manifest holds no structures, so no species can be inferred; "
+                         "set species in the configuration or add sources",
+                         source=str(manifest_summary))
+    return species
+
+
 def run(structures: str, database: str, descriptor: dict, database_cfg: dict,
-        species: list[str], threads: int = 1) -> dict:
+        species: list[str] | None = None, threads: int = 1,
+        manifest_summary: str | None = None) -> dict:
     """Featurise the raw shard ``structures`` into ``database``.
 
     ``descriptor``: ``{rad_order, rad_cutoff, ang_order, ang_cutoff, min_cutoff}``
-    (Å); ``species``: the descriptor's species in order; ``database_cfg``: the
-    ``database`` config block (persist_features, persist_force_derivatives,
-    compression, compression_level, dtype; ``shards`` is ignored here);
-    ``threads``: torch threads.  Returns ``{"n_structures", "seconds"}``.
+    (Å); ``species``: the descriptor's species in order, or ``None`` to take
+    them from ``manifest_summary`` (the manifest stage's ``manifest.json``, every
+    species of the whole data set by atomic number -- shards must agree);
+    ``database_cfg``: the ``database`` config block (persist_features,
+    persist_force_derivatives, compression, compression_level, dtype; ``shards``
+    is ignored here); ``threads``: torch threads.  Returns
+    ``{"n_structures", "seconds", "species"}``.
     """
     configure_threads(threads)
+    if species is None:
+        if manifest_summary is None:
+            raise ConfigError("the build stage needs species or the manifest summary to "
+                              "infer them from")
+        species = inferred_species(manifest_summary)
+        log.info("species inferred from %s: %s", manifest_summary, " ".join(species))
     desc = make_descriptor(descriptor, species)
     opts = database_options(database_cfg)
     start = time.perf_counter()
@@ -81,4 +112,4 @@ def run(structures: str, database: str, descriptor: dict, database_cfg: dict,
     seconds = time.perf_counter() - start
     log.info("build: %d structures featurised into %s in %.1f s (%.1f structures/s)",
              n, database, seconds, n / seconds if seconds > 0 else float("nan"))
-    return {"n_structures": n, "seconds": seconds}
+    return {"n_structures": n, "seconds": seconds, "species": list(species)}

@@ -6,8 +6,11 @@ Inputs are the ingest stage's per-shard TSVs, in shard order.  Outputs (atomic):
 * ``rejected``: the shard rejected lists concatenated (a row repeated verbatim by
   several shards, e.g. a corrupt archive every shard streams, is kept once);
 * ``summary``: JSON from :func:`nnpflow.io.manifest.summarize` -- counts, species
-  (by atomic number), per-species atom counts, energy statistics and the
-  ``structures_fingerprint`` that keys the split.
+  (by atomic number), per-species atom counts, energy statistics, the filter
+  settings and the ``structures_fingerprint`` that keys the split.  The
+  fingerprint covers the filter settings (``max_energy``, ``atomic_energies``,
+  the ingest stage's), exactly as the database's does: the merged database's
+  ``structures_fingerprint`` equals it.
 
 A label in two shards is an :class:`~nnpflow.errors.InputError` naming both.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+from ..energy_reference import EnergyFilter
 from ..errors import InputError
 from ..io.manifest import (read_manifest, read_rejected, summarize, write_manifest,
                            write_rejected)
@@ -25,8 +29,14 @@ log = logging.getLogger(__name__)
 
 
 def run(shard_manifests: list[str], shard_rejected: list[str], manifest: str, summary: str,
-        rejected: str) -> None:
-    """Concatenate shard manifests and rejected lists; write the summary JSON."""
+        rejected: str, max_energy: float | None = None,
+        atomic_energies: dict | None = None) -> None:
+    """Concatenate shard manifests and rejected lists; write the summary JSON.
+
+    ``max_energy`` (eV/atom) and ``atomic_energies`` (eV per species): the filter
+    settings the ingest stage applied (they enter the structures fingerprint).
+    """
+    filter_meta = EnergyFilter(max_energy, atomic_energies).config()
     rows: list[dict] = []
     where: dict[str, str] = {}
     for path in shard_manifests:
@@ -45,7 +55,7 @@ def run(shard_manifests: list[str], shard_rejected: list[str], manifest: str, su
             if key not in seen:
                 seen.add(key)
                 rejections.append(row)
-    info = summarize(rows, n_rejected=len(rejections))
+    info = summarize(rows, n_rejected=len(rejections), filter_meta=filter_meta)
     write_manifest(manifest, rows)
     write_rejected(rejected, rejections)
     write_json(summary, info)

@@ -5,27 +5,56 @@ exactly, fingerprints recomputed) and ``summary``, a JSON file with the
 fingerprints, counts, species, descriptor, layout, sizes and statistics that
 later rules (split, train, report) read without opening the HDF5 file.
 Both atomically.
+
+With ``manifest_summary`` (the manifest stage's ``manifest.json``) the merged
+database must hold exactly the manifest's structures in the manifest's order
+under the same filter settings: its ``structures_fingerprint`` must equal the
+manifest's, or the stage fails (and writes nothing).  So the split, which is
+drawn from the manifest, always indexes the database correctly.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 from ..database import database_info, merge_databases
+from ..errors import InputError
 from ..safe_write import write_json
 
 log = logging.getLogger(__name__)
 
 
-def run(shards: list[str], database: str, summary: str) -> dict:
+def run(shards: list[str], database: str, summary: str,
+        manifest_summary: str | None = None) -> dict:
     """Merge ``shards`` (in order) into ``database``; write ``summary`` (JSON).
 
-    Returns the summary dict.
+    ``manifest_summary``: ``manifest.json`` whose structures fingerprint the
+    database must reproduce (checked when given).  Returns the summary dict.
     """
     if isinstance(shards, str):
         shards = [shards]
+    expected = None
+    if manifest_summary is not None:
+        try:
+            with open(manifest_summary, encoding="utf-8") as fh:
+                expected = str(json.load(fh)["structures_fingerprint"])
+        except OSError as exc:
+            raise InputError(f"cannot read the manifest summary: {exc.strerror}",
+                             source=str(manifest_summary)) from None
+        except (ValueError, KeyError, TypeError):
+            raise InputError("not a manifest summary (no structures_fingerprint)",
+                             source=str(manifest_summary)) from None
     merge_databases(list(shards), database)
     info = database_info(database)
+    if expected is not None and info["structures_fingerprint"] != expected:
+        Path(database).unlink(missing_ok=True)
+        raise InputError(
+            f"the merged shards hold other structures than the manifest (structures "
+            f"fingerprint {info['structures_fingerprint'][:16]}... vs "
+            f"{expected[:16]}...): shards and manifest come from different ingest runs; "
+            "rerun ingest and build", source=str(manifest_summary))
     info["shards"] = [str(s) for s in shards]
     write_json(summary, info)
     log.info("merge: %d shards -> %s: %d structures, %d atoms, species %s, fingerprint %s",

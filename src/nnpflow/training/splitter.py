@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError, SchemaError
 from ..safe_write import canonical_json, write_json
+from ..splitting import partition
 
 SPLIT_SCHEMA_VERSION = 1
 
@@ -58,14 +59,10 @@ def part_sizes(n: int, parts: list[str], ratios: list) -> dict[str, int]:
 
 
 def random_split(n: int, parts: list[str], ratios: list, seed: int) -> dict[str, np.ndarray]:
-    """Disjoint sorted index arrays per part, drawn with ``numpy.random.default_rng(seed)``."""
+    """Disjoint sorted index arrays per part, drawn with ``numpy.random.default_rng(seed)``
+    (:func:`nnpflow.splitting.partition`, parts in the given order)."""
     sizes = part_sizes(n, parts, ratios)
-    order = np.random.default_rng(seed).permutation(n)
-    out, start = {}, 0
-    for part in parts:
-        out[part] = np.sort(order[start:start + sizes[part]]).astype(np.int64)
-        start += sizes[part]
-    return out
+    return partition(n, {part: sizes[part] for part in parts}, seed)
 
 
 def split_key(data_hash: str, splitter: Mapping) -> str:

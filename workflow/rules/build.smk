@@ -1,0 +1,55 @@
+# rule build: featurise one shard's raw structures (ingest output) with the descriptor
+# into a database shard (features + compact force derivatives).  One job per shard,
+# `threads` from database.threads.
+# rule merge: the database shards, in shard order, into the training database and its
+# JSON summary (fingerprints, counts, statistics).  The database holds the manifest's
+# structures in the manifest's order; the merge checks it against manifest.json.
+
+
+rule build:
+    input:
+        unpack(build_inputs),
+    output:
+        database=results("database", "shard_{shard}.h5"),
+    params:
+        stage="build",
+        code=stage_code("build"),
+        descriptor=descriptor_settings(),
+        database_cfg=database_settings(),
+        species=SPECIES,
+    threads: BUILD_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    log:
+        log_file("build", "shard_{shard}.log"),
+    benchmark:
+        benchmark_file("build", "shard_{shard}.tsv")
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
+rule merge:
+    input:
+        shards=expand(results("database", "shard_{shard}.h5"), shard=SHARDS),
+        manifest_summary=manifest_outputs()["summary"],
+    output:
+        database=database_outputs()["database"],
+        summary=database_outputs()["summary"],
+    params:
+        stage="merge",
+        code=stage_code("merge"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    log:
+        log_file("merge.log"),
+    benchmark:
+        benchmark_file("merge.tsv")
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"

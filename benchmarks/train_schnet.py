@@ -46,7 +46,7 @@ from nnpflow.models.batch import packed_for_model  # noqa: E402
 from nnpflow.models.stack import LayerStack  # noqa: E402
 from nnpflow.runtime import configure_threads, resolve_device  # noqa: E402
 from nnpflow.structure import Structure  # noqa: E402
-from nnpflow.training.allocator import tune_cpu_allocator  # noqa: E402
+from nnpflow.runtime import keep_freed_memory  # noqa: E402
 from nnpflow.training.losses import WeightedLoss  # noqa: E402
 from nnpflow.training.message_passing import make_adam, optimizer_step  # noqa: E402
 
@@ -202,7 +202,7 @@ def main() -> None:
         parser.error("--cuda-graphs needs --device cuda")
     configure_threads(args.threads)
     if device.type == "cpu":
-        tune_cpu_allocator()
+        keep_freed_memory()
     steps = args.steps or (50 if device.type == "cuda" else 10)
     dtype = getattr(torch, args.dtype)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"

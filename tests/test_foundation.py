@@ -151,3 +151,15 @@ def test_configure_threads_does_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout.split()
     assert out == ["1", "False", "1", "1"]
+
+
+def test_keep_freed_memory_applies_on_glibc(tmp_path):
+    import subprocess
+    import sys
+    code = ("from nnpflow.runtime import keep_freed_memory as k; "
+            "import platform; print(k(), k(), platform.libc_ver()[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    if out[2] != "glibc":
+        pytest.skip("not glibc")
+    assert out[:2] == ["True", "True"]

@@ -118,7 +118,7 @@ def _descriptor(args: argparse.Namespace):
 def build_main(args: argparse.Namespace) -> int:
     from ..database.build import build_sharded
     from ..energy_reference import read_atomic_energy_csv
-    from ..runtime import configure_threads
+    from ..runtime import configure_threads, keep_freed_memory
     from ..sources import collection_for, expand_sources
 
     descriptor = _descriptor(args)
@@ -129,6 +129,7 @@ def build_main(args: argparse.Namespace) -> int:
                            base_dir=".")
     collection = collection_for(specs)
     configure_threads(1)
+    keep_freed_memory()
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     compression = None if args.compression == "none" else args.compression
     result = build_sharded(

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ..runtime import configure_threads
+from ..runtime import configure_threads, keep_freed_memory
 
 
 def register(subparsers) -> None:
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.session import run_train
 
     configure_threads(args.threads)
+    keep_freed_memory()
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     console.setLevel(logging.INFO)

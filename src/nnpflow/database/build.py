@@ -94,6 +94,8 @@ def _init_worker(counter) -> None:
     import torch
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
+    from ..runtime import keep_freed_memory
+    keep_freed_memory()  # a worker process only builds its shard
 
 
 def _tick(n: int) -> None:

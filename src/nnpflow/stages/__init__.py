@@ -136,12 +136,13 @@ def run_from_snakemake(smk: Any) -> Any:
     configure_logging(str(log_files[0]) if log_files else None)
     threads = getattr(smk, "threads", None)
     try:
-        from ..runtime import configure_threads
+        from ..runtime import configure_threads, keep_freed_memory
         n_threads = configure_threads(threads)
+        keep_freed_memory()  # a job is one compute process: reuse freed memory
         func = stage_function(stage)
         kwargs = stage_kwargs(func, _named(smk.input), _named(smk.output), params,
                               threads=threads, stage=stage)
-        LOGGER.info("rule %s: nnpflow.stages.%s.run(%s) with %d torch thread(s)",
+        LOGGER.info("rule %s: nnpflow.stages.%s.run(%s) with %s thread(s)",
                     smk.rule, stage, ", ".join(sorted(kwargs)), n_threads)
         start = time.perf_counter()
         result = func(**kwargs)

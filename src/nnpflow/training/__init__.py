@@ -12,7 +12,6 @@ imported here):
 - :mod:`~nnpflow.training.checkpoint` -- full training state in weights-only-safe
   files, RNG capture/restore, and the resume guard.
 - :mod:`~nnpflow.training.interrupt` -- SIGTERM -> finish the step, checkpoint, exit.
-- :mod:`~nnpflow.training.allocator` -- CPU allocator tuning for training loops.
 
 The Enerzyme-style trainer (spec 004, ``nnpflow train -c train.yaml -o DIR``):
 :mod:`~nnpflow.training.yaml_config` (train.yaml), :mod:`~nnpflow.training.datahub`

@@ -49,9 +49,9 @@ from ..models.model_file import (MODEL_SCHEMA, MODEL_SCHEMA_VERSION, dtype_from_
                                  model_payload, read_torch_file, save_layer_stack)
 from ..models.stack import LayerStack
 from ..provenance import versions
-from ..runtime import resolve_device
+from ..runtime import keep_freed_memory, resolve_device
 from ..safe_write import write_json, write_text
-from .allocator import tune_cpu_allocator
+
 from .checkpoint import (capture_rng_state, check_resume, load_checkpoint, restore_rng_state,
                          save_checkpoint, seed_everything)
 from .datahub import ProcessedData
@@ -280,7 +280,7 @@ def train_model(job: ModelJob) -> dict:
     device = resolve_device("cuda" if cfg["cuda"] else "cpu")
     dtype = dtype_from_name(cfg["dtype"])
     if device.type == "cpu":
-        tune_cpu_allocator()
+        keep_freed_memory()
     seed_everything(cfg["seed"])
     model = LayerStack(entry["architecture"], entry["layers"], entry["build_params"], where=where)
     model = model.to(device=device, dtype=dtype)

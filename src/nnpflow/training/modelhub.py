@@ -53,6 +53,8 @@ _LAYER_STACK = Architecture(resolve="nnpflow.training.modelhub:resolve_layer_sta
 
 #: architecture name -> Architecture; every layer-stack core is registered
 ARCHITECTURES: dict[str, Architecture] = {name: _LAYER_STACK for name in CORES}
+ARCHITECTURES["ANN"] = Architecture(resolve="nnpflow.training.ann_modelhub:resolve_ann_entry",
+                                    train="nnpflow.training.ann_modelhub:train_ann_job")
 
 
 def resolve_layer_stack_entry(entry: dict, where: str) -> dict:

@@ -1,0 +1,136 @@
+"""ASE calculator for saved nnpflow models.
+
+``NNPCalculator(model_file)`` gives ``energy``, ``free_energy`` (the same
+number: the models have no electronic entropy) in eV and ``forces`` in eV/Å
+for any model file nnpflow writes:
+
+* ANN potentials (``TorchANNPotential.save``, schema ``nnpflow.ann_potential``);
+* layer-stack models such as SchNet (``nnpflow.models.model_file``, schema
+  ``nnpflow.layer_stack``; forces need the model's ``Force`` layer).
+
+A list of files is a committee: the results are the members' mean, and
+``calc.results`` also holds ``energy_std`` (eV), ``forces_std`` ((N, 3) eV/Å,
+population std over members) and ``committee_energies`` ((M,) eV).
+
+    from nnpflow.calculator import NNPCalculator
+    atoms.calc = NNPCalculator("results/models/ann/member_0/model.pt")
+    atoms.get_potential_energy(), atoms.get_forces()
+
+Models are evaluated in float64 by default (``dtype="float32"`` keeps the
+stored precision for speed); files load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .errors import SchemaError
+from .structure import Structure
+
+__all__ = ["NNPCalculator", "load_model"]
+
+
+class _ANNModel:
+    def __init__(self, path, device, dtype):
+        from .training.potential import TorchANNPotential
+        self.potential = TorchANNPotential.from_file(path, device=device).to(dtype=dtype)
+        self.has_forces = True
+
+    def __call__(self, structure: Structure, forces: bool):
+        r = self.potential._predict_structures([structure], forces, 1)
+        return float(r.energies[0]), (r.forces[0] if forces else None)
+
+
+class _LayerStackModel:
+    def __init__(self, path, device, dtype):
+        from .models.model_file import load_layer_stack
+        model, self.metadata = load_layer_stack(path, device=device)
+        self.model = model.to(dtype=dtype)
+        self.has_forces = "Fa" in self.model.outputs
+
+    def __call__(self, structure: Structure, forces: bool):
+        from .models.prediction import predict_structure
+        out = predict_structure(self.model, structure)
+        return float(out["energy"]), (np.asarray(out["forces"]) if forces else None)
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float64):
+    """A callable ``model(structure, forces) -> (energy eV, forces (N, 3) or None)``
+    for an nnpflow model file of any supported schema."""
+    from .models.model_file import MODEL_SCHEMA
+    from .training.potential import ANN_SCHEMA
+    path = os.fspath(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+        raise SchemaError(f"{path}: not a readable nnpflow model file "
+                          f"({type(exc).__name__})") from None
+    schema = payload.get("schema") if isinstance(payload, dict) else None
+    if schema == ANN_SCHEMA:
+        return _ANNModel(path, device, dtype)
+    if schema == MODEL_SCHEMA:
+        return _LayerStackModel(path, device, dtype)
+    raise SchemaError(f"{path}: holds {schema!r}, not an nnpflow model "
+                      f"({ANN_SCHEMA!r} or {MODEL_SCHEMA!r})")
+
+
+class NNPCalculator(Calculator):
+    """ASE calculator of one nnpflow model file, or the mean of several (a committee).
+
+    Parameters
+    ----------
+    model_file : path or list of paths.
+    device : ``"cpu"`` or ``"cuda"``.
+    dtype : ``"float64"`` (default) or ``"float32"``.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, model_file: str | os.PathLike | Sequence[str | os.PathLike],
+                 device: str = "cpu", dtype: str = "float64", **kwargs):
+        super().__init__(**kwargs)
+        files = ([model_file] if isinstance(model_file, (str, os.PathLike))
+                 else list(model_file))
+        if not files:
+            raise ValueError("NNPCalculator needs at least one model file")
+        torch_dtype = {"float64": torch.float64, "float32": torch.float32}.get(str(dtype))
+        if torch_dtype is None:
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        self.model_files = [os.fspath(f) for f in files]
+        self.models = [load_model(f, device, torch_dtype) for f in files]
+
+    @property
+    def committee(self) -> bool:
+        return len(self.models) > 1
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        want_forces = "forces" in properties
+        if want_forces and not all(m.has_forces for m in self.models):
+            raise PropertyNotImplementedError("a model of this calculator predicts no forces "
+                                              "(its layer stack has no Force layer)")
+        structure = Structure.from_ase(self.atoms)
+        energies, forces = [], []
+        for model in self.models:
+            e, f = model(structure, want_forces)
+            energies.append(e)
+            if want_forces:
+                forces.append(np.asarray(f, dtype=np.float64))
+        e = np.asarray(energies, dtype=np.float64)
+        self.results["energy"] = float(e.mean())
+        self.results["free_energy"] = float(e.mean())
+        if want_forces:
+            f = np.stack(forces)
+            self.results["forces"] = f.mean(axis=0)
+        if self.committee:
+            self.results["energy_std"] = float(e.std())
+            self.results["committee_energies"] = e
+            if want_forces:
+                self.results["forces_std"] = f.std(axis=0)

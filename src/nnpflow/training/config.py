@@ -1,0 +1,462 @@
+"""``TorchTrainingConfig``, ``Adam`` and ``SGD``: the settings of ANN training (spec 000).
+
+Datasets are passive; every runtime choice of a training run lives here.
+Every field does something or is rejected: unknown names, wrong types and
+out-of-range values raise :class:`~nnpflow.errors.ConfigError` naming the
+field, and combinations that would leave a field without effect (a cache bound
+for a disabled cache, ``prefetch_factor`` without workers, ...) are rejected
+too.
+
+Fields (units eV, Å, eV/Å)
+--------------------------
+``iterations`` (100)
+    Epochs of the run.  A resumed run continues until this many epochs are
+    done (so an interrupted and resumed run equals an uninterrupted one);
+    resuming a finished run with a larger value trains the further epochs.
+``method`` (``Adam()``)
+    ``Adam(mu, batchsize, weight_decay, beta1, beta2, epsilon)`` or
+    ``SGD(lr, batchsize, momentum, weight_decay)``; ``batchsize`` structures
+    per optimiser step.
+``testpercent`` (10)
+    Percentage of structures held out for validation when ``train(dataset=...)``
+    or ``train(structures=...)`` splits the data (0 to 100; ignored with a
+    warning when an explicit ``train_dataset``/``test_dataset`` is given).
+``seed`` (42), ``split_seed`` (None = ``seed``)
+    ``seed`` draws the initial weights, the batch order of every epoch and the
+    force subsets; ``split_seed`` the validation split (committee members share
+    one split and differ in ``seed``).
+``force_weight`` (0.0)
+    alpha in ``loss = (1 - alpha) RMSE(E/N) + alpha RMSE(F)`` (normalised
+    targets); 0 trains on energies only.
+``force_fraction`` (1.0), ``force_sampling`` ('random')
+    Fraction of the force-labelled training structures whose forces enter the
+    loss in an epoch (``round(fraction * n)``, at least 1); 'random' draws a new
+    subset every epoch, 'fixed' one subset for the whole run.  Structures outside
+    the subset still contribute their energies.  Only with ``force_weight > 0``.
+``cache_features`` (False), ``cache_feature_max_entries`` (1024; None = unbounded)
+    Energy-view feature cache of the dataset (energy-only training from
+    ``structures=...`` uses ``CachedStructureDataset`` instead).
+``cache_force_triplets`` (False), ``cache_force_triplet_max_entries`` (256)
+    Cache of on-the-fly features + descriptor derivatives of force-view samples
+    (structures without persisted derivatives).
+``cache_neighbors`` (False), ``cache_neighbor_max_entries`` (512)
+    nnpflow has no separate neighbour-list cache (neighbour searches happen
+    inside featurisation, whose results the two caches above keep), so
+    ``cache_neighbors=True`` is rejected with that advice.
+``cache_warmup`` (False)
+    Fill the enabled runtime caches before the first epoch (single process; with
+    ``num_workers > 0`` the workers own their caches and the warm-up is skipped
+    with a log message).
+``num_workers`` (0), ``prefetch_factor`` (2), ``persistent_workers`` (True)
+    DataLoader worker processes for batch assembly; the last two only apply
+    with workers.
+``max_energy`` (None), ``atomic_energies`` (None)
+    Filter threshold on the referenced energy per atom (eV/atom) and reference
+    energies (eV) for datasets the trainer builds from ``structures=...``.
+    Prebuilt datasets own their filtering and references: both are then
+    ignored with a warning (spec 000).
+``schedule`` (None), ``use_scheduler`` (False), ``schedule_params`` ({}),
+``warmup_ratio`` (0.0)
+    Learning-rate schedule per optimiser step (:mod:`nnpflow.training.schedules`):
+    'constant', 'linear', 'cosine' or 'plateau' (on the validation loss).
+    ``use_scheduler=True`` is aenet-python's reduce-on-plateau and means
+    ``schedule='plateau'``; ``schedule=None`` means 'plateau' with
+    ``use_scheduler`` and 'constant' otherwise.
+``ema_decay`` (0.0)
+    Exponential moving average of the weights (0 = off); the average is used
+    for validation, the best model and the final weights.
+``patience`` (None)
+    Early stopping after this many epochs without improvement of the
+    validation loss (None or 0 = off; needs a validation set).
+``max_grad_norm`` (None)
+    Gradient clipping by total norm.
+``save_best`` (True)
+    The potential ends with the weights of the epoch with the best validation
+    loss (without validation: of the last epoch).
+``checkpoint_dir`` (None), ``checkpoint_interval`` (1), ``max_checkpoints`` (None)
+    Write the full training state to ``checkpoint_dir/checkpoint_last.pt`` (and
+    ``checkpoint_<epoch>.pt`` every ``checkpoint_interval`` epochs, keeping the
+    newest ``max_checkpoints``).  With a checkpoint directory, SIGTERM makes
+    training write ``checkpoint_last.pt`` after the current step and raise
+    :class:`~nnpflow.training.interrupt.TrainingInterrupted`.
+``device`` ('auto'), ``precision`` ('float32')
+    Where to train ('auto', 'cpu', 'cuda', 'cuda:N') and the floating-point
+    type of the networks and of the force contraction ('float32' or
+    'float64'; datasets built from ``structures=...`` use it for their
+    features too).  Predictions convert the inputs to the networks' type.
+``show_progress`` (False)
+    Progress bar over epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from .schedules import SCHEDULE_PARAMS, SCHEDULES
+
+__all__ = ["Adam", "SGD", "TorchTrainingConfig", "TrainingMethod"]
+
+
+def _number(value: Any, name: str, *, minimum: float | None = None,
+            maximum: float | None = None, exclusive_min: bool = False,
+            exclusive_max: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ConfigError(f"{name}: must be finite, got {value!r}")
+    if minimum is not None and (v < minimum or (exclusive_min and v == minimum)):
+        raise ConfigError(f"{name}: must be {'>' if exclusive_min else '>='} {minimum}, "
+                          f"got {value!r}")
+    if maximum is not None and (v > maximum or (exclusive_max and v == maximum)):
+        raise ConfigError(f"{name}: must be {'<' if exclusive_max else '<='} {maximum}, "
+                          f"got {value!r}")
+    return v
+
+
+def _integer(value: Any, name: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}: must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def _strict_init(cls):
+    """Wrap a dataclass ``__init__`` so unknown keyword names raise ``ConfigError``."""
+    original = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            import difflib
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, names, n=1)
+                hints.append(f"{k}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(hints)}; "
+                              f"fields: {', '.join(names)}")
+        if len(args) > len(names):
+            raise ConfigError(f"{cls.__name__}: too many positional arguments")
+        original(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@dataclass
+class TrainingMethod:
+    """Base class of the optimisers (``Adam``, ``SGD``)."""
+
+    @property
+    def method_name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def learning_rate(self) -> float:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"method": self.method_name, **dataclasses.asdict(self)}
+
+    def make_optimizer(self, params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@_strict_init
+@dataclass
+class Adam(TrainingMethod):
+    """Adam: learning rate ``mu``, ``batchsize`` structures per step, L2
+    ``weight_decay``, moment decays ``beta1``/``beta2``, ``epsilon``."""
+
+    mu: float = 0.001
+    batchsize: int = 32
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    epsilon: float = 1e-8
+
+    def __post_init__(self) -> None:
+        self.mu = _number(self.mu, "Adam.mu", minimum=0.0, exclusive_min=True)
+        self.batchsize = _integer(self.batchsize, "Adam.batchsize", 1)
+        self.weight_decay = _number(self.weight_decay, "Adam.weight_decay", minimum=0.0)
+        self.beta1 = _number(self.beta1, "Adam.beta1", minimum=0.0, maximum=1.0,
+                             exclusive_max=True)
+        self.beta2 = _number(self.beta2, "Adam.beta2", minimum=0.0, maximum=1.0,
+                             exclusive_max=True)
+        self.epsilon = _number(self.epsilon, "Adam.epsilon", minimum=0.0, exclusive_min=True)
+
+    @property
+    def method_name(self) -> str:
+        return "adam"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.mu
+
+    def make_optimizer(self, params):
+        """``torch.optim.Adam``, fused into one kernel per step where torch supports
+        it for the parameters' device and dtype (same update, less overhead)."""
+        import torch
+        kwargs = dict(lr=self.mu, betas=(self.beta1, self.beta2), eps=self.epsilon,
+                      weight_decay=self.weight_decay)
+        params = list(params)
+        try:
+            return torch.optim.Adam(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.Adam(params, **kwargs)
+
+
+@_strict_init
+@dataclass
+class SGD(TrainingMethod):
+    """Stochastic gradient descent: learning rate ``lr``, ``batchsize``,
+    ``momentum``, L2 ``weight_decay``."""
+
+    lr: float = 0.01
+    batchsize: int = 32
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.lr = _number(self.lr, "SGD.lr", minimum=0.0, exclusive_min=True)
+        self.batchsize = _integer(self.batchsize, "SGD.batchsize", 1)
+        self.momentum = _number(self.momentum, "SGD.momentum", minimum=0.0, maximum=1.0,
+                                exclusive_max=True)
+        self.weight_decay = _number(self.weight_decay, "SGD.weight_decay", minimum=0.0)
+
+    @property
+    def method_name(self) -> str:
+        return "sgd"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr
+
+    def make_optimizer(self, params):
+        import torch
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+
+#: fields that change how training runs but not its result; a resume may change them
+RUNTIME_FIELDS = ("cache_features", "cache_feature_max_entries", "cache_neighbors",
+                  "cache_neighbor_max_entries", "cache_force_triplets",
+                  "cache_force_triplet_max_entries", "cache_warmup", "num_workers",
+                  "prefetch_factor", "persistent_workers", "checkpoint_dir",
+                  "checkpoint_interval", "max_checkpoints", "show_progress", "device")
+
+_CACHE_DEFAULTS = {"cache_feature_max_entries": 1024, "cache_neighbor_max_entries": 512,
+                   "cache_force_triplet_max_entries": 256}
+
+
+@_strict_init
+@dataclass
+class TorchTrainingConfig:
+    """Settings of one ANN training run; see the module docstring for every field."""
+
+    iterations: int = 100
+    method: TrainingMethod | None = None
+    testpercent: float = 10
+    seed: int = 42
+    split_seed: int | None = None
+    force_weight: float = 0.0
+    force_fraction: float = 1.0
+    force_sampling: str = "random"
+    cache_features: bool = False
+    cache_feature_max_entries: int | None = 1024
+    cache_neighbors: bool = False
+    cache_neighbor_max_entries: int | None = 512
+    cache_force_triplets: bool = False
+    cache_force_triplet_max_entries: int | None = 256
+    cache_warmup: bool = False
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    persistent_workers: bool = True
+    max_energy: float | None = None
+    atomic_energies: dict | None = None
+    schedule: str | None = None
+    use_scheduler: bool = False
+    schedule_params: dict = field(default_factory=dict)
+    warmup_ratio: float = 0.0
+    ema_decay: float = 0.0
+    patience: int | None = None
+    max_grad_norm: float | None = None
+    save_best: bool = True
+    checkpoint_dir: str | None = None
+    checkpoint_interval: int = 1
+    max_checkpoints: int | None = None
+    device: str = "auto"
+    precision: str = "float32"
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.iterations = _integer(self.iterations, "iterations", 0)
+        if self.method is None:
+            self.method = Adam()
+        if not isinstance(self.method, TrainingMethod):
+            raise ConfigError(f"method: expected Adam(...) or SGD(...), got {self.method!r}")
+        self.testpercent = _number(self.testpercent, "testpercent", minimum=0.0, maximum=100.0)
+        self.seed = _integer(self.seed, "seed", 0)
+        if self.split_seed is not None:
+            self.split_seed = _integer(self.split_seed, "split_seed", 0)
+        self.force_weight = _number(self.force_weight, "force_weight", minimum=0.0, maximum=1.0)
+        self.force_fraction = _number(self.force_fraction, "force_fraction", minimum=0.0,
+                                      maximum=1.0, exclusive_min=True)
+        if self.force_sampling not in ("random", "fixed"):
+            raise ConfigError(f"force_sampling: must be 'random' or 'fixed', "
+                              f"got {self.force_sampling!r}")
+        if self.force_weight == 0.0 and (self.force_fraction != 1.0
+                                         or self.force_sampling != "random"):
+            raise ConfigError("force_fraction/force_sampling select the structures whose forces "
+                              "enter the loss; with force_weight=0 no forces do (set "
+                              "force_weight > 0 or leave them at their defaults)")
+        for name in ("cache_features", "cache_neighbors", "cache_force_triplets", "cache_warmup",
+                     "persistent_workers", "use_scheduler", "save_best", "show_progress"):
+            setattr(self, name, _boolean(getattr(self, name), name))
+        for name, default in _CACHE_DEFAULTS.items():
+            value = getattr(self, name)
+            if value is not None:
+                _integer(value, name, 1)
+            flag = name.replace("_max_entries", "s")
+            if not getattr(self, flag) and value != default:
+                raise ConfigError(f"{name}={value!r} bounds a cache that is disabled "
+                                  f"({flag}=False); enable the cache or leave the bound at "
+                                  "its default")
+        if self.cache_neighbors:
+            raise ConfigError(
+                "cache_neighbors: nnpflow has no separate neighbour-list cache -- neighbour "
+                "searches happen inside featurisation, whose results cache_features=True "
+                "(energy view) and cache_force_triplets=True (force view) keep, and an HDF5 "
+                "database with persisted features/derivatives needs no search at all")
+        if self.cache_warmup and not (self.cache_features or self.cache_force_triplets):
+            raise ConfigError("cache_warmup=True needs a runtime cache to fill "
+                              "(cache_features or cache_force_triplets)")
+        self.num_workers = _integer(self.num_workers, "num_workers", 0)
+        self.prefetch_factor = _integer(self.prefetch_factor, "prefetch_factor", 1)
+        if self.num_workers == 0 and self.prefetch_factor != 2:
+            raise ConfigError("prefetch_factor only applies with num_workers > 0")
+        if self.max_energy is not None:
+            self.max_energy = _number(self.max_energy, "max_energy")
+        if self.atomic_energies is not None:
+            if not isinstance(self.atomic_energies, Mapping):
+                raise ConfigError(f"atomic_energies: expected {{species: eV}}, "
+                                  f"got {self.atomic_energies!r}")
+            self.atomic_energies = {str(k): _number(v, f"atomic_energies[{k!r}]")
+                                    for k, v in self.atomic_energies.items()}
+        if self.schedule is None:
+            self.schedule = "plateau" if self.use_scheduler else "constant"
+        elif self.use_scheduler and self.schedule != "plateau":
+            raise ConfigError(f"use_scheduler=True is the plateau schedule; it contradicts "
+                              f"schedule={self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule: unknown schedule {self.schedule!r}; choose one of "
+                              f"{', '.join(SCHEDULES)}")
+        if not isinstance(self.schedule_params, Mapping):
+            raise ConfigError(f"schedule_params: expected a mapping, got {self.schedule_params!r}")
+        self.schedule_params = dict(self.schedule_params)
+        unknown = sorted(set(self.schedule_params) - set(SCHEDULE_PARAMS[self.schedule]))
+        if unknown:
+            raise ConfigError(f"schedule_params: schedule {self.schedule!r} takes no "
+                              f"parameter(s) {', '.join(unknown)}; it takes: "
+                              f"{', '.join(SCHEDULE_PARAMS[self.schedule]) or 'none'}")
+        self.warmup_ratio = _number(self.warmup_ratio, "warmup_ratio", minimum=0.0, maximum=1.0)
+        self.ema_decay = _number(self.ema_decay, "ema_decay", minimum=0.0, maximum=1.0,
+                                 exclusive_max=True)
+        if self.patience is not None:
+            self.patience = _integer(self.patience, "patience", 0)
+        if self.max_grad_norm is not None:
+            self.max_grad_norm = _number(self.max_grad_norm, "max_grad_norm", minimum=0.0,
+                                         exclusive_min=True)
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
+            import os
+            if not isinstance(self.checkpoint_dir, os.PathLike):
+                raise ConfigError(f"checkpoint_dir: expected a path, got {self.checkpoint_dir!r}")
+            self.checkpoint_dir = os.fspath(self.checkpoint_dir)
+        self.checkpoint_interval = _integer(self.checkpoint_interval, "checkpoint_interval", 1)
+        if self.max_checkpoints is not None:
+            self.max_checkpoints = _integer(self.max_checkpoints, "max_checkpoints", 1)
+        if self.checkpoint_dir is None and (self.checkpoint_interval != 1
+                                            or self.max_checkpoints is not None):
+            raise ConfigError("checkpoint_interval/max_checkpoints need checkpoint_dir")
+        if not isinstance(self.device, str):
+            self.device = str(self.device)
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                              f"got {self.device!r}")
+        if self.precision not in ("float32", "float64"):
+            raise ConfigError(f"precision: must be 'float32' or 'float64', "
+                              f"got {self.precision!r}")
+
+    # -------------------------------------------------------------- helpers
+    @property
+    def alpha(self) -> float:
+        """``force_weight`` (aenet's name)."""
+        return self.force_weight
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.method.batchsize)
+
+    @property
+    def effective_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
+    def dtype(self):
+        import torch
+        return torch.float64 if self.precision == "float64" else torch.float32
+
+    def to_dict(self) -> dict:
+        """JSON-compatible form (``method`` as ``{"method": "adam", ...}``)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if isinstance(v, TrainingMethod) else (
+                dict(v) if isinstance(v, dict) else v)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TorchTrainingConfig":
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        method = data.get("method")
+        if isinstance(method, Mapping):
+            m = dict(method)
+            name = m.pop("method", "adam")
+            if name == "adam":
+                data["method"] = Adam(**m)
+            elif name == "sgd":
+                data["method"] = SGD(**m)
+            else:
+                raise ConfigError(f"method: unknown optimiser {name!r} (adam or sgd)")
+        return cls(**data)
+
+    def identity(self) -> dict:
+        """The settings that determine the training result (what a resume compares)."""
+        d = self.to_dict()
+        out = {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+        if self.schedule in ("constant", "plateau") and self.warmup_ratio == 0.0:
+            # the number of epochs shapes no learning-rate curve: a finished run
+            # may be resumed with more epochs
+            out.pop("iterations")
+        return out
+
+    def replace(self, **changes) -> "TorchTrainingConfig":
+        """A copy with ``changes`` applied (validated)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d.update(changes)
+        return type(self)(**d)

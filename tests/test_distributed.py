@@ -1,0 +1,61 @@
+"""Data-parallel ANN training (``training.devices > 1``): two CPU processes with the
+gloo backend give the same training as one process with the same global batch;
+a failing worker is reported with its output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nnpflow.stages.train import run
+from nnpflow.training.distributed import launch
+from nnpflow.training.potential import TorchANNPotential, read_history_csv
+
+from test_train_stage import ANN, TRAINING, make_inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp("ddp"))
+
+
+def test_two_gloo_processes_equal_one_process(inputs, tmp_path):
+    db, split = inputs
+    # batch 5 over 14 structures: the last batch (4) splits 2 + 2, and with
+    # force_fraction < 1 some shares have no force structure at all
+    training = {**TRAINING, "batch_size": 5, "force_fraction": 0.5, "epochs": 3}
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        summary = run(str(db), str(split), str(out / "model.pt"), str(out / "history.csv"),
+                      "ann", ANN, {**training, "devices": devices}, 0, threads=2)
+        assert summary["processes"] == devices and summary["epochs"] == 3
+        results[devices] = (TorchANNPotential.from_file(out / "model.pt"),
+                            read_history_csv(out / "history.csv"))
+    (one, h1), (two, h2) = results[1], results[2]
+    assert two.training_info["world_size"] == 2
+    for k, v in one.net.state_dict().items():
+        # float32 training: equal up to the order of the summations
+        assert torch.allclose(v, two.net.state_dict()[k], rtol=1e-5, atol=1e-6), k
+    for r1, r2 in zip(h1, h2):
+        for key in ("train_loss", "val_loss", "val_force_rmse"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
+        assert r1["force_structures"] == r2["force_structures"]
+    assert not np.isclose(h1[0]["train_loss"], h1[-1]["train_loss"])   # it trained
+
+
+def failing_worker(message: str) -> None:
+    import torch.distributed as dist
+    if dist.get_rank() == 1:
+        raise ValueError(message)
+    dist.barrier()
+
+
+def test_a_failing_worker_is_reported(tmp_path, monkeypatch):
+    from pathlib import Path
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
+    with pytest.raises(RuntimeError,
+                       match=r"(?s)rank 1 of 2 exited with status 1.*ValueError: bad input here"):
+        launch("test_distributed:failing_worker", ["bad input here"], 2,
+               rendezvous_dir=tmp_path)

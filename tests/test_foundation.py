@@ -163,3 +163,23 @@ def test_keep_freed_memory_applies_on_glibc(tmp_path):
     if out[2] != "glibc":
         pytest.skip("not glibc")
     assert out[:2] == ["True", "True"]
+
+
+def test_atomic_path_removes_leftovers_of_killed_writers(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    target = tmp_path / "db.h5"
+    code = ("import sys, time; from nnpflow.safe_write import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'partial' * 1000); print(tmp, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE,
+                            text=True)
+    leftover = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(leftover) and not target.exists()
+    write_json(target, {"ok": True})   # the next writer of the same target cleans up
+    assert not os.path.exists(leftover)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.h5"]

@@ -1,8 +1,10 @@
 """Atomic file output: write to a temporary path next to the target, then rename.
 
 An interrupted writer (exception, SIGTERM, SIGKILL) never leaves a file at the
-final path that looks complete; it leaves at most a ``.<name>.tmp-*`` file,
-which the next run overwrites or ignores.
+final path that looks complete.  A writer killed outright (SIGKILL, out of memory)
+leaves its ``.<name>.tmp-<host>-<pid>-*`` file behind; the next writer of the same
+target on the same host removes such leftovers of processes that no longer run, so
+large partial databases do not pile up.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,8 +28,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix,
-                                    dir=target.parent)
+    _remove_stale_temporaries(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_temp_prefix(target)}{os.getpid()}-",
+                                    suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -38,6 +42,35 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _temp_prefix(target: Path) -> str:
+    host = socket.gethostname().replace("-", "_") or "host"
+    return f".{target.name}.tmp-{host}-"
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete temporaries of ``target`` left by dead processes of this host.
+
+    Temporaries of other hosts (a shared file system on a cluster) are left alone:
+    their writers may still run.
+    """
+    prefix = _temp_prefix(target)
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for tmp in candidates:
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except PermissionError:  # alive, another user's
+            continue
 
 
 def _umask() -> int:

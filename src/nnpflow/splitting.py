@@ -185,7 +185,7 @@ def load_split(path: str | os.PathLike, expected_fingerprint: Any = None,
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SchemaError(f"{path}: cannot read split file: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SchemaError(f"{path}: not a JSON split file ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != SPLIT_FORMAT:
         raise SchemaError(f"{path}: not an nnpflow split file (format "

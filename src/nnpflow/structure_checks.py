@@ -50,6 +50,9 @@ def closest_pair(structure: Structure, cutoff: float) -> tuple[float, int, int] 
         cell = structure.cell
         inverse = np.linalg.inv(cell)  # columns: reciprocal vectors b_k, a_i . b_k = delta_ik
         pbc = structure.pbc
+        heights = 1.0 / np.sqrt((inverse * inverse).sum(0))  # lattice-plane spacings, Å
+        if cutoff < 0.5 * (1.0 - 1e-9) * float(heights[pbc].min()):
+            return _closest_pair_minimum_image(positions, cell, inverse, pbc, cutoff)
         frac = positions @ inverse
         frac[:, pbc] -= np.floor(frac[:, pbc])
         positions = frac @ cell
@@ -80,6 +83,35 @@ def closest_pair(structure: Structure, cutoff: float) -> tuple[float, int, int] 
         return None
     k = int(np.argmin(np.where(keep, d, np.inf)))
     return float(d[k]), int(i[k]), int(q[k] % n)
+
+
+def _closest_pair_minimum_image(positions: np.ndarray, cell: np.ndarray, inverse: np.ndarray,
+                                pbc: np.ndarray, cutoff: float
+                                ) -> tuple[float, int, int] | None:
+    """:func:`closest_pair` for a cutoff below half of every periodic lattice-plane
+    spacing h_k.  A separation ``v`` with ``|v| <= cutoff`` has fractional
+    components ``|v . b_k| <= |v| / h_k < 1/2``, so it is the one image that
+    rounding the fractional separation to [-1/2, 1/2] picks: one (N, N) distance
+    matrix instead of one per image shift, and no atom is that close to its own
+    image (those are at least min h_k away)."""
+    n = len(positions)
+    frac = (positions @ inverse).T                  # (3, N) fractional coordinates
+    pos = positions.T                               # (3, N) Å
+    # separations r_j - r_i per Cartesian component, (N, N) each; then the image shift
+    disp = [pos[c][None, :] - pos[c][:, None] for c in range(3)]
+    for a in np.flatnonzero(pbc):
+        shift = np.rint(frac[a][None, :] - frac[a][:, None])  # integer offsets along a
+        for c in range(3):
+            if cell[a, c] != 0.0:
+                disp[c] -= shift * cell[a, c]
+    d2 = disp[0] * disp[0] + disp[1] * disp[1] + disp[2] * disp[2]
+    d2[np.arange(n), np.arange(n)] = np.inf
+    k = int(np.argmin(d2))
+    i, j = divmod(k, n)
+    d = float(np.sqrt(d2[i, j]))
+    if not d <= cutoff:
+        return None
+    return d, int(i), int(j)
 
 
 def _closest_pair_binned(structure: Structure, cutoff: float) -> tuple[float, int, int] | None:

@@ -15,6 +15,10 @@
 ``build`` streams the sources into a database (atomically), featurised with the
 Chebyshev descriptor, in ``--workers`` processes (structures assigned to shards
 by their source label, shards merged at the end) and prints a JSON summary.
+Bad input -- unreadable sources, species outside ``--species``, two atoms at or
+below ``--min-cutoff`` -- exits with status 2 and one line naming the file
+(member, line), writing nothing; ``--on-error skip`` lists it in the summary
+instead.
 ``info`` prints counts, species, descriptor, sizes and fingerprints.
 """
 
@@ -138,7 +142,7 @@ def build_main(args: argparse.Namespace) -> int:
         persist_force_derivatives=bool(descriptor is not None and args.persist_derivatives),
         compression=compression, compression_level=args.compression_level, dtype=args.dtype,
         max_energy=args.max_energy, atomic_energies=refs, on_error=args.on_error,
-        show_progress=progress)
+        check_overlaps=descriptor is not None, show_progress=progress)
     from ..database import database_info
     info = database_info(args.output)
     summary = {

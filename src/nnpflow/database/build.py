@@ -13,12 +13,14 @@ Tar archives are streamed by every worker, each keeping its own members
 With one shard the build runs in the calling process and writes the database in
 source order directly.  Shard files live in a temporary folder next to the
 output and are removed afterwards; the output is written atomically, so an
-interrupted build leaves no file at the final path.
+interrupted build leaves no file at the final path.  A worker process that
+dies without answering (SIGKILL, e.g. from the out-of-memory killer, or a
+crash) fails the build with an error naming its shard; the other workers are
+stopped and nothing is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -26,10 +28,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from ..energy_reference import EnergyFilter
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, NNPFlowError
 from ..sharding import shard_of
 from .schema import DEFAULT_BLOCK_STRUCTURES
 
@@ -68,6 +70,7 @@ class _ShardJob:
     atomic_energies: dict | None
     on_error: str
     sources_meta: dict
+    check_overlaps: bool = False
 
 
 _COUNTER = None
@@ -115,21 +118,26 @@ def _make_descriptor(config: dict | None, dtype: str | None):
     return ChebyshevDescriptor.from_config(config, **kwargs)
 
 
-def _species_check(species: Sequence[str]):
-    allowed = frozenset(species)
-    listed = list(species)
+def _descriptor_check(descriptor: Any, check_overlaps: bool):
+    """Per-structure check against the descriptor: every species in its species
+    list and, with ``check_overlaps``, no two atoms at or below its ``min_cutoff``
+    (Å), where its features are undefined
+    (:func:`nnpflow.structure_checks.check_min_distance`).  Runs under the build's
+    ``on_error`` policy."""
+    from ..structure_checks import check_min_distance
+
+    allowed = frozenset(descriptor.species)
+    listed = list(descriptor.species)
+    min_cutoff = float(getattr(descriptor, "min_cutoff", 0.0) or 0.0)
 
     def check(s) -> None:
         extra = sorted(set(s.species) - allowed)
         if extra:
             raise InputError(f"species {', '.join(extra)} not in the descriptor's species "
                              f"{listed}", source=s.name or None)
+        if check_overlaps:
+            check_min_distance(s, min_cutoff)
     return check
-
-
-def _run_inherited(k: int) -> dict:
-    """Worker entry with fork: the job list was inherited from the parent."""
-    return _run_shard(_JOBS[k])
 
 
 def _run_shard(job: _ShardJob, descriptor: Any = None, progress=None) -> dict:
@@ -146,7 +154,8 @@ def _run_shard(job: _ShardJob, descriptor: Any = None, progress=None) -> dict:
     if job.n_shards > 1:
         k, n = job.index, job.n_shards
         select = lambda label: shard_of(label, n) == k  # noqa: E731
-    check = _species_check(descriptor.species) if descriptor is not None else None
+    check = (_descriptor_check(descriptor, job.check_overlaps) if descriptor is not None
+             else None)
 
     def structures():
         for s in job.collection.iter_structures(on_error=job.on_error, rejected=rejected,
@@ -195,7 +204,8 @@ def build_sharded(sources: Any, out_path: str | os.PathLike, descriptor: Any = N
                   dtype: str = "float32", shared_species: bool = False,
                   max_energy: float | None = None,
                   atomic_energies: Mapping[str, float] | None = None,
-                  on_error: str = "raise", show_progress: bool = False,
+                  on_error: str = "raise", check_overlaps: bool | None = None,
+                  show_progress: bool = False,
                   block_structures: int = DEFAULT_BLOCK_STRUCTURES,
                   skip_incompressible: bool = True,
                   start_method: str | None = None) -> BuildResult:
@@ -227,6 +237,12 @@ def build_sharded(sources: Any, out_path: str | os.PathLike, descriptor: Any = N
     on_error:
         ``"raise"`` (first bad source aborts, nothing is written) or ``"skip"``
         (bad sources and structures are listed in ``BuildResult.rejected``).
+        Besides unreadable sources, structures with a species outside the
+        descriptor's list are bad input.
+    check_overlaps:
+        Also treat structures with two atoms (periodic images included) at or
+        below the descriptor's ``min_cutoff`` as bad input (its features ignore
+        such pairs).  ``None`` (default): on whenever a descriptor is given.
     start_method:
         multiprocessing start method (default ``"fork"`` where available).
     """
@@ -245,6 +261,11 @@ def build_sharded(sources: Any, out_path: str | os.PathLike, descriptor: Any = N
         raise ConfigError("persist_features / persist_force_derivatives need a descriptor; "
                           "pass persist_features=False, persist_force_derivatives=False "
                           "for a raw-structure database")
+    if check_overlaps is None:
+        check_overlaps = descriptor is not None
+    if descriptor is None and check_overlaps:
+        raise ConfigError("check_overlaps compares distances with the descriptor's "
+                          "min_cutoff; a raw-structure build (descriptor=None) has none")
     collection = as_source_collection(sources)
     if n_workers > 1 and not getattr(collection, "supports_parallel_build", False):
         raise ConfigError(f"{collection!r} does not support a parallel build; use n_workers=1")
@@ -268,7 +289,8 @@ def build_sharded(sources: Any, out_path: str | os.PathLike, descriptor: Any = N
                          descriptor_config=desc_cfg, descriptor_dtype=desc_dtype,
                          options=options, max_energy=max_energy,
                          atomic_energies=dict(atomic_energies) if atomic_energies else None,
-                         on_error=on_error, sources_meta=sources_meta)
+                         on_error=on_error, sources_meta=sources_meta,
+                         check_overlaps=bool(check_overlaps))
 
     bar = None
     if show_progress:
@@ -311,46 +333,121 @@ def build_sharded(sources: Any, out_path: str | os.PathLike, descriptor: Any = N
                        fingerprint=fp, structures_fingerprint=sfp)
 
 
+def _shard_process(conn, counter, k: int, job: _ShardJob | None) -> None:
+    """Entry of a worker process: build shard ``k`` (``job``, or with fork the
+    inherited ``_JOBS[k]``) and send ``("ok", result)`` or ``("error", exception)``."""
+    _init_worker(counter)
+    try:
+        result = _run_shard(job if job is not None else _JOBS[k])
+        conn.send(("ok", result, None))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent
+        import traceback
+        text = traceback.format_exc()
+        try:
+            conn.send(("error", exc, text))
+        except Exception:  # an exception that does not pickle: send its text
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}"), text))
+    finally:
+        conn.close()
+
+
+class WorkerTraceback(Exception):
+    """The traceback of an unexpected error in a build worker (set as the
+    ``__cause__`` of the re-raised exception, so it shows in the parent's)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n(in the build worker)\n{self.text}"
+
+
+def _died(k: int, exitcode: int | None) -> RuntimeError:
+    how = f"exit code {exitcode}"
+    if exitcode is not None and exitcode < 0:
+        import signal
+        try:
+            how = f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"killed by signal {-exitcode}"
+        if exitcode == -9:
+            how += ", e.g. by the out-of-memory killer"
+    return RuntimeError(f"the worker process building shard {k} died ({how}) before "
+                        "finishing; nothing was written")
+
+
 def _run_pool(jobs: list[_ShardJob], n_workers: int, start_method: str | None, bar) -> list[dict]:
+    """Build ``jobs`` in at most ``n_workers`` processes at a time, one process per
+    shard.  A worker's exception is re-raised here; a worker that dies without
+    answering (killed, crashed) raises ``RuntimeError`` naming the shard; either
+    way the other workers are stopped first."""
+    from multiprocessing.connection import wait
+
     if start_method is None:
         start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     global _JOBS
     ctx = mp.get_context(start_method)
     counter = ctx.Value("q", 0)
-    _JOBS = jobs if start_method == "fork" else None
+    waiting = list(range(len(jobs)))
+    running: dict[int, tuple[Any, Any]] = {}  # shard -> (process, receiving end)
+    results: list[dict] = []
+    seen = 0
     try:
-        pool = ctx.Pool(min(n_workers, len(jobs)), initializer=_init_worker,
-                        initargs=(counter,))
-    finally:
-        _JOBS = None  # the forked workers keep their copy
-    try:
-        if start_method == "fork":
-            pending = [pool.apply_async(_run_inherited, (k,)) for k in range(len(jobs))]
-        else:
-            pending = [pool.apply_async(_run_shard, (j,)) for j in jobs]
-        results = []
-        seen = 0
-        while pending:
-            still = []
-            for res in pending:
-                if res.ready():
-                    results.append(res.get())  # re-raises a worker's exception
-                else:
-                    still.append(res)
-            pending = still
+        while waiting or running:
+            while waiting and len(running) < n_workers:
+                k = waiting.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                fork = start_method == "fork"
+                _JOBS = jobs if fork else None
+                try:
+                    proc = ctx.Process(target=_shard_process, name=f"nnpflow-shard-{k}",
+                                       args=(send, counter, k, None if fork else jobs[k]),
+                                       daemon=True)
+                    proc.start()
+                finally:
+                    _JOBS = None  # a forked worker keeps its copy
+                send.close()
+                running[k] = (proc, receive)
+            ready = set(wait([c for _, c in running.values()]
+                             + [p.sentinel for p, _ in running.values()], timeout=0.1))
+            for k, (proc, receive) in list(running.items()):
+                if receive not in ready and proc.sentinel not in ready:
+                    continue
+                message = None
+                try:
+                    if receive.poll():
+                        message = receive.recv()
+                except (EOFError, OSError):
+                    message = None
+                if message is None:
+                    if proc.is_alive():
+                        continue
+                    proc.join()
+                    del running[k]
+                    receive.close()
+                    raise _died(k, proc.exitcode)
+                proc.join(30)  # it exits right after answering
+                if proc.is_alive():  # pragma: no cover - a worker stuck at exit
+                    proc.kill()
+                    proc.join()
+                del running[k]
+                receive.close()
+                status, payload, text = message
+                if status != "ok":
+                    if text and not isinstance(payload, NNPFlowError):
+                        raise payload from WorkerTraceback(text)
+                    raise payload
+                results.append(payload)
             if bar is not None:
                 value = counter.value
                 bar.update(value - seen)
                 seen = value
-            if pending:
-                pending[0].wait(0.1)
-        pool.close()
-        pool.join()
         return results
-    except BaseException:
-        pool.terminate()
-        pool.join()
-        raise
     finally:
-        with contextlib.suppress(Exception):
-            pool.terminate()
+        for proc, receive in running.values():
+            if proc.is_alive():
+                proc.kill()
+        for proc, receive in running.values():
+            proc.join()
+            receive.close()

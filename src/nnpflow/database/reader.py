@@ -130,16 +130,22 @@ class DatabaseReader:
     def __init__(self, path: str | os.PathLike, *, cache_size: int = 2048,
                  block_structures: int | None = None):
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():
             raise FileNotFoundError(f"database {self.path} does not exist")
+        if not self.path.is_file():
+            raise SchemaError(f"{self.path}: not a database file (a directory?)")
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         h5 = self._file()
         try:
             self._read_attrs(h5)
-        except BaseException:
+        except BaseException as exc:
             self._h5.close()
             self._h5 = None
+            if isinstance(exc, (KeyError, ValueError, TypeError)):
+                # a root attribute missing or not what the schema says (bad JSON too)
+                raise SchemaError(f"{self.path}: malformed nnpflow database "
+                                  f"({type(exc).__name__}: {exc})") from None
             raise
         self.block_structures = int(block_structures or self.layout["block_structures"])
         if self.block_structures < 1:
@@ -160,6 +166,9 @@ class DatabaseReader:
         if not bool(h5.attrs.get("complete", False)):
             raise SchemaError(f"{self.path}: database is incomplete (its writer did not finish)")
         self.layout: dict[str, Any] = json_attr(h5, "layout")
+        if not isinstance(self.layout, dict) or "block_structures" not in self.layout:
+            raise SchemaError(f"{self.path}: malformed nnpflow database (no layout "
+                              "attribute with block_structures)")
         self.n_structures = int(h5.attrs["n_structures"])
         self.n_atoms_total = int(h5.attrs["n_atoms"])
         self.species: list[str] = json_attr(h5, "species", [])
@@ -184,8 +193,16 @@ class DatabaseReader:
                 except Exception:  # pragma: no cover - defensive
                     pass
             self._dsets = {}
-            self._h5 = h5py.File(self.path, "r", rdcc_nbytes=RDCC_NBYTES,
-                                 rdcc_nslots=RDCC_NSLOTS)
+            self._h5 = None
+            try:
+                self._h5 = h5py.File(self.path, "r", rdcc_nbytes=RDCC_NBYTES,
+                                     rdcc_nslots=RDCC_NSLOTS)
+            except (FileNotFoundError, PermissionError):
+                raise
+            except OSError as exc:  # no HDF5 signature, truncated, damaged
+                raise SchemaError(f"{self.path}: not a readable HDF5 database ({exc}); "
+                                  "a truncated or damaged file, or not a database at all"
+                                  ) from None
             self._pid = pid
         return self._h5
 
@@ -376,6 +393,19 @@ class DatabaseReader:
         b, j = divmod(i - part.start, self.block_structures)
         return part.block_base + b, j
 
+    def locate(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised :meth:`block_of`: ``(blocks, positions)`` int64 arrays (B,)
+        for structure indices (B,) (negative ones count from the end)."""
+        self._load_parts()
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = self.n_structures
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"structure index out of range for {n} structures")
+        idx = np.where(idx < 0, idx + n, idx)
+        p = np.searchsorted(self._part_starts, idx, side="right") - 1
+        b, j = np.divmod(idx - self._part_starts[p], self.block_structures)
+        return self._block_bases[p] + b, j
+
     def block_range(self, b: int) -> tuple[int, int]:
         """Global structure range ``(start, stop)`` of block ``b``."""
         part, s0, s1 = self._block_location(b)
@@ -462,8 +492,41 @@ class DatabaseReader:
             o = offs[s0:s1 + 1]
             arrays[key] = d[f"derivatives/{key}"][int(o[0]):int(o[-1])]
             offsets[key] = o - o[0]
-        return DerivativeBlock(part.start + s0, part.start + s1, arrays, offsets,
-                               d["derivatives/present"][s0:s1].astype(bool))
+        block = DerivativeBlock(part.start + s0, part.start + s1, arrays, offsets,
+                                d["derivatives/present"][s0:s1].astype(bool))
+        if {"edge_center", "edge_neighbor"} <= set(arrays):
+            n_atoms = np.diff(self._load_index()["part_atom_offset"][part.index][s0:s1 + 1])
+            self._check_edges(block, n_atoms)
+        return block
+
+    def _check_edges(self, block: DerivativeBlock, n_atoms: np.ndarray) -> None:
+        """Validate a decoded block's edge arrays once (so batches built from
+        cached blocks need no per-structure checks): matching per-structure
+        counts, atom indices inside each structure, edges grouped by centre."""
+        center, neighbor = block.arrays["edge_center"], block.arrays["edge_neighbor"]
+        counts = np.diff(block.offsets["edge_center"])
+        bad = None
+        for key in block.arrays:
+            differ = np.flatnonzero(np.diff(block.offsets[key]) != counts)
+            if differ.size:
+                bad = (int(differ[0]), f"{key} has another edge count than edge_center")
+                break
+        if bad is None and center.size:
+            limit = np.repeat(n_atoms, counts)
+            wrong = (center < 0) | (center >= limit) | (neighbor < 0) | (neighbor >= limit)
+            first = np.cumsum(counts) - counts            # first edge of each structure
+            down = np.flatnonzero(np.diff(center) < 0) + 1
+            down = down[~np.isin(down, first)]
+            if wrong.any():
+                e = int(np.flatnonzero(wrong)[0])
+                bad = (int(np.searchsorted(first, e, side="right")) - 1,
+                       "derivative edge indices outside the structure's atoms")
+            elif down.size:
+                bad = (int(np.searchsorted(first, down[0], side="right")) - 1,
+                       "derivative edges are not grouped by centre atom")
+        if bad is not None:
+            j, reason = bad
+            raise SchemaError(f"{self.path}: structure {block.start + j}: {reason}")
 
     # ------------------------------------------------------------ per sample
     def structure(self, i: int) -> Structure:

@@ -144,7 +144,11 @@ def check_schema(h5: h5py.File, path: str) -> int:
                           f"expected {FORMAT!r})")
     if "schema_version" not in h5.attrs:
         raise SchemaError(f"{path}: nnpflow database without a schema_version attribute")
-    version = int(h5.attrs["schema_version"])
+    try:
+        version = int(h5.attrs["schema_version"])
+    except (TypeError, ValueError):
+        raise SchemaError(f"{path}: schema_version attribute "
+                          f"{h5.attrs['schema_version']!r} is not an integer") from None
     if version not in READABLE_VERSIONS:
         newer = version > max(READABLE_VERSIONS)
         raise SchemaError(

@@ -29,7 +29,7 @@ import torch
 from ..database.columns import species_lookup
 from ..database.reader import _SYMBOLS, DatabaseReader
 from ..energy_reference import EnergyFilter
-from ..errors import ConfigError, DescriptorMismatchError, InputError
+from ..errors import ConfigError, DescriptorMismatchError, InputError, SchemaError
 from .base import FeatureDataset
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,10 @@ class HDF5StructureDataset(FeatureDataset):
         ``"build"`` (write with :meth:`build_database`), ``"load"`` (read an
         existing database) or ``"auto"`` (load when the database exists and
         matches ``sources``, descriptor and filter; otherwise build on
-        :meth:`build_database`).
+        :meth:`build_database`).  A file that is not a readable nnpflow database
+        (another file, a damaged one, a newer schema) raises
+        :class:`~nnpflow.errors.SchemaError` in every mode; auto mode never
+        overwrites it.
     max_energy, atomic_energies:
         Build-time filter on the referenced energy per atom (eV/atom) and the
         dataset-owned reference energies (eV).  Loading with ``max_energy``
@@ -161,7 +164,14 @@ class HDF5StructureDataset(FeatureDataset):
                     log.info("%s: descriptor changed; it will be rebuilt", self.database_file)
                     return False
             return True
-        except Exception as exc:  # unreadable, incomplete, other schema: rebuild
+        except SchemaError as exc:
+            if _unfinished_database(self.database_file):
+                log.info("%s is incomplete; it will be rebuilt", self.database_file)
+                return False
+            # not ours, damaged, or written by a newer nnpflow: never overwrite it
+            raise SchemaError(f"{exc}; mode='auto' does not overwrite it: move it away or "
+                              "choose another database_file") from None
+        except Exception as exc:  # e.g. a source that cannot be hashed: rebuild
             log.info("%s cannot be used (%s); it will be rebuilt", self.database_file, exc)
             return False
 
@@ -249,7 +259,10 @@ class HDF5StructureDataset(FeatureDataset):
         :mod:`nnpflow.database.build`).  ``persist_descriptor`` defaults to
         True; persisted features/derivatives always record the descriptor.
         In auto mode a current database that already holds what is asked for
-        is kept.  Returns the :class:`~nnpflow.database.build.BuildResult`
+        is kept.  Bad input (an unreadable source, a species outside the
+        descriptor's list, two atoms at or below its ``min_cutoff``) raises
+        :class:`~nnpflow.errors.InputError` naming it, and no database is
+        written.  Returns the :class:`~nnpflow.database.build.BuildResult`
         (``None`` when nothing needed building).
         """
         if self.mode == "load":
@@ -274,7 +287,7 @@ class HDF5StructureDataset(FeatureDataset):
             persist_descriptor=True if persist_descriptor is None else persist_descriptor,
             compression=self.compression, compression_level=self.compression_level,
             max_energy=self.max_energy, atomic_energies=self.atomic_energies or None,
-            show_progress=show_progress)
+            check_overlaps=True, show_progress=show_progress)
         self.build_result = result
         self._open(check_sources=False, filtered_at_build=True)
         return result
@@ -360,11 +373,14 @@ class HDF5StructureDataset(FeatureDataset):
     def get_batch(self, indices, use_forces: bool | None = None):
         """The :class:`~nnpflow.datasets.collate.Batch` of ``indices``.
 
-        Energy-view batches with persisted features (and no runtime feature
-        cache) are gathered directly from the decoded blocks without building
-        sample dicts; anything else goes through the samples.
+        With persisted features (and no runtime feature cache) the batch is
+        gathered directly from the decoded blocks without building sample
+        dicts; its force-view structures with persisted derivatives share one
+        ``DescriptorDerivatives`` assembled from the stored edge arrays
+        (validated once per decoded block by the reader).  Anything else goes
+        through the samples; both give the same batch.
         """
-        from .collate import batch_from_arrays, collate_samples
+        from .collate import collate_samples
         reader = self._require()
         idx = np.asarray(list(indices), dtype=np.int64)
         n = len(self)
@@ -373,29 +389,90 @@ class HDF5StructureDataset(FeatureDataset):
         idx = np.where(idx < 0, idx + n, idx)
         views = (self._force_mask.numpy()[idx] if use_forces is None
                  else (np.full(idx.shape, bool(use_forces)) & self._has_forces[idx]))
-        if (views.any() or not reader.has_features or self.runtime_caches.features is not None
-                or idx.size == 0):
-            return collate_samples(self.samples(idx.tolist(), use_forces))
+        batch = None
+        if (idx.size and reader.has_features and self.runtime_caches.features is None
+                and (reader.has_force_derivatives or not views.any())):
+            batch = self._gather_batch(idx, views)
+        if batch is None:
+            batch = collate_samples(self.samples(idx.tolist(), use_forces))
+        return batch
+
+    def _gather_batch(self, idx: np.ndarray, views: np.ndarray):
+        """The batch of dataset indices ``idx`` with force views ``views``, from
+        the persisted features and derivatives of the decoded blocks; ``None``
+        when a force-view structure has no stored derivatives."""
+        from .collate import batch_from_arrays
+        reader = self.reader
         db = idx if self._db_index is None else self._db_index[idx]
-        feats, numbers, positions, forces, names = [], [], [], [], []
-        n_atoms = self._n_atoms[idx]
-        for i in db.tolist():
-            b, j = reader.block_of(i)
-            blk = reader.block(b)
-            sl = blk.atoms(j)
-            feats.append(blk.features[sl])
-            numbers.append(blk.numbers[sl])
-            positions.append(blk.positions[sl])
-            forces.append(blk.forces[sl] if blk.fields["has_forces"][j]
-                          else np.zeros((sl.stop - sl.start, 3)))
+        blocks, pos = reader.locate(db)
+        decoded: dict = {}
+        dblocks: dict = {}
+        spans = []                                   # (block, first atom, end atom)
+        names = []
+        with_forces = self._has_forces[idx]
+        keys = ("edge_center", "edge_neighbor", "edge_vector")
+        edges: list[list] = [[], [], []]
+        for b, j, view in zip(blocks.tolist(), pos.tolist(), views.tolist()):
+            entry = decoded.get(b)
+            if entry is None:
+                blk = reader.block(b)
+                entry = decoded[b] = (blk, blk.atom_offset.tolist())
+            blk, offs = entry
+            spans.append((blk, offs[j], offs[j + 1]))
             names.append(blk.names[j])
-        features = torch.from_numpy(np.concatenate(feats)).to(self.dtype)
+            if view:
+                dblk = dblocks.get(b)
+                if dblk is None:
+                    dblk = dblocks[b] = reader.derivative_block(b)
+                if not dblk.present[j]:
+                    return None
+                for k, key in enumerate(keys):
+                    o = dblk.offsets[key]
+                    edges[k].append(dblk.arrays[key][o[j]:o[j + 1]])
+        features = np.concatenate([blk.features[a0:a1] for blk, a0, a1 in spans])
+        numbers = np.concatenate([blk.numbers[a0:a1] for blk, a0, a1 in spans])
+        positions = np.concatenate([blk.positions[a0:a1] for blk, a0, a1 in spans])
+        if with_forces.all():
+            forces = np.concatenate([blk.forces[a0:a1] for blk, a0, a1 in spans])
+        else:
+            forces = np.zeros((len(numbers), 3))
+            at = 0
+            for (blk, a0, a1), has in zip(spans, with_forces.tolist()):
+                if has:
+                    forces[at:at + a1 - a0] = blk.forces[a0:a1]
+                at += a1 - a0
+        n_atoms = self._n_atoms[idx]
+        species_index = self._lookup[numbers]
+        derivatives = None
+        if views.any():
+            derivatives = self._batch_derivatives(species_index, n_atoms, views, edges)
         return batch_from_arrays(
-            features=features, species_index=self._lookup[np.concatenate(numbers)],
-            n_atoms=n_atoms, energy=self._energies[idx], reference_energy=self._refs[idx],
-            forces=torch.from_numpy(np.concatenate(forces)).to(self.dtype),
-            has_forces=self._has_forces[idx], positions=np.concatenate(positions), index=idx,
-            names=names)
+            features=torch.from_numpy(features).to(self.dtype),
+            species_index=species_index, n_atoms=n_atoms, energy=self._energies[idx],
+            reference_energy=self._refs[idx], forces=torch.from_numpy(forces).to(self.dtype),
+            has_forces=with_forces, positions=positions, index=idx, names=names,
+            use_forces=views, derivatives=derivatives, n_species=len(self.descriptor.species))
+
+    def _batch_derivatives(self, species_index: np.ndarray, n_atoms: np.ndarray,
+                           views: np.ndarray, edges: list[list]):
+        """One ``DescriptorDerivatives`` of the force-view structures from their
+        stored edge arrays (local atom indices offset to the concatenation)."""
+        from ..descriptors import DescriptorDerivatives
+        counts = n_atoms[views]
+        edge_counts = np.fromiter((len(c) for c in edges[0]), dtype=np.int64, count=len(counts))
+        shift = np.repeat(np.cumsum(counts) - counts, edge_counts)
+        center = np.concatenate(edges[0]).astype(np.int64)
+        center += shift
+        neighbor = np.concatenate(edges[1]).astype(np.int64)
+        neighbor += shift
+        vector = np.concatenate(edges[2]) if edges[2] else np.zeros((0, 3), np.float32)
+        force_atoms = np.repeat(views, n_atoms)
+        desc = self.descriptor
+        dev = desc.device
+        return DescriptorDerivatives(
+            desc, torch.from_numpy(species_index[force_atoms]).to(dev),
+            torch.from_numpy(center).to(dev), torch.from_numpy(neighbor).to(dev),
+            torch.from_numpy(vector).to(device=dev, dtype=desc.dtype), counts.tolist())
 
     # -------------------------------------------------------------- samples
     def _samples(self, indices: list[int], use_forces: list[bool]) -> list[dict]:
@@ -492,6 +569,20 @@ class HDF5StructureDataset(FeatureDataset):
             "use_forces": bool(use_forces),
             "derivatives": derivatives,
         }
+
+
+def _unfinished_database(path: Path) -> bool:
+    """True for an nnpflow database whose writer did not finish (``complete``
+    false), which auto mode may replace; False for anything else."""
+    import h5py
+    from ..database.schema import FORMAT
+    try:
+        with h5py.File(path, "r") as h5:
+            fmt = h5.attrs.get("format")
+            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+            return fmt == FORMAT and not bool(h5.attrs.get("complete", False))
+    except OSError:
+        return False
 
 
 def _from_arrays(arrays: dict, species_index: torch.Tensor, descriptor: Any):

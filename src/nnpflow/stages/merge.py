@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from ..database import database_info, merge_databases
 from ..errors import InputError
-from ..safe_write import write_json
+from ..safe_write import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +45,18 @@ def run(shards: list[str], database: str, summary: str,
         except (ValueError, KeyError, TypeError):
             raise InputError("not a manifest summary (no structures_fingerprint)",
                              source=str(manifest_summary)) from None
-    merge_databases(list(shards), database)
-    info = database_info(database)
-    if expected is not None and info["structures_fingerprint"] != expected:
-        Path(database).unlink(missing_ok=True)
-        raise InputError(
-            f"the merged shards hold other structures than the manifest (structures "
-            f"fingerprint {info['structures_fingerprint'][:16]}... vs "
-            f"{expected[:16]}...): shards and manifest come from different ingest runs; "
-            "rerun ingest and build", source=str(manifest_summary))
+    # merged into a temporary file and checked there: a database that does not match
+    # the manifest never appears at the final path, not even for a moment
+    with atomic_path(database) as tmp:
+        merge_databases(list(shards), tmp)
+        info = database_info(tmp)
+        if expected is not None and info["structures_fingerprint"] != expected:
+            raise InputError(
+                f"the merged shards hold other structures than the manifest (structures "
+                f"fingerprint {info['structures_fingerprint'][:16]}... vs "
+                f"{expected[:16]}...): shards and manifest come from different ingest runs; "
+                "rerun ingest and build", source=str(manifest_summary))
+    info["path"] = str(database)
     info["shards"] = [str(s) for s in shards]
     write_json(summary, info)
     log.info("merge: %d shards -> %s: %d structures, %d atoms, species %s, fingerprint %s",

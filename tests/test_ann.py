@@ -365,3 +365,74 @@ def test_dataloader_workers_give_identical_training(cells, tmp_path):
         assert torch.equal(v, states[1][0][k]), k
     assert [r["force_structures"] for r in states[0][1]] == [r["force_structures"]
                                                              for r in states[1][1]]
+
+
+def test_networks_with_precomputed_species_groups_are_identical():
+    net = AtomicNetworks(["Cu", "Au"], 3, {"Cu": [(4, "tanh")], "Au": [(3, "sigmoid")]})
+    net.init_weights(torch.Generator().manual_seed(4))
+    x = torch.randn(7, 3, dtype=torch.float64)
+    species = torch.tensor([1, 0, 0, 1, 1, 0, 1])
+    groups = [torch.nonzero(species == t).squeeze(1) for t in range(2)]
+    assert torch.equal(net(x, species, groups), net(x, species))
+    inputs = [net.normalize(x, t, g) for t, g in enumerate(groups)]
+    assert torch.equal(net.forward_normalized(inputs, groups, 7), net(x, species))
+    with pytest.raises(ValueError, match="species groups"):
+        net(x, species, groups[:1])
+
+
+def test_energy_table_trains_bit_identically_to_dataset_batches(cells, tmp_path, monkeypatch):
+    """Energy-only training from persisted features gathers each step's inputs
+    from a per-species table of normalised features; the weights and losses
+    equal those of training on the dataset's batches exactly."""
+    import nnpflow.training.ann_trainer as ann_trainer
+    descriptor = small_descriptor()
+    path = tmp_path / "db.h5"
+    build = HDF5StructureDataset(descriptor, path, sources=cells, mode="build")
+    build.build_database(persist_features=True)
+    build.close()
+    runs = []
+    for table in (True, False):
+        if not table:
+            monkeypatch.setattr(ann_trainer.EnergyTable, "usable",
+                                staticmethod(lambda *args: False))
+        for precision in ("float32", "float64"):
+            ds = HDF5StructureDataset(None, path, mode="load")
+            pot = TorchANNPotential(ARCH, ds.descriptor)
+            used = []
+            original = ann_trainer.EnergyTable.batch
+            monkeypatch.setattr(ann_trainer.EnergyTable, "batch",
+                                lambda self, idx: used.append(1) or original(self, idx))
+            pot.train(dataset=ds, config=quick_config(iterations=4, precision=precision))
+            monkeypatch.setattr(ann_trainer.EnergyTable, "batch", original)
+            assert bool(used) == table
+            runs.append((pot.net.state_dict(), pot.history))
+            ds.close()
+    for (state_a, hist_a), (state_b, hist_b) in zip(runs[:2], runs[2:]):
+        for k, v in state_a.items():
+            assert torch.equal(v, state_b[k]), k
+        assert [r["train_loss"] for r in hist_a] == [r["train_loss"] for r in hist_b]
+        assert [r["val_loss"] for r in hist_a] == [r["val_loss"] for r in hist_b]
+
+
+def test_energy_table_only_for_in_memory_persisted_features(cells, tmp_path):
+    from nnpflow.datasets import configure_runtime_caches
+    from nnpflow.training.ann_trainer import EnergyTable
+    descriptor = small_descriptor()
+    path = tmp_path / "db.h5"
+    build = HDF5StructureDataset(descriptor, path, sources=cells, mode="build")
+    build.build_database(persist_features=True)
+    build.close()
+    idx = np.arange(10)
+    cfg = quick_config()
+    ds = HDF5StructureDataset(None, path, mode="load")
+    assert EnergyTable.usable(ds, idx, cfg)
+    assert not EnergyTable.usable(ds, idx, cfg.replace(num_workers=1))
+    assert not EnergyTable.usable(ds, np.array([1, 1, 2]), cfg)          # repeated structures
+    assert not EnergyTable.usable(HDF5StructureDataset(None, path, mode="load",
+                                                       in_memory_cache_size=5), idx, cfg)
+    configure_runtime_caches(ds, cache_features=True)                    # runtime cache first
+    assert not EnergyTable.usable(ds, idx, cfg)
+    assert not EnergyTable.usable(StructureDataset(cells, descriptor), idx, cfg)
+    raw = tmp_path / "raw.h5"
+    HDF5StructureDataset(descriptor, raw, sources=cells, mode="build").build_database()
+    assert not EnergyTable.usable(HDF5StructureDataset(None, raw, mode="load"), idx, cfg)

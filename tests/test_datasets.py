@@ -397,3 +397,77 @@ def test_batch_loader_equals_collated_samples(descriptor, persisted, cells):
     cached = CachedStructureDataset(cells, descriptor)
     for b in batch_loader(cached, 7):
         _assert_batches_equal(b, collate_samples(cached.samples(b.index.tolist())))
+
+
+def test_vectorised_batches_equal_collated_samples_bit_for_bit(descriptor, persisted, cells):
+    """get_batch slices the decoded blocks and builds one DescriptorDerivatives for
+    the force views; it equals collating the per-structure samples exactly, for
+    mixed views, explicit views, a filtered database and float64."""
+    energies = np.array([s.energy / len(s) for s in cells])
+    cut = float(np.median(energies))
+    for kwargs in ({}, {"dtype": torch.float64}, {"max_energy": cut}):
+        ds = HDF5StructureDataset(None, persisted, mode="load", **kwargs)
+        if "max_energy" in kwargs:
+            assert ds._db_index is not None and len(ds) < len(cells)
+        n = len(ds)
+        idx = [n - 1, 3, 0, 7, 5, 2, n - 2]
+        mask = np.zeros(n, dtype=bool)
+        mask[[3, 7, n - 1]] = True
+        ds.set_force_selection(mask)
+        for view in (None, True, False):
+            a = ds.get_batch(idx, view)
+            b = collate_samples(ds.samples(idx, view))
+            _assert_batches_equal(a, b)
+            assert a.features.dtype == ds.dtype
+            if a.derivatives is not None:
+                for name in ("species_index", "center", "neighbor", "vector"):
+                    assert torch.equal(getattr(a.derivatives, name),
+                                       getattr(b.derivatives, name)), name
+                assert a.derivatives.atom_counts == b.derivatives.atom_counts
+            for t, group in enumerate(a.species_groups):
+                assert torch.equal(group, torch.nonzero(a.species_index == t).squeeze(1))
+        ds.close()
+
+
+def test_batch_species_groups_follow_to_and_pin_memory(descriptor, persisted):
+    ds = HDF5StructureDataset(descriptor, persisted, mode="load")
+    batch = ds.get_batch([4, 1, 2])
+    moved = batch.to("cpu", dtype=torch.float64)
+    assert moved.features.dtype == torch.float64
+    assert all(torch.equal(x, y) for x, y in zip(moved.species_groups, batch.species_groups))
+    assert collate_samples(ds.samples([4, 1, 2])).species_groups is None
+    ds.close()
+
+
+def test_reader_locate_matches_block_of(tmp_path, descriptor, cells):
+    from nnpflow.database import merge_databases
+    parts = []
+    for k, chunk in enumerate((cells[:7], cells[7:20], cells[20:])):
+        parts.append(write_database(tmp_path / f"p{k}.h5", chunk, descriptor=descriptor,
+                                    persist_features=True, block_structures=4))
+    merged = merge_databases(parts, tmp_path / "merged.h5")
+    with DatabaseReader(merged) as reader:
+        idx = np.array([0, 29, 6, 7, 8, 19, 20, 3, -1, -30])
+        blocks, pos = reader.locate(idx)
+        assert [(int(b), int(j)) for b, j in zip(blocks, pos)] == [reader.block_of(int(i))
+                                                                     for i in idx]
+        with pytest.raises(IndexError):
+            reader.locate([30])
+
+
+def test_corrupt_stored_edges_are_refused_naming_the_structure(tmp_path, descriptor, cells):
+    import h5py
+
+    from nnpflow.errors import SchemaError
+    path = tmp_path / "bad.h5"
+    write_database(path, cells[:6], descriptor=descriptor, persist_features=True,
+                   persist_force_derivatives=True)
+    with DatabaseReader(path) as reader:
+        assert reader.derivative_arrays(2) is not None   # decodes and validates
+        n_first = len(reader.derivative_arrays(1)["edge_neighbor"])
+    with h5py.File(path, "r+") as h5:
+        ds = h5["parts/0/derivatives/edge_neighbor"]
+        ds[n_first + 1] = 99          # an edge of structure 2 (0 has no forces, 1 comes first)
+    with DatabaseReader(path) as reader:
+        with pytest.raises(SchemaError, match=r"structure 2: derivative edge indices outside"):
+            reader.derivative_arrays(2)

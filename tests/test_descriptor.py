@@ -520,3 +520,73 @@ def test_cuda_matches_cpu_features_and_forces():
         assert float(torch.linalg.vector_norm(Fc - Fg.detach().cpu())
                      / torch.linalg.vector_norm(Fc)) < tol
         assert wg.grad is not None and torch.isfinite(wg.grad).all()
+
+
+# ------------------------------------------------------- contraction layout
+
+def test_row_layout_covers_every_edge_once_and_splits_long_rows():
+    from nnpflow.descriptors.derivatives import _row_width, _Rows
+
+    # a few atoms with many edges among many with few: rows of width k < max degree
+    degree = np.array([60, 0, 3, 2, 61] + [4] * 30)
+    k = _row_width(degree)
+    assert k < degree.max()
+    owner = torch.repeat_interleave(torch.arange(len(degree)), torch.as_tensor(degree))
+    rows = _Rows(owner, len(degree))
+    assert rows.k == k and rows.owner is not None
+    src = rows.src.view(rows.n_rows, rows.k)
+    real = ~rows.pad.view(rows.n_rows, rows.k)
+    # every edge exactly once, each in a row of its own atom, in order
+    assert torch.equal(src[real], torch.arange(len(owner)))
+    assert torch.equal(owner[src[real]], rows.owner.unsqueeze(1).expand_as(src)[real])
+    assert torch.equal(torch.bincount(rows.owner, minlength=len(degree)),
+                       torch.as_tensor(-(-degree // k)))
+    # uniform degrees: one row per atom, no padding
+    flat = _Rows(torch.arange(5).repeat_interleave(7), 5)
+    assert flat.owner is None and flat.pad is None and flat.k == 7
+
+
+def test_forces_with_split_rows_match_single_structures_and_finite_differences():
+    """A batch whose degrees differ widely (a tiny periodic cell with many image
+    neighbours, a sparse cluster, an isolated atom) uses split rows; forces and
+    their adjoint equal those of the structures alone."""
+    rng = np.random.default_rng(21)
+    desc = ChebyshevDescriptor(**CUAU)
+    dense = random_structure(rng, 2, ["Cu", "Au"], cell=np.eye(3) * 2.6, min_dist=1.5)
+    sparse = random_structure(rng, 24, ["Cu", "Au"], spread=3.0, min_dist=1.2)
+    lone = Structure(positions=[[0.0, 0.0, 0.0]], species=["Cu"])
+    structures = [dense, sparse, lone]
+    feats, ders = desc.featurize_batch_with_derivatives(structures)
+    batch = DescriptorDerivatives.concatenate(ders).precompute()
+    assert batch._cache.rad.owner is not None            # rows were split
+    ws = [torch.tensor(rng.normal(size=tuple(f.shape)), requires_grad=True) for f in feats]
+    w = torch.cat(ws)
+    got = batch.forces(w)
+    alone = torch.cat([d.forces(x) for d, x in zip(ders, ws)])
+    torch.testing.assert_close(got, alone, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    a = torch.autograd.grad(got, ws, g)
+    b = torch.autograd.grad(alone, ws, g)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    assert fd_relative_error(desc, sparse, seed=3) < 1e-6
+    # the adjoint (dE/dG of a force loss) is differentiable too: its derivative
+    # with respect to the force gradient is the contraction again
+    v = torch.randn(tuple(got.shape), dtype=torch.float64, requires_grad=True)
+
+    def adjoint(gf):
+        return torch.autograd.grad(batch.forces(w), w, gf, create_graph=True)[0]
+
+    assert torch.autograd.gradcheck(adjoint, (v,))
+
+
+def test_structures_without_edges_give_zero_forces():
+    desc = ChebyshevDescriptor(**CUAU)
+    far = Structure(positions=[[0.0, 0.0, 0.0], [9.0, 0.0, 0.0]], species=["Cu", "Au"])
+    feats, der = desc.featurize_with_derivatives(far)
+    assert der.n_edges == 0
+    w = torch.randn(tuple(feats.shape), dtype=torch.float64, requires_grad=True)
+    f = der.forces(w)
+    assert torch.equal(f, torch.zeros(2, 3, dtype=torch.float64))
+    (g,) = torch.autograd.grad(f.sum(), w)
+    assert torch.equal(g, torch.zeros_like(w))

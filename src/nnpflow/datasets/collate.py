@@ -55,6 +55,10 @@ class Batch:
     index : LongTensor (B,)
         Dataset indices of the samples.
     names : list[str]
+    species_groups : list[LongTensor] or None
+        ``species_groups[t]`` = ``nonzero(species_index == t)`` for every
+        descriptor species t, when the batch was assembled with them (the
+        networks then skip that search); ``None`` otherwise.
     """
 
     features: torch.Tensor
@@ -73,6 +77,7 @@ class Batch:
     positions: torch.Tensor
     index: torch.Tensor
     names: list
+    species_groups: list | None = None
 
     @property
     def n_structures(self) -> int:
@@ -93,6 +98,8 @@ class Batch:
                     v = v.to(device=device, dtype=dtype, non_blocking=non_blocking)
                 else:
                     v = v.to(device=device, non_blocking=non_blocking)
+            elif f.name == "species_groups" and v is not None:
+                v = [g.to(device=device, non_blocking=non_blocking) for g in v]
             elif f.name == "derivatives" and v is not None and hasattr(v, "to"):
                 kwargs = {}
                 if device is not None:
@@ -108,7 +115,11 @@ class Batch:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v.pin_memory() if isinstance(v, torch.Tensor) else v
+            if isinstance(v, torch.Tensor):
+                v = v.pin_memory()
+            elif f.name == "species_groups" and v is not None:
+                v = [g.pin_memory() for g in v]
+            out[f.name] = v
         return Batch(**out)
 
 
@@ -163,17 +174,39 @@ def collate_samples(samples: Sequence[dict] | Batch) -> Batch:
 def batch_from_arrays(*, features: torch.Tensor, species_index: np.ndarray, n_atoms: np.ndarray,
                       energy: np.ndarray, reference_energy: np.ndarray,
                       forces: torch.Tensor, has_forces: np.ndarray, positions: np.ndarray,
-                      index: np.ndarray, names: list[str]) -> Batch:
-    """An energy-view :class:`Batch` from already concatenated arrays (the
-    vectorised path of in-memory datasets)."""
+                      index: np.ndarray, names: list[str], use_forces: np.ndarray | None = None,
+                      derivatives: Any = None, n_species: int | None = None) -> Batch:
+    """A :class:`Batch` from already concatenated arrays (the vectorised path of
+    in-memory and persisted-feature datasets); the same batch as
+    :func:`collate_samples` of the corresponding samples.
+
+    ``use_forces`` (B,) marks the force-view structures (none when ``None``);
+    ``derivatives`` is then one ``DescriptorDerivatives`` of their atoms, in
+    batch order.  ``n_species`` (the descriptor's) adds ``species_groups``.
+    """
+    species_index = np.asarray(species_index, dtype=np.int64)
+    groups = None if n_species is None else [
+        torch.from_numpy(np.flatnonzero(species_index == t)) for t in range(int(n_species))]
     n_atoms_t = torch.from_numpy(np.asarray(n_atoms, dtype=np.int64))
     b = int(n_atoms_t.shape[0])
     energy = np.asarray(energy, dtype=np.float64)
-    use = torch.zeros(b, dtype=torch.bool)
+    if use_forces is None:
+        use = torch.zeros(b, dtype=torch.bool)
+    else:
+        use = torch.from_numpy(np.asarray(use_forces, dtype=bool).copy())
+    if bool(use.any()) != (derivatives is not None):
+        raise ValueError("derivatives must be given exactly when the batch has force-view "
+                         "structures")
     a = int(features.shape[0])
+    if derivatives is None:
+        force_mask = torch.zeros(a, dtype=torch.bool)
+        force_atom_index = torch.zeros(0, dtype=torch.long)
+    else:
+        force_mask = torch.repeat_interleave(use, n_atoms_t, output_size=a)
+        force_atom_index = torch.nonzero(force_mask).reshape(-1)
     return Batch(
         features=features,
-        species_index=torch.from_numpy(np.asarray(species_index, dtype=np.int64)),
+        species_index=torch.from_numpy(species_index),
         atom_structure=torch.repeat_interleave(torch.arange(b), n_atoms_t),
         n_atoms=n_atoms_t,
         energy=torch.from_numpy(energy.copy()),
@@ -182,12 +215,13 @@ def batch_from_arrays(*, features: torch.Tensor, species_index: np.ndarray, n_at
         forces=forces,
         has_forces=torch.from_numpy(np.asarray(has_forces, dtype=bool).copy()),
         use_forces=use,
-        force_mask=torch.zeros(a, dtype=torch.bool),
-        force_atom_index=torch.zeros(0, dtype=torch.long),
-        derivatives=None,
+        force_mask=force_mask,
+        force_atom_index=force_atom_index,
+        derivatives=derivatives,
         positions=torch.from_numpy(np.asarray(positions, dtype=np.float64)),
         index=torch.from_numpy(np.asarray(index, dtype=np.int64).copy()),
         names=list(names),
+        species_groups=groups,
     )
 
 

@@ -133,6 +133,8 @@ class AngularBasis:
         Degree l of each function.
     pair_matrix : Tensor (n_harmonics, L + 1)
         ``G_n = 1/2 (B^2 @ pair_matrix)_n - 1/2 sum_j w_j^2`` (uses T_n(1) = 1).
+    degree_matrix : Tensor (n_harmonics, L + 1)
+        One-hot degree of each function (``x @ degree_matrix`` sums per degree l).
     """
 
     def __init__(self, order: int, device="cpu", dtype=torch.float64):
@@ -157,6 +159,7 @@ class AngularBasis:
         onehot = np.zeros((len(ls), self.order + 1))
         onehot[np.arange(len(ls)), ls] = 1.0
         self.pair_matrix = torch.as_tensor(onehot @ cheb_leg.T, dtype=dtype, device=device)
+        self.degree_matrix = torch.as_tensor(onehot, dtype=dtype, device=device)
 
     def monomials(self, ux: torch.Tensor, uy: torch.Tensor, uz: torch.Tensor) -> torch.Tensor:
         """Monomials of the unit-vector components, shape (E, n_monomials)."""
@@ -181,7 +184,7 @@ class AngularBasis:
         other = object.__new__(AngularBasis)
         other.__dict__.update(self.__dict__)
         for name in ("values_coef_t", "all_coef_t", "monomial_weights", "cheb_leg",
-                     "pair_matrix"):
+                     "pair_matrix", "degree_matrix"):
             setattr(other, name, getattr(self, name).to(device=device, dtype=dtype))
         other.l_of = self.l_of.to(device=device)
         return other

@@ -21,10 +21,20 @@ from it without ever forming per-triplet or per-feature gradient blocks:
 * dE/dR_j += dE/dv_e, dE/dR_i -= dE/dv_e (images fold onto their atoms).
 
 Per edge this needs the Chebyshev/harmonic values of one vector only, so the
-stored form is three small arrays per structure (:meth:`to_arrays`), and the
-contraction is a few sparse-times-dense products, differentiable with respect to
-dE/dG (force training backpropagates through it).  The geometric coefficients
-are cached on first use (:meth:`precompute`).
+stored form is three small arrays per structure (:meth:`to_arrays`).
+
+The contraction runs on a padded *row layout* (:class:`_Rows`): each centre's
+edges (they are grouped by centre) fill one or a few rows of ``k`` slots, so the
+per-edge sums over Chebyshev orders and harmonic monomials are batched matrix
+products (``(rows, channels, orders) @ (rows, orders, k)``) with the per-centre
+weights, the centre's share of the force is a dense sum over a row, and only the
+neighbour's share is a scatter (``index_add``).  Its adjoint (dE/dG of a force
+loss) is the same products transposed.  Both are linear in dE/dG and are each
+other's derivative (:class:`_ForceContraction`, :class:`_ForceContractionAdjoint`),
+so the contraction is differentiable to any order.  The geometric coefficients
+(row layout, radial d/dr[T_n fc] and angular monomials per slot, harmonic sums
+B per atom) are computed on first use (:meth:`DescriptorDerivatives.precompute`),
+about 0.13 kB per edge in float32.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from .chebyshev import chebyshev_rows, csr_matrix, cutoff_function, stacked_csr, transposed
+from .chebyshev import cutoff_function
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chebyshev import ChebyshevDescriptor
@@ -133,7 +143,8 @@ class DescriptorDerivatives:
     def concatenate(parts: Sequence["DescriptorDerivatives"]) -> "DescriptorDerivatives":
         """One object for a batch of structures (atom indices offset), whose
         :meth:`forces` takes the batch's concatenated dE/dG (sum N_s, F).
-        Cached coefficients of the parts are reused when all parts have them."""
+        The batch computes its own coefficients (one vectorised pass is cheaper
+        than re-laying out the parts' cached ones)."""
         parts = list(parts)
         if not parts:
             raise ValueError("concatenate needs at least one DescriptorDerivatives")
@@ -160,8 +171,6 @@ class DescriptorDerivatives:
             torch.cat([p.neighbor for p in parts]) + shift,
             torch.cat([p.vector for p in parts]),
             [c for p in parts for c in p.atom_counts])
-        if all(p._cache is not None for p in parts):
-            out._cache = _concat_caches([p._cache for p in parts], parts)
         return out
 
     # -------------------------------------------------------------- storage
@@ -208,11 +217,10 @@ class DescriptorDerivatives:
     # ---------------------------------------------------------- contraction
     def precompute(self) -> "DescriptorDerivatives":
         """Compute and keep the geometric coefficients used by :meth:`forces`
-        (about 0.3 kB per edge in float64, ~2 MB for a 108-atom Cu/Au cell with
-        6 Å cutoff; see :meth:`cache_nbytes`); returns ``self``.
-        :meth:`concatenate` reuses the parts' coefficients."""
+        (about 0.13 kB per edge in float32, 0.8 MB for a 108-atom Cu/Au cell with
+        6 Å cutoff; see :meth:`cache_nbytes`); returns ``self``."""
         if self._cache is None:
-            self._cache = _build_cache(self)
+            self._cache = _Geometry(self)
         return self
 
     def clear_cache(self) -> None:
@@ -221,23 +229,7 @@ class DescriptorDerivatives:
 
     def cache_nbytes(self) -> int:
         """Bytes held by the coefficients of :meth:`precompute` (0 if none)."""
-        if self._cache is None:
-            return 0
-        seen: dict[int, int] = {}
-
-        def add(t):
-            if isinstance(t, list):
-                for x in t:
-                    add(x)
-            elif t.layout == torch.sparse_csr:
-                for x in (t.crow_indices(), t.col_indices(), t.values()):
-                    add(x)
-            else:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-
-        for value in self._cache.values():
-            add(value)
-        return int(sum(seen.values()))
+        return 0 if self._cache is None else self._cache.nbytes()
 
     def forces(self, dE_dG: torch.Tensor) -> torch.Tensor:
         """Forces (N, 3) in eV/Å: ``-sum_i sum_f dE/dG_if dG_if/dR``.
@@ -251,182 +243,357 @@ class DescriptorDerivatives:
         if tuple(dE_dG.shape) != (n, desc.n_features):
             raise ValueError(f"dE_dG has shape {tuple(dE_dG.shape)}, expected "
                              f"({n}, {desc.n_features})")
-        cache = self.precompute()._cache
+        geometry = self.precompute()._cache
         w = dE_dG.to(dtype=self.dtype)
-        sl = desc.feature_slices()
-        # radial: rho_e = sum_n (w_in + s_j w'_in) d/dr[T_n fc](r_e)
-        x = [w[:, sl["radial"]]]
-        if desc.multi:
-            x.append(w[:, sl["weighted_radial"]])
-        o = _EdgeBlockProduct.apply(torch.stack(x, dim=2), cache["rad_op"], cache["rad_seg"],
-                                    cache["rad_values"])                  # (E, k)
-        rho = o[:, 0] + cache["spin"] * o[:, 1] if desc.multi else o[:, 0]
-        gv = rho.unsqueeze(0) * cache["u_t"]                             # (3, E)
-        # angular (see the module docstring)
-        if cache["ang_idx"].shape[0]:
-            basis = desc.angular_basis
-            lam = w[:, sl["angular"]] @ basis.cheb_leg                   # (N, A+1)
-            betas = [lam.index_select(1, basis.l_of) * cache["B"][0]]
-            sigmas = [-0.5 * lam.sum(dim=1)]
-            if desc.multi:
-                lam_w = w[:, sl["weighted_angular"]] @ basis.cheb_leg
-                betas.append(lam_w.index_select(1, basis.l_of) * cache["B"][1])
-                sigmas.append(-0.5 * lam_w.sum(dim=1))
-            ea = cache["ang_idx"].shape[0]
-            nm = basis.n_monomials
-            # per-centre monomial weights of [Y, dY/dx, dY/dy, dY/dz]: (N, nM, 4 k)
-            gam = torch.stack([(b @ basis.monomial_weights).view(n, 4, nm) for b in betas], dim=3)
-            gam = gam.permute(0, 2, 1, 3).reshape(n, nm, -1)
-            o = _EdgeBlockProduct.apply(gam, cache["ang_op"], cache["ang_seg"],
-                                        cache["ang_values"])             # (Ea, 4 k)
-            o = o.view(ea, 4, -1)                                        # (Ea, [Y, grad], k)
-            ca = cache["ang_center"]
-            sig = sigmas[0].index_select(0, ca)
-            if desc.multi:
-                sa = cache["ang_spin"]
-                hg = o[:, :, 0] + sa.unsqueeze(1) * o[:, :, 1]
-                sig = sig + (sa * sa) * sigmas[1].index_select(0, ca)
-            else:
-                hg = o[:, :, 0]
-            ua = cache["ang_u_t"]                                        # (3, Ea)
-            fa, dfa, fa_r = cache["ang_f"], cache["ang_df"], cache["ang_f_r"]
-            g = hg[:, 1:].t()                                            # (3, Ea)
-            gu = g[0] * ua[0] + g[1] * ua[1] + g[2] * ua[2]
-            coef = dfa * hg[:, 0] + (2.0 * sig) * (fa * dfa) - fa_r * gu
-            gv = gv.index_add(1, cache["ang_idx"], coef.unsqueeze(0) * ua + fa_r.unsqueeze(0) * g)
-        # fold edges onto atoms: F_i += dE/dv_e, F_j -= dE/dv_e
-        f = torch.zeros(3, n, dtype=gv.dtype, device=gv.device)
-        f = f.index_add(1, self.center, gv).index_add(1, self.neighbor, -gv)
-        return f.t()
+        return _ForceContraction.apply(w, geometry).t()
 
 
-class _EdgeBlockProduct(torch.autograd.Function):
-    """``y[r, ch] = sum_m V[r, m] X[owner_r, m, ch]`` for rows r grouped by owner.
-
-    Forward: a CSR product (rows r, columns owner_r * M + m, values V).
-    Backward: ``dX[c, m, ch] = sum_{r: owner_r = c} V[r, m] dy[r, ch]``, a segment
-    sum (CSR (N, R) of ones) -- no transposed operator, no sorting.
-    """
+class _ForceContraction(torch.autograd.Function):
+    """``F^T (3, N) = contraction(dE/dG (N, F))``; backward: the adjoint."""
 
     @staticmethod
-    def forward(ctx, x, op, seg, values):
-        ctx.seg = seg
-        ctx.values = values
-        ctx.x_shape = x.shape
-        return op @ x.reshape(-1, x.shape[-1])
+    def forward(ctx, w, geometry):
+        ctx.geometry = geometry
+        return geometry.forces_t(w)
 
     @staticmethod
     def backward(ctx, grad):
-        values, seg = ctx.values, ctx.seg
-        if torch.is_grad_enabled():
-            # differentiable form (double backward through the contraction)
-            parts = [seg @ (values * grad[:, ch:ch + 1]) for ch in range(grad.shape[1])]
-        else:
-            # the segment-sum pattern with the output gradient as its values:
-            # no (R, M) temporary
-            crow, col = seg.crow_indices(), seg.col_indices()
-            parts = [csr_matrix(crow, col, grad[:, ch].contiguous(), seg.shape) @ values
-                     for ch in range(grad.shape[1])]
-        return torch.stack(parts, dim=2).view(ctx.x_shape), None, None, None
+        return _ForceContractionAdjoint.apply(grad, ctx.geometry), None
 
 
-def _csr(crow, col, values, size):
-    return csr_matrix(crow, col, values, size)
+class _ForceContractionAdjoint(torch.autograd.Function):
+    """``dE/dG-shaped (N, F) = adjoint(F^T-shaped (3, N))``; backward: the
+    contraction (both maps are linear and each other's transpose)."""
+
+    @staticmethod
+    def forward(ctx, grad_t, geometry):
+        ctx.geometry = geometry
+        return geometry.adjoint(grad_t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _ForceContraction.apply(grad, ctx.geometry), None
 
 
-def _index_dtype(n: int):
-    return torch.int32 if n < 2**31 - 1 else torch.long
+#: cost of one row of the padded layout, in slots (per-row work of the batched
+#: products), used when choosing the row width
+_ROW_COST = 16
 
 
-def _block_operator(owner: torch.Tensor, values: torch.Tensor, n_owner: int):
-    """CSR (R, N M) with row r holding ``values[r]`` at columns owner_r M + m, and
-    the segment-sum CSR (N, R) of ones (rows grouped by ``owner``, sorted)."""
-    r, m = values.shape
-    device = values.device
-    idx = _index_dtype(max(r * m, n_owner * m) + 1)
-    crow = torch.arange(0, r * m + 1, m, device=device, dtype=idx)
-    col = (owner.to(idx).unsqueeze(1) * m + torch.arange(m, device=device, dtype=idx)).reshape(-1)
-    op = _csr(crow, col, values.reshape(-1), (r, n_owner * m))
-    counts = torch.bincount(owner, minlength=n_owner)
-    crow_s = torch.zeros(n_owner + 1, dtype=idx, device=device)
-    torch.cumsum(counts, 0, out=crow_s[1:])
-    seg = _csr(crow_s, torch.arange(r, device=device, dtype=idx),
-               torch.ones(r, dtype=values.dtype, device=device), (n_owner, r))
-    return op, seg
+def _row_width(degree: np.ndarray) -> int:
+    """Row width ``k`` minimising ``rows * (k + _ROW_COST)``, where an atom with
+    ``d`` edges fills ``ceil(d / k)`` rows, or exactly one row when ``k`` is the
+    largest degree (every atom, even one without edges, owns its row)."""
+    top = int(degree.max()) if degree.size else 0
+    if top <= 1:
+        return 1
+    hist = np.bincount(degree)
+    d = np.arange(hist.size)
+    ks = np.arange(max(1, top // 4), top + 1)
+    rows = (hist * -(-d // ks[:, None])).sum(axis=1)
+    rows[-1] = degree.size
+    return int(ks[np.argmin(rows * (ks + _ROW_COST))])
 
 
-@torch.no_grad()
-def _build_cache(d: DescriptorDerivatives) -> dict:
-    """Geometric coefficients of :meth:`DescriptorDerivatives.forces`.
+class _Rows:
+    """Padded layout of edges grouped by their owner atom.
 
-    Keys: ``u_t`` (3, E) unit vectors; ``spin`` (E,) neighbour typespins;
-    ``rad_values`` (E, R+1) d/dr[T_n fc](r_e) with ``rad_op``/``rad_seg`` (see
-    :func:`_block_operator`, owner = centre); ``ang_idx`` (Ea,) angular edges;
-    ``ang_center``, ``ang_spin``, ``ang_f``, ``ang_df``, ``ang_f_r`` (fc / r) per
-    angular edge, ``ang_u_t`` (3, Ea); ``B`` list of (N, nY) harmonic sums
-    (unweighted, weighted); ``ang_values`` (Ea, nM) monomials of the unit
-    vectors with ``ang_op``/``ang_seg``.
+    Row ``r`` holds up to ``k`` consecutive edges of atom ``owner[r]``; slot
+    ``r * k + c`` takes edge ``src[r * k + c]``.  When ``owner`` is ``None`` row
+    ``r`` belongs to atom ``r`` (one row per atom).  Empty slots take edge
+    ``pad_index`` (by default ``n_edges``: a sentinel appended to the edge
+    arrays); ``pad`` (rows * k,) bool marks them (``None`` when there are none).
     """
-    desc = d.descriptor
-    device, dtype = d.device, d.dtype
-    n, e = d.n_atoms, d.n_edges
-    v = d.vector
-    vt = v.t()
-    r = torch.sqrt(vt[0] * vt[0] + vt[1] * vt[1] + vt[2] * vt[2])
-    u_t = vt / r
-    spin = desc.typespin.index_select(0, d.species_index).index_select(0, d.neighbor)
-    cache: dict = {"u_t": u_t, "spin": spin}
-    # radial: d/dr [T_n(2r/Rc - 1) fc(r)] per edge and order
-    rc = desc.rad_cutoff
-    t, dt = chebyshev_rows(r * (2.0 / rc) - 1.0, desc.rad_order, derivative=True)
-    fc, dfc = cutoff_function(r, rc, derivative=True)
-    t.mul_(dfc).add_(dt.mul_((2.0 / rc) * fc))
-    rad_values = transposed(t)                                           # (E, R+1)
-    cache["rad_values"] = rad_values
-    cache["rad_op"], cache["rad_seg"] = _block_operator(d.center, rad_values, n)
-    # angular
-    basis = desc.angular_basis
-    idx = torch.nonzero(r < desc.ang_cutoff).squeeze(1)
-    ea = idx.shape[0]
-    ra = r.index_select(0, idx)
-    ua_t = u_t.index_select(1, idx)
-    ca = d.center.index_select(0, idx)
-    fa, dfa = cutoff_function(ra, desc.ang_cutoff, derivative=True, all_inside=True)
-    sa = spin.index_select(0, idx)
-    mono = transposed(basis.monomials(ua_t[0], ua_t[1], ua_t[2]).t())  # (Ea, nM)
-    weights = [fa, sa * fa] if desc.multi else [fa]
-    if ea:
-        b = (stacked_csr(ca, n, weights) @ mono) @ basis.values_coef_t   # (k N, nY)
-    else:
-        b = torch.zeros(len(weights) * n, basis.n_harmonics, dtype=dtype, device=device)
-    cache["B"] = [b[i * n:(i + 1) * n] for i in range(len(weights))]
-    cache["ang_values"] = mono
-    cache["ang_op"], cache["ang_seg"] = _block_operator(ca, mono, n)
-    cache.update(ang_idx=idx, ang_center=ca, ang_spin=sa, ang_u_t=ua_t, ang_f=fa, ang_df=dfa,
-                 ang_f_r=fa / ra)
-    return cache
+
+    def __init__(self, owner: torch.Tensor, n_atoms: int, pad_index: int | None = None):
+        device = owner.device
+        n_edges = int(owner.shape[0])
+        self.n_atoms = n_atoms
+        if n_edges == 0:
+            self.k, self.n_rows, self.pad = 1, 0, None
+            self.owner = torch.zeros(0, dtype=torch.long, device=device)
+            self.src = torch.zeros(0, dtype=torch.long, device=device)
+            return
+        degree = torch.bincount(owner, minlength=n_atoms)
+        deg = degree.cpu().numpy()
+        k = _row_width(deg)
+        first = torch.cumsum(degree, 0) - degree
+        if k >= int(deg.max()):
+            self.owner = None
+            count = degree
+            n_rows = n_atoms
+        else:
+            per_atom = torch.div(degree + (k - 1), k, rounding_mode="floor")
+            n_rows = int(per_atom.sum())
+            self.owner = torch.repeat_interleave(torch.arange(n_atoms, device=device), per_atom,
+                                                 output_size=n_rows)
+            start = torch.cumsum(per_atom, 0) - per_atom
+            skip = (torch.arange(n_rows, device=device) - start.index_select(0, self.owner)) * k
+            first = first.index_select(0, self.owner) + skip
+            count = (degree.index_select(0, self.owner) - skip).clamp_(max=k)
+        col = torch.arange(k, device=device)
+        empty = col >= count.unsqueeze(1)                               # (rows, k)
+        src = first.unsqueeze(1) + col
+        self.k, self.n_rows = k, n_rows
+        if int(count.sum()) < n_rows * k:
+            self.src = src.masked_fill_(empty, n_edges if pad_index is None else pad_index
+                                        ).view(-1)
+            self.pad = empty.view(-1)
+        else:
+            self.src = src.view(-1)
+            self.pad = None
+
+    @property
+    def n_slots(self) -> int:
+        return self.n_rows * self.k
+
+    def to_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-atom ``x`` (N, ...) -> per-row (rows, ...)."""
+        return x if self.owner is None else x.index_select(0, self.owner)
+
+    def from_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row ``x`` (rows, ...) -> summed per atom (N, ...)."""
+        if self.owner is None:
+            return x
+        return x.new_zeros((self.n_atoms,) + tuple(x.shape[1:])).index_add_(0, self.owner, x)
+
+    def to_rows_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(C, N) -> (C, rows)."""
+        return x if self.owner is None else x.index_select(1, self.owner)
+
+    def from_rows_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(C, rows) -> summed per atom (C, N)."""
+        if self.owner is None:
+            return x
+        return x.new_zeros((x.shape[0], self.n_atoms)).index_add_(1, self.owner, x)
 
 
-@torch.no_grad()
-def _concat_caches(caches: list[dict], parts: list[DescriptorDerivatives]) -> dict:
-    """Cache of the concatenation of ``parts`` from their caches."""
-    n_total = sum(p.n_atoms for p in parts)
-    atom_off = np.concatenate([[0], np.cumsum([p.n_atoms for p in parts])[:-1]]).tolist()
-    edge_off = np.concatenate([[0], np.cumsum([p.n_edges for p in parts])[:-1]]).tolist()
-    center = torch.cat([p.center + o for p, o in zip(parts, atom_off)])
-    out = {
-        "u_t": torch.cat([c["u_t"] for c in caches], dim=1),
-        "spin": torch.cat([c["spin"] for c in caches]),
-        "rad_values": torch.cat([c["rad_values"] for c in caches]),
-        "ang_values": torch.cat([c["ang_values"] for c in caches]),
-        "ang_idx": torch.cat([c["ang_idx"] + o for c, o in zip(caches, edge_off)]),
-        "ang_center": torch.cat([c["ang_center"] + o for c, o in zip(caches, atom_off)]),
-        "ang_u_t": torch.cat([c["ang_u_t"] for c in caches], dim=1),
-        "B": [torch.cat([c["B"][k] for c in caches]) for k in range(len(caches[0]["B"]))],
-    }
-    for key in ("ang_spin", "ang_f", "ang_df", "ang_f_r"):
-        out[key] = torch.cat([c[key] for c in caches])
-    out["rad_op"], out["rad_seg"] = _block_operator(center, out["rad_values"], n_total)
-    out["ang_op"], out["ang_seg"] = _block_operator(out["ang_center"], out["ang_values"],
-                                                    n_total)
+def _radial_derivatives(r: torch.Tensor, descriptor) -> torch.Tensor:
+    """d/dr [T_n(2r/Rc - 1) fc(r)] for n = 0..R, shape (R + 1, S), zero at
+    r >= Rc (1/Å).  With P_n = T_n fc and x = 2r/Rc - 1:
+    P_{n+1} = 2x P_n - P_{n-1} and D_{n+1} = 2x D_n - D_{n-1} + (4/Rc) P_n."""
+    rc = descriptor.rad_cutoff
+    order = descriptor.rad_order
+    fc, dfc = cutoff_function(r, rc, derivative=True, all_inside=True)
+    outside = r >= rc
+    fc.masked_fill_(outside, 0.0)
+    dfc.masked_fill_(outside, 0.0)
+    out = torch.empty(order + 1, r.shape[0], dtype=r.dtype, device=r.device)
+    out[0] = dfc
+    if order == 0:
+        return out
+    x2 = r * (4.0 / rc)
+    x2.sub_(2.0)                                                         # 2x
+    torch.mul(x2, dfc, out=out[1])
+    out[1].mul_(0.5).add_(fc, alpha=2.0 / rc)
+    p_prev, p = fc, x2 * fc
+    p.mul_(0.5)                                                          # P_1 = x fc
+    for n in range(1, order):
+        nxt = out[n + 1]
+        torch.mul(x2, out[n], out=nxt)
+        nxt.sub_(out[n - 1]).add_(p, alpha=4.0 / rc)
+        if n + 1 < order:
+            p_next = x2 * p
+            p_prev, p = p, p_next.sub_(p_prev)
     return out
+
+
+def _edge_components(vector: torch.Tensor, far: float) -> torch.Tensor:
+    """Edge vectors (E, 3) as components (3, E + 1) with a sentinel edge
+    ``(far, 0, 0)`` appended (the source of empty slots)."""
+    e = vector.shape[0]
+    if vector.device.type == "cpu" and not vector.requires_grad:
+        out = np.empty((3, e + 1), dtype=torch.empty(0, dtype=vector.dtype).numpy().dtype)
+        out[:, :e] = vector.numpy().T                    # numpy's blocked transpose
+        out[:, e] = (far, 0.0, 0.0)
+        return torch.from_numpy(out)
+    out = vector.new_zeros(3, e + 1)
+    out[:, :e] = vector.t()
+    out[0, e] = far
+    return out
+
+
+def _dot3(a, b) -> torch.Tensor:
+    """Sum over the leading axis of length 3 of ``a * b``."""
+    out = a[0] * b[0]
+    out.addcmul_(a[1], b[1]).addcmul_(a[2], b[2])
+    return out
+
+
+class _Geometry:
+    """Geometric coefficients of :meth:`DescriptorDerivatives.forces` on the
+    padded row layouts of all edges (radial) and of the edges within the
+    angular cutoff (angular).
+
+    Radial (``rad`` layout, S slots): ``rad_D`` (R+1, S) d/dr[T_n fc]; ``rad_u``
+    (3, S) unit vectors; ``rad_neighbor`` (S,); ``rad_spin`` (S,) neighbour
+    typespins.  Angular (``ang`` layout, Sa slots): ``ang_mono`` (nM, Sa)
+    monomials of the unit vectors ``ang_u`` (3, Sa); ``ang_neighbor``,
+    ``ang_spin``, ``ang_spin2`` (s^2); ``ang_df`` dfc/dr, ``ang_f_r`` fc / r,
+    ``ang_ffd`` fc dfc/dr; ``B`` (N, C, nY) harmonic sums (unweighted and, for
+    several species, typespin-weighted).  Empty slots have zero coefficients.
+    """
+
+    def __init__(self, d: DescriptorDerivatives):
+        desc = d.descriptor
+        self.descriptor = desc
+        self.multi = desc.multi
+        n = self.n_atoms = d.n_atoms
+        far = 2.0 * desc.neighbor_cutoff + 1.0          # distance given to empty slots
+        spin_atom = (desc.typespin.index_select(0, d.species_index) if self.multi else None)
+        # radial: all edges; empty slots take a sentinel edge (far, 0, 0) -> atom 0
+        rad = self.rad = _Rows(d.center, n)
+        xyz = _edge_components(d.vector, far).index_select(1, rad.src)  # (3, S)
+        r = _dot3(xyz, xyz).sqrt_()
+        self.rad_u = xyz.div_(r)
+        self.rad_neighbor = torch.cat((d.neighbor, d.neighbor.new_zeros(1))).index_select(
+            0, rad.src) if rad.pad is not None else d.neighbor.index_select(0, rad.src)
+        self.rad_spin = (spin_atom.index_select(0, self.rad_neighbor) if self.multi else None)
+        self.rad_D = _radial_derivatives(r, desc)
+        # angular: slots within the angular cutoff, still grouped by centre
+        sel = torch.nonzero(r < desc.ang_cutoff).squeeze(1)
+        row = torch.div(sel, rad.k, rounding_mode="floor")
+        ang = self.ang = _Rows(row if rad.owner is None else rad.owner.index_select(0, row), n,
+                               pad_index=0)
+        slot = sel.index_select(0, ang.src)
+        ra = r.index_select(0, slot)
+        if ang.pad is not None:
+            ra.masked_fill_(ang.pad, far)
+        ua = self.ang_u = self.rad_u.index_select(1, slot)
+        self.ang_neighbor = self.rad_neighbor.index_select(0, slot)
+        fa, dfa = cutoff_function(ra, desc.ang_cutoff, derivative=True, all_inside=True)
+        if ang.pad is not None:
+            fa.masked_fill_(ang.pad, 0.0)
+            dfa.masked_fill_(ang.pad, 0.0)
+        self.ang_df = dfa
+        self.ang_f_r = fa / ra
+        self.ang_ffd = fa * dfa
+        basis = desc.angular_basis
+        self.ang_mono = basis.monomials(ua[0], ua[1], ua[2]).t()          # (nM, Sa)
+        if self.multi:
+            sa = self.ang_spin = self.rad_spin.index_select(0, slot)
+            self.ang_spin2 = sa * sa
+            weights = torch.stack((fa, sa * fa))
+        else:
+            self.ang_spin = self.ang_spin2 = None
+            weights = fa.unsqueeze(0)
+        rows, k = ang.n_rows, ang.k
+        b_rows = torch.matmul(weights.view(weights.shape[0], rows, k).transpose(0, 1),
+                              self.ang_mono.view(basis.n_monomials, rows, k).permute(1, 2, 0))
+        self.B = ang.from_rows(b_rows) @ basis.values_coef_t              # (N, C, nY)
+
+    def nbytes(self) -> int:
+        seen: dict[int, int] = {}
+        for value in self.__dict__.values():
+            tensors = [value] if isinstance(value, torch.Tensor) else (
+                [getattr(value, a) for a in ("owner", "src", "pad")]
+                if isinstance(value, _Rows) else [])
+            for t in tensors:
+                if isinstance(t, torch.Tensor):
+                    seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return int(sum(seen.values()))
+
+    # ------------------------------------------------------------ forward
+    def forces_t(self, w: torch.Tensor) -> torch.Tensor:
+        """Forces transposed, (3, N) eV/Å, for ``w`` = dE/dG (N, F)."""
+        desc = self.descriptor
+        n = self.n_atoms
+        sl = desc.feature_slices()
+        rad = self.rad
+        rows, k = rad.n_rows, rad.k
+        # radial: rho = sum_n (w_n + s_j w'_n) D_n per slot; dE/dv = rho u
+        x = (torch.stack((w[:, sl["radial"]], w[:, sl["weighted_radial"]]), 1) if self.multi
+             else w[:, sl["radial"]].unsqueeze(1))                       # (N, C, R+1)
+        o = torch.matmul(rad.to_rows(x),
+                         self.rad_D.view(desc.n_rad, rows, k).permute(1, 0, 2))  # (rows, C, k)
+        rho = torch.addcmul(o[:, 0], self.rad_spin.view(rows, k), o[:, 1]) if self.multi \
+            else o[:, 0]
+        gv = self.rad_u.view(3, rows, k) * rho                           # (3, rows, k)
+        centre = rad.from_rows_t(gv.sum(2))                              # (3, N)
+        # (index_add_ with alpha=-1 takes a slow path: subtract the sum instead)
+        neighbour = w.new_zeros(3, n).index_add_(1, self.rad_neighbor, gv.view(3, -1))
+        ang = self.ang
+        if ang.n_rows:
+            rows, k = ang.n_rows, ang.k
+            basis = desc.angular_basis
+            nm = basis.n_monomials
+            xa = (torch.stack((w[:, sl["angular"]], w[:, sl["weighted_angular"]]), 1)
+                  if self.multi else w[:, sl["angular"]].unsqueeze(1))   # (N, C, A+1)
+            lam = xa @ basis.cheb_leg                                    # (N, C, L+1)
+            beta = lam.index_select(2, basis.l_of) * self.B              # (N, C, nY)
+            gam = (beta @ basis.monomial_weights).view(n, -1, nm)        # (N, 4C, nM)
+            sig2 = lam.sum(2).neg_()                                     # 2 sigma (N, C)
+            o = torch.matmul(ang.to_rows(gam),
+                             self.ang_mono.view(nm, rows, k).permute(1, 0, 2))  # (rows, 4C, k)
+            sg = ang.to_rows(sig2)
+            if self.multi:
+                hg = torch.addcmul(o[:, :4], self.ang_spin.view(rows, 1, k), o[:, 4:])
+                sgm = torch.addcmul(sg[:, :1], self.ang_spin2.view(rows, k), sg[:, 1:2])
+            else:
+                hg, sgm = o, sg
+            u = self.ang_u.view(3, rows, k)
+            fr = self.ang_f_r.view(rows, k)
+            g = hg[:, 1:].transpose(0, 1)                                # (3, rows, k)
+            coef = self.ang_df.view(rows, k) * hg[:, 0]
+            coef.addcmul_(sgm, self.ang_ffd.view(rows, k))
+            coef.addcmul_(fr, _dot3(g, u), value=-1.0)
+            gv = u * coef
+            gv.addcmul_(g, fr)
+            centre = centre + ang.from_rows_t(gv.sum(2))
+            neighbour.index_add_(1, self.ang_neighbor, gv.view(3, -1))
+        return centre - neighbour
+
+    # ------------------------------------------------------------ adjoint
+    def adjoint(self, grad_t: torch.Tensor) -> torch.Tensor:
+        """dE/dG-shaped (N, F) gradient for the gradient ``grad_t`` (3, N) of the
+        transposed forces (the transpose of :meth:`forces_t`)."""
+        desc = self.descriptor
+        n = self.n_atoms
+        g_t = grad_t.contiguous()
+        rad = self.rad
+        rows, k = rad.n_rows, rad.k
+        # d loss / dv per slot: g_centre - g_neighbour
+        gg = rad.to_rows_t(g_t).unsqueeze(2) - g_t.index_select(1, self.rad_neighbor).view(
+            3, rows, k)
+        c = 2 if self.multi else 1
+        u = self.rad_u.view(3, rows, k)
+        grho = g_t.new_empty(rows, c, k)                                 # (rows, C, k)
+        torch.mul(gg[0], u[0], out=grho[:, 0])
+        grho[:, 0].addcmul_(gg[1], u[1]).addcmul_(gg[2], u[2])
+        if self.multi:
+            torch.mul(grho[:, 0], self.rad_spin.view(rows, k), out=grho[:, 1])
+        gx = rad.from_rows(torch.matmul(
+            grho, self.rad_D.view(desc.n_rad, rows, k).permute(1, 2, 0)))        # (N, C, R+1)
+        ang = self.ang
+        basis = desc.angular_basis
+        if ang.n_rows:
+            rows, k = ang.n_rows, ang.k
+            nm = basis.n_monomials
+            u = self.ang_u.view(3, rows, k)
+            gg = ang.to_rows_t(g_t).unsqueeze(2) - g_t.index_select(1, self.ang_neighbor).view(
+                3, rows, k)
+            gcoef = _dot3(gg, u)                                         # (rows, k)
+            # d loss / d[h, g] per slot, then the typespin-weighted copy: (rows, 4C, k)
+            ghg = g_t.new_empty(rows, 4 * c, k)
+            torch.mul(self.ang_df.view(rows, k), gcoef, out=ghg[:, 0])
+            gvec = ghg[:, 1:4].transpose(0, 1)                           # (3, rows, k) view
+            torch.addcmul(gg, u, gcoef, value=-1.0, out=gvec)
+            gvec.mul_(self.ang_f_r.view(rows, k))
+            gsgm = self.ang_ffd.view(rows, k) * gcoef
+            if self.multi:
+                torch.mul(ghg[:, :4], self.ang_spin.view(rows, 1, k), out=ghg[:, 4:])
+                gsg = torch.stack((gsgm.sum(1), (gsgm * self.ang_spin2.view(rows, k)).sum(1)), 1)
+            else:
+                gsg = gsgm.sum(1, keepdim=True)                          # (rows, C)
+            ggam = ang.from_rows(torch.matmul(
+                ghg, self.ang_mono.view(nm, rows, k).permute(1, 2, 0)))  # (N, 4C, nM)
+            gbeta = ggam.view(n, c, -1) @ basis.monomial_weights.t()     # (N, C, nY)
+            glam = (gbeta * self.B) @ basis.degree_matrix                # (N, C, L+1)
+            glam.sub_(ang.from_rows(gsg).unsqueeze(2))
+            gxa = glam @ basis.cheb_leg.t()                              # (N, C, A+1)
+        else:
+            gxa = g_t.new_zeros(n, c, desc.n_ang)
+        blocks = [gx[:, 0], gxa[:, 0]]
+        if self.multi:
+            blocks += [gx[:, 1], gxa[:, 1]]
+        return torch.cat(blocks, 1)

@@ -147,22 +147,54 @@ class AtomicNetworks(nn.Module):
             self.feature_std[t].copy_(torch.clamp(std, min=MIN_FEATURE_STD))
 
     # ------------------------------------------------------------- forward
-    def forward(self, features: torch.Tensor, species_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, species_index: torch.Tensor,
+                groups: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Normalised atomic outputs (A,) for raw ``features`` (A, F) of atoms
-        with descriptor species indices ``species_index`` (A,)."""
-        dtype = self.feature_mean.dtype
-        x = features if features.dtype == dtype else features.to(dtype)
-        out = x.new_zeros(x.shape[0])
+        with descriptor species indices ``species_index`` (A,).  ``groups``
+        (optional) are the atoms of each species, ``nonzero(species_index == t)``."""
+        x = self.cast(features)
         if len(self.nets) == 1:
-            y = self.nets[0]((x - self.feature_mean[0]) / self.feature_std[0]).squeeze(1)
-            return y
-        for t, net in enumerate(self.nets):
-            idx = torch.nonzero(species_index == t).squeeze(1)
-            if idx.numel() == 0:
-                continue
-            xt = (x.index_select(0, idx) - self.feature_mean[t]) / self.feature_std[t]
-            out = out.index_copy(0, idx, net(xt).squeeze(1))
+            return self.nets[0](self.normalize(x, 0)).squeeze(1)
+        groups = self.species_groups(species_index, groups)
+        return self.forward_normalized([self.normalize(x, t, idx) for t, idx in enumerate(groups)],
+                                       groups, x.shape[0])
+
+    def forward_normalized(self, inputs: Sequence[torch.Tensor], groups: Sequence[torch.Tensor],
+                           n_atoms: int) -> torch.Tensor:
+        """Atomic outputs (A,) from each species' normalised inputs ``inputs[t]``
+        (A_t, F) (see :meth:`normalize`) of the atoms ``groups[t]`` (A_t,)."""
+        out = None
+        for t, (xt, idx) in enumerate(zip(inputs, groups)):
+            if out is None:
+                out = xt.new_zeros(int(n_atoms))
+            if idx.numel():
+                out = out.index_copy(0, idx, self.nets[t](xt).squeeze(1))
+        if out is None:
+            out = self.feature_mean.new_zeros(int(n_atoms))
         return out
+
+    def cast(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` in the networks' dtype."""
+        dtype = self.feature_mean.dtype
+        return features if features.dtype == dtype else features.to(dtype)
+
+    def species_groups(self, species_index: torch.Tensor,
+                       groups: Sequence[torch.Tensor] | None = None) -> Sequence[torch.Tensor]:
+        """Atoms of each species (``groups`` checked when given)."""
+        if groups is not None:
+            if len(groups) != len(self.nets):
+                raise ValueError(f"{len(groups)} species groups for {len(self.nets)} species")
+            return groups
+        return [torch.nonzero(species_index == t).squeeze(1) for t in range(len(self.nets))]
+
+    def normalize(self, x: torch.Tensor, t: int, idx: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """``(x[idx] - mean_t) / std_t``: the inputs of species ``t``'s network
+        for the atoms ``idx`` (all when ``None``) of ``x`` (already :meth:`cast`)."""
+        if idx is None:
+            return (x - self.feature_mean[t]) / self.feature_std[t]
+        # (in place: none of these ops needs its input for the backward pass)
+        return x.index_select(0, idx).sub_(self.feature_mean[t]).div_(self.feature_std[t])
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -55,13 +55,18 @@ def batch_errors(networks: torch.nn.Module, batch, norm: EnergyNormalization,
     batch has any); ``create_graph``: keep the graph of dE/dG so the force error
     can be back-propagated to the weights (training).
     """
-    feats = batch.features
-    if feats.dtype != dtype:
-        feats = feats.to(dtype)
     forces_here = with_forces and batch.derivatives is not None
-    if forces_here:
-        feats = feats.detach().requires_grad_(True)
-    eps = networks(feats, batch.species_index)
+    inputs = getattr(batch, "inputs", None)
+    if inputs is not None:           # a TableBatch: per-species normalised features
+        eps = networks.forward_normalized(inputs, batch.species_groups,
+                                          int(batch.atom_structure.shape[0]))
+    else:
+        feats = batch.features
+        if feats.dtype != dtype:
+            feats = feats.to(dtype)
+        if forces_here:
+            feats = feats.detach().requires_grad_(True)
+        eps = networks(feats, batch.species_index, getattr(batch, "species_groups", None))
     b = batch.n_structures
     n_atoms = batch.n_atoms.to(dtype)
     sum_eps = eps.new_zeros(b).index_add(0, batch.atom_structure, eps)
@@ -76,8 +81,12 @@ def batch_errors(networks: torch.nn.Module, batch, norm: EnergyNormalization,
     if forces_here:
         (grad,) = torch.autograd.grad(eps.sum(), feats, create_graph=create_graph)
         fidx = batch.force_atom_index
-        f_pred = batch.derivatives.forces(grad.index_select(0, fidx)).to(dtype)
-        f_ref = batch.forces.index_select(0, fidx).to(dtype) / norm.scale
+        if fidx.shape[0] == grad.shape[0]:      # every atom is a force atom: no gather
+            f_pred = batch.derivatives.forces(grad).to(dtype)
+            f_ref = batch.forces.to(dtype) / norm.scale
+        else:
+            f_pred = batch.derivatives.forces(grad.index_select(0, fidx)).to(dtype)
+            f_ref = batch.forces.index_select(0, fidx).to(dtype) / norm.scale
         d = f_pred - f_ref
         sse_f = (d * d).sum()
         n_f = torch.tensor(d.numel(), device=d.device)

@@ -39,6 +39,7 @@ import hashlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,6 +158,115 @@ class BatchSource:
             return (self.items[b] for b in batches)
         self.sampler.batches = list(batches)
         return iter(self.loader)
+
+
+@dataclass
+class TableBatch:
+    """An energy-only batch from an :class:`EnergyTable` (what
+    :func:`~nnpflow.training.ann_loss.batch_errors` needs of a ``Batch``):
+    ``inputs[t]`` (A_t, F) the normalised features of the batch's atoms of
+    species t, ``species_groups[t]`` their positions in the batch (A_t,), and
+    per structure ``n_atoms``, ``energy``, ``reference_energy`` (eV),
+    ``has_energy``; ``atom_structure`` (A,)."""
+
+    inputs: list
+    species_groups: list
+    n_atoms: torch.Tensor
+    atom_structure: torch.Tensor
+    energy: torch.Tensor
+    reference_energy: torch.Tensor
+    has_energy: torch.Tensor
+    derivatives: Any = None
+
+    @property
+    def n_structures(self) -> int:
+        return int(self.n_atoms.shape[0])
+
+
+class EnergyTable:
+    """A training split's features, normalised per species once, for
+    energy-only steps without assembling batches from the dataset.
+
+    Built from the dataset's own batches (``get_batch``: the same features a
+    step would read) with the networks' feature normalisation, which stays
+    fixed during training; each species' rows are laid out structure by
+    structure.  A step then gathers each species' rows with one
+    ``index_select`` and runs exactly the operations of the dataset path on
+    the same numbers, so training is bit-identical to it.  Memory: the split's
+    features once, in the training dtype.
+    """
+
+    def __init__(self, base: Any, indices: np.ndarray, networks, device: torch.device,
+                 dtype: torch.dtype, chunk: int = 256):
+        n = len(indices)
+        n_species = len(networks.nets)
+        self.position = np.full(len(base), -1, dtype=np.int64)
+        self.position[indices] = np.arange(n)
+        self.device = device
+        self.n_atoms = np.zeros(n, dtype=np.int64)
+        self.energy = np.zeros(n)
+        self.reference_energy = np.zeros(n)
+        counts = np.zeros((n_species, n), dtype=np.int64)
+        rows: list[list] = [[] for _ in range(n_species)]
+        local: list[list] = [[] for _ in range(n_species)]
+        for lo in range(0, n, chunk):
+            batch = base.get_batch(indices[lo:lo + chunk], use_forces=False)
+            hi = lo + batch.n_structures
+            self.n_atoms[lo:hi] = batch.n_atoms.numpy()
+            self.energy[lo:hi] = batch.energy.numpy()
+            self.reference_energy[lo:hi] = batch.reference_energy.numpy()
+            x = networks.cast(batch.features.to(device))
+            species = batch.species_index.numpy()
+            owner = batch.atom_structure.numpy()
+            first = np.cumsum(self.n_atoms[lo:hi]) - self.n_atoms[lo:hi]
+            for t in range(n_species):
+                sel = np.flatnonzero(species == t)
+                counts[t, lo:hi] = np.bincount(owner[sel], minlength=hi - lo)
+                local[t].append(sel - first[owner[sel]])
+                with torch.no_grad():
+                    rows[t].append(networks.normalize(
+                        x, t, torch.from_numpy(sel).to(device)).detach())
+        self.counts = counts
+        self.starts = np.cumsum(counts, axis=1) - counts
+        self.local = [np.concatenate(v) if v else np.zeros(0, np.int64) for v in local]
+        self.inputs = [torch.cat(v) if v else torch.zeros(0, networks.n_features, dtype=dtype,
+                                                             device=device) for v in rows]
+
+    @staticmethod
+    def usable(base: Any, indices: np.ndarray, config: TorchTrainingConfig) -> bool:
+        """Whether energy-only training on ``base[indices]`` reads persisted
+        features held in memory (an ``HDF5StructureDataset`` whose split fits
+        its ``in_memory_cache_size``, no runtime feature cache) in this process."""
+        return (config.num_workers == 0 and bool(getattr(base, "has_persisted_features", False))
+                and len(indices) <= int(getattr(base, "in_memory_cache_size", 0))
+                and getattr(getattr(base, "runtime_caches", None), "features", 1) is None
+                and len(np.unique(indices)) == len(indices))
+
+    def batch(self, indices: np.ndarray) -> TableBatch | None:
+        """The :class:`TableBatch` of dataset indices (``None`` when empty)."""
+        if len(indices) == 0:
+            return None
+        pos = self.position[np.asarray(indices, dtype=np.int64)]
+        n_atoms = self.n_atoms[pos]
+        first = np.cumsum(n_atoms) - n_atoms
+        inputs, groups = [], []
+        for t, table in enumerate(self.inputs):
+            count = self.counts[t, pos]
+            total = int(count.sum())
+            within = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+            rows = np.repeat(self.starts[t, pos], count) + within
+            groups.append(torch.from_numpy(self.local[t][rows]
+                                           + np.repeat(first, count)).to(self.device))
+            inputs.append(table.index_select(0, torch.from_numpy(rows).to(self.device)))
+        n_t = torch.from_numpy(n_atoms).to(self.device)
+        energy = self.energy[pos]
+        return TableBatch(
+            inputs=inputs, species_groups=groups, n_atoms=n_t,
+            atom_structure=torch.repeat_interleave(
+                torch.arange(len(pos), device=self.device), n_t, output_size=int(n_atoms.sum())),
+            energy=torch.from_numpy(energy).to(self.device),
+            reference_energy=torch.from_numpy(self.reference_energy[pos]).to(self.device),
+            has_energy=torch.from_numpy(np.isfinite(energy)).to(self.device))
 
 
 def _loss_value(sums: list, alpha: float) -> float:
@@ -278,6 +388,11 @@ class ANNTrainer:
                     cache_force_triplet_max_entries=(cfg.cache_force_triplet_max_entries
                                                      if cfg.cache_force_triplets else None))
         self.train_batches = BatchSource(self.train_base, None, cfg)
+        # energy-only steps from a per-species feature table (built in _loop,
+        # after a resume has restored the feature normalisation)
+        self.use_table = (not self.train_forces
+                          and EnergyTable.usable(self.train_base, self.train_idx, cfg))
+        self.table: EnergyTable | None = None
         if has_val:
             self.val_batches = BatchSource(self.val_base, self.val_forces, cfg)
         self.identity = {
@@ -400,6 +515,8 @@ class ANNTrainer:
     def _to_device(self, batch):
         """The batch on the training device, with derivatives in the training dtype
         (the force contraction runs in the networks' precision)."""
+        if isinstance(batch, TableBatch):
+            return batch
         ders = batch.derivatives
         if self.device.type != "cpu":
             batch = batch.to(self.device, non_blocking=True)
@@ -512,7 +629,14 @@ class ANNTrainer:
             if first == 0:
                 self.epoch_lr = self.schedule.lr
             shares = [b[self.rank::self.world] for b in batches[first:]]
-            for step, batch in enumerate(self.train_batches(shares), start=first):
+            if self.use_table:
+                if self.table is None:
+                    self.table = EnergyTable(self.train_base, self.train_idx, net, self.device,
+                                             self.dtype)
+                source = (self.table.batch(b) for b in shares)
+            else:
+                source = self.train_batches(shares)
+            for step, batch in enumerate(source, start=first):
                 totals = self._step(batch)
                 self.epoch_sums += totals
                 if self.on_step is not None:

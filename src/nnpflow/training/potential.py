@@ -354,7 +354,7 @@ class TorchANNPotential:
             with torch.enable_grad() if with_forces else torch.no_grad():
                 if with_forces:
                     feats = feats.detach().requires_grad_(True)
-                eps = net(feats, batch.species_index)
+                eps = net(feats, batch.species_index, getattr(batch, "species_groups", None))
                 forces = None
                 if with_forces:
                     (grad,) = torch.autograd.grad(eps.sum(), feats)

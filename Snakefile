@@ -1,8 +1,13 @@
 # nnpflow: raw atomistic reference data -> trained, evaluated interatomic potentials.
 #
 #   snakemake --cores 2                              # the bundled example, locally
+#   snakemake --report report.html                   # the HTML report of a finished run
 #   snakemake --workflow-profile profiles/slurm      # on a SLURM cluster
 #   snakemake -n                                     # what would run, and why
+#
+# Stages (one rule file each): example -> ingest (per shard) -> manifest -> build (per
+# shard) -> merge -> split -> train (per model and committee member) -> evaluate (per
+# model).
 #
 # The configuration is config/config.yaml (documented in config/README.md), validated
 # against workflow/schemas/config.schema.yaml: unknown keys are rejected, missing
@@ -45,11 +50,16 @@ _validate_config()
 os.environ.setdefault("NNPFLOW_ROOT", str(workflow.basedir))
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/example.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/build.smk"
 include: "workflow/rules/split.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 localrules:
@@ -57,7 +67,8 @@ localrules:
 
 
 rule all:
-    """The default target: every final output of the enabled stages."""
+    """The default target: the data stages' outputs and the evaluation (hence the
+    training) of every active model."""
     input:
         final_outputs(),
     default_target: True

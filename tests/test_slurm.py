@@ -3,9 +3,10 @@
 A session fixture starts a one-node SLURM cluster on this machine with
 ``tests/slurm/local-slurm.sh`` (Debian's slurm-wlm with slurmdbd, installed with
 apt-get when missing; about 30 s the first time) and stops it afterwards, unless it
-was already running.  The test runs the example workflow's data stages (small example, two
-shards: eight SLURM jobs -- example, 2 ingest, manifest, 2 build, merge, split) with the
-repository's SLURM profile and checks in SLURM's accounting that every job went
+was already running.  The test runs the whole example workflow (small example, two
+shards, a tiny model trained for two epochs: ten SLURM jobs -- example, 2 ingest,
+manifest, 2 build, merge, split, train, evaluate) with the repository's SLURM profile,
+checks the evaluation's outputs, and checks in SLURM's accounting that every job went
 through sbatch, under its rule's name, and finished.
 
 Needs root and apt-get (CI has both); skipped otherwise.
@@ -13,6 +14,7 @@ Needs root and apt-get (CI has both); skipped otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -84,6 +86,9 @@ def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path):
     cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
     cfg["example"].update(n_structures=6, archive_fraction=0.5)
     cfg["database"]["shards"] = 2
+    cfg["models"] = {"tiny": {"architecture": "ann", "hidden": [[4, "tanh"]],
+                              "active": True, "committee": 1}}
+    cfg["training"].update(epochs=2, batch_size=2, patience=0, device="cpu")
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
 
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
@@ -91,10 +96,12 @@ def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path):
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     start = time.perf_counter()
     proc = subprocess.run(
-        ["timeout", "-k", "10", "420", sys.executable, "-m", "snakemake",
+        ["timeout", "-k", "10", "600", sys.executable, "-m", "snakemake",
          "--workflow-profile", "profiles/slurm",
-         # the local cluster's node has 2 CPUs; poll sacct soon after submitting
-         "--max-threads", "2", "--slurm-init-seconds-before-status-checks", "2"],
+         # the local cluster's node has 2 CPUs.  A job here takes 10-15 s (mostly
+         # Snakemake starting inside it); the plugin polls sacct after this many seconds
+         # and then 10 s later each time, so 15 s finds most jobs finished at the first poll
+         "--max-threads", "2", "--slurm-init-seconds-before-status-checks", "15"],
         cwd=tmp_path, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
     out = proc.stdout + proc.stderr
@@ -110,7 +117,14 @@ def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path):
     assert len(rows) == 1 + 6
     with DatabaseReader(results / "database" / "database.h5") as db:
         assert db.names() == [row.split("\t")[0] for row in rows[1:]] and db.has_features
-        load_split(results / "split" / "split.json", db, n_structures=6)
+        split = load_split(results / "split" / "split.json", db, n_structures=6)
+    # the model was trained on a node and evaluated on every part of the split
+    metrics = json.loads((results / "evaluation" / "tiny" / "metrics.json").read_text())
+    assert metrics["model"]["files"] == ["results/models/tiny/member_0/model.pt"]
+    for part in ("train", "validation", "test"):
+        assert metrics[part]["n_structures"] == len(split.indices[part])
+    for name in ("parity_energy", "parity_forces", "learning_curve"):
+        assert (results / "evaluation" / "tiny" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
     # every non-local job was an sbatch job, visible in SLURM's accounting under its
     # rule's name (the plugin puts "rule_<name>..." into the job comment)
@@ -120,7 +134,7 @@ def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path):
     rules = Counter(job["comment"].split("_wildcards")[0].removeprefix("rule_")
                     for job in jobs)
     assert rules == Counter({"example": 1, "ingest": 2, "manifest": 1, "build": 2,
-                             "merge": 1, "split": 1}), jobs
+                             "merge": 1, "split": 1, "train": 1, "evaluate": 1}), jobs
     assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
     # and Snakemake reported the SLURM job ids it submitted
     for job in jobs:

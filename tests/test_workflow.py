@@ -3,7 +3,10 @@
 The adapter tests call ``nnpflow.stages.run_from_snakemake`` in-process with a
 stand-in for Snakemake's ``snakemake`` object.  The workflow tests (marker
 ``workflow``) run the real ``snakemake`` on a copy of the workflow in a temporary
-folder with a tiny configuration and read what ``snakemake --dry-run`` plans.
+folder with a tiny configuration and read what ``snakemake --dry-run`` plans.  The
+tiny configuration trains a one-layer model for two epochs with two data-parallel
+processes (``training.devices: 2``), so one completed run covers the whole DAG,
+distributed training included, in well under a minute.
 """
 
 from __future__ import annotations
@@ -172,15 +175,35 @@ def workdir(tmp_path):
     cfg["example"].update(n_structures=6, archive_fraction=0.5, seed=3)
     cfg["database"]["shards"] = 3
     cfg["sources"] = [{"path": "extra"}]
+    tiny_training(cfg)
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for i in range(3):
         write_xsf(tmp_path / "extra" / f"cell-{i}.xsf", energy=-7.0 - 0.1 * i, z=0.1 * i)
     return tmp_path
 
 
+_NO_SLURM: list[str] = []
+
+
+def _no_slurm_bin() -> str:
+    """A folder whose ``scontrol`` fails at once.  These tests run Snakemake's local
+    executor only, but the installed SLURM executor plugin runs ``scontrol show
+    config`` whenever Snakemake starts (for a help text), which waits ~9 s for a
+    controller where SLURM is installed but not running; with this folder first on
+    PATH every snakemake call here starts in ~3 s instead."""
+    if not _NO_SLURM:
+        import tempfile
+        folder = Path(tempfile.mkdtemp(prefix="nnpflow-no-slurm-"))
+        (folder / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+        (folder / "scontrol").chmod(0o755)
+        _NO_SLURM.append(str(folder))
+    return _NO_SLURM[0]
+
+
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> str:
     """Run snakemake in ``workdir``; returns stdout + stderr, fails the test on error."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PATH=os.pathsep.join([_no_slurm_bin(), os.environ.get("PATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir,
                           env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
@@ -192,19 +215,34 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> str:
 _JOB_HEAD = re.compile(r"^(?:local)?rule (\w+):$")
 
 
+def _job_key(wildcards: str):
+    """What tells jobs of one rule apart: the shard (int), ``model/member`` for a
+    training job, ``model`` for an evaluation job, or None."""
+    found = dict(re.findall(r"\b(\w+)=([^,\s]+)", wildcards))
+    if "shard" in found:
+        return int(found["shard"])
+    if "member" in found:
+        return f"{found['model']}/{found['member']}"
+    return found.get("model")
+
+
 def planned_jobs(workdir: Path, *args: str) -> list[dict]:
-    """The jobs ``snakemake --dry-run`` plans: [{rule, shard, input}], in printed order."""
-    out = snakemake(workdir, "--dry-run", "--cores", "1", *args)
+    """The jobs ``snakemake --dry-run`` plans: [{rule, shard, input, threads}], in
+    printed order (``shard`` is the key of :func:`_job_key`)."""
+    out = snakemake(workdir, "--dry-run", "--cores", "2", *args)
     if "Nothing to be done" in out:
         return []
     jobs: list[dict] = []
     for line in out.splitlines():
         head = _JOB_HEAD.match(line.strip())
         if head:
-            jobs.append({"rule": head.group(1), "shard": None, "input": []})
+            jobs.append({"rule": head.group(1), "shard": None, "input": [], "threads": 1})
         elif jobs and line.strip().startswith("wildcards:"):
-            found = re.search(r"\bshard=(\d+)", line)
-            jobs[-1]["shard"] = int(found.group(1)) if found else None
+            jobs[-1]["shard"] = _job_key(line.split(":", 1)[1])
+        elif jobs and line.strip().startswith("threads:"):
+            jobs[-1]["threads"] = int(line.split(":", 1)[1])
+        elif jobs and line.strip().startswith("resources:"):
+            jobs[-1]["resources"] = line.split(":", 1)[1].strip()
         elif jobs and line.strip().startswith("reason:"):
             jobs[-1]["reason"] = line.split(":", 1)[1].strip()
         elif jobs and line.strip().startswith("input:"):
@@ -231,12 +269,26 @@ def job_set(jobs: list[dict]) -> JobSet:
 DATA_JOBS = {("ingest", 0): 1, ("ingest", 1): 1, ("ingest", 2): 1, ("manifest", None): 1,
              ("build", 0): 1, ("build", 1): 1, ("build", 2): 1, ("merge", None): 1,
              ("split", None): 1, ("all", None): 1}
+#: training and evaluation of the tiny configuration's one model
+MODEL_JOBS = {("train", "ann/0"): 1, ("evaluate", "ann"): 1}
+
+#: the tiny model of the workflow tests: trains in about a second
+TINY_MODELS = {"ann": {"architecture": "ann", "hidden": [[4, "tanh"]], "active": True,
+                       "committee": 1, "training": {"devices": 2}}}
+TINY_TRAINING = {"epochs": 2, "batch_size": 4, "learning_rate": 0.01, "schedule": "constant",
+                 "patience": 0, "device": "cpu", "seed": 1}
+
+
+def tiny_training(cfg: dict) -> None:
+    """Give a loaded config.yaml the tiny model and training settings."""
+    cfg["models"] = json.loads(json.dumps(TINY_MODELS))
+    cfg["training"].update(TINY_TRAINING)
 
 
 @pytest.mark.workflow
 def test_dry_run_plans_every_stage_and_assigns_files_to_shards(workdir):
     jobs = planned_jobs(workdir)
-    assert job_set(jobs) == Counter({("example", None): 1, **DATA_JOBS})
+    assert job_set(jobs) == Counter({("example", None): 1, **DATA_JOBS, **MODEL_JOBS})
     plain = [f"extra/cell-{i}.xsf" for i in range(3)] + \
         [f"results/example/xsf/example-{i:04d}.xsf" for i in range(3)]
     archive = "results/example/archive.tar.bz2"
@@ -252,6 +304,34 @@ def test_dry_run_plans_every_stage_and_assigns_files_to_shards(workdir):
                                     "results/manifest/manifest.json"], job
         elif job["rule"] == "split":
             assert job["input"] == ["results/manifest/manifest.json"], job
+        elif job["rule"] == "train":
+            assert job["input"] == ["results/database/database.h5",
+                                    "results/split/split.json"], job
+            # training.devices: 2 -> two processes, one thread each; no GPU on device cpu
+            assert job["threads"] == 2 and "gpu=0" in job["resources"], job
+        elif job["rule"] == "evaluate":
+            assert job["input"] == ["results/database/database.h5", "results/split/split.json",
+                                    "results/models/ann/member_0/model.pt",
+                                    "results/models/ann/member_0/history.csv"], job
+
+
+@pytest.mark.workflow
+def test_gpu_training_asks_for_one_gpu_per_process(workdir):
+    """device: cuda makes each training job of that model ask for `devices` GPUs
+    (the SLURM plugin turns the `gpu` resource into --gpus); a committee has one job
+    per member; inactive models are neither trained nor evaluated."""
+    def change(cfg):
+        cfg["models"]["gpu"] = {"architecture": "ann", "hidden": [[4, "tanh"]],
+                                "committee": 2, "training": {"device": "cuda", "devices": 2}}
+        cfg["models"]["off"] = {"architecture": "ann", "hidden": [[4, "tanh"]], "active": False}
+    edit_config(workdir, change)
+    jobs = [j for j in planned_jobs(workdir) if j["rule"] in ("train", "evaluate")]
+    assert job_set(jobs) == Counter({("train", "ann/0"): 1, ("evaluate", "ann"): 1,
+                                     ("train", "gpu/0"): 1, ("train", "gpu/1"): 1,
+                                     ("evaluate", "gpu"): 1})
+    for job in jobs:
+        if job["rule"] == "train":
+            assert ("gpu=2" if job["shard"].startswith("gpu/") else "gpu=0") in job["resources"]
 
 
 # ---------------------------------------------------------------- one completed run
@@ -264,9 +344,10 @@ SPECIES = ["Cu", "Pt", "Au"]
 
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory):
-    """The data DAG run once to completion (``snakemake --cores 2``) on a tiny
+    """The whole DAG run once to completion (``snakemake --cores 2``) on a tiny
     configuration: 6 example structures and 3 files in ``extra/``, 3 shards, species
-    given (so each build job reads its own shard only), a filter that keeps all."""
+    given (so each build job reads its own shard only), a filter that keeps all, and
+    the tiny model trained with two data-parallel processes and evaluated."""
     root = tmp_path_factory.mktemp("completed")
     for part in WORKFLOW_PARTS:
         src = REPO / part
@@ -280,6 +361,7 @@ def completed(tmp_path_factory):
     cfg["sources"] = [{"path": "extra"}]
     cfg.update(species=SPECIES, atomic_energies=ATOMIC_ENERGIES, max_energy=MAX_ENERGY)
     cfg["split"] = {"validation": 0.2, "test": 1, "seed": 7}
+    tiny_training(cfg)
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for i in range(3):
         write_xsf(root / "extra" / f"cell-{i}.xsf", energy=-7.0 - 0.1 * i, z=0.1 * i)
@@ -336,11 +418,17 @@ def test_end_to_end_data_dag(completed, monkeypatch):
               (results / "manifest" / "manifest.tsv").read_text().splitlines()[1:]]
     assert {f"extra/cell-{i}.xsf" for i in range(3)} <= set(labels)
     check_data_outputs(completed, 9)
+    check_model_outputs(completed, 9)
     # one log and one benchmark per job
-    for name in ("example", "manifest", "merge", "split",
+    for name in ("example", "manifest", "merge", "split", "train/ann/member_0", "evaluate/ann",
                  *(f"{stage}/shard_{k}" for stage in ("ingest", "build") for k in range(3))):
         assert (results / "logs" / f"{name}.log").stat().st_size > 0, name
         assert (results / "benchmarks" / f"{name}.tsv").exists(), name
+    # training.devices: 2 ran two data-parallel processes inside the job
+    train_log = (results / "logs" / "train" / "ann" / "member_0.log").read_text()
+    assert "data-parallel training in 2 cpu processes (1 thread(s) each)" in train_log
+    # rank 0's lines (appended by the worker process) and the job's own last line
+    assert "epoch 2/2: train loss" in train_log and "rule train: done in" in train_log
     assert "nnpflow.stages.build.run(" in (results / "logs" / "build" / "shard_0.log").read_text()
     # raw shards (ingest) hold the structures without features
     from nnpflow.database import DatabaseReader
@@ -372,6 +460,49 @@ def test_end_to_end_data_dag(completed, monkeypatch):
     assert planned_jobs(completed) == []
 
 
+def check_model_outputs(workdir: Path, n_structures: int) -> None:
+    """The trained model and its evaluation: metrics for each part with the split's
+    counts, per-species and worst-structure tables, the three plots."""
+    from nnpflow.splitting import load_split
+    from nnpflow.training.potential import TorchANNPotential, read_history_csv
+    results = workdir / "results"
+    member = results / "models" / "ann" / "member_0"
+    pot = TorchANNPotential.from_file(member / "model.pt")
+    assert pot.training_info["config"]["seed"] == TINY_TRAINING["seed"]
+    assert [row["epoch"] for row in read_history_csv(member / "history.csv")] == [1, 2]
+    assert (member / "checkpoints" / "checkpoint_last.pt").is_file()
+    split = load_split(results / "split" / "split.json")
+    folder = results / "evaluation" / "ann"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["parts"] == ["train", "validation", "test"]
+    for part in metrics["parts"]:
+        m = metrics[part]
+        assert m["n_structures"] == len(split.indices[part])
+        assert m["energy_rmse_per_atom"] >= m["energy_mae_per_atom"] > 0
+        assert m["force_rmse"] >= m["force_mae"] > 0
+    assert sum(metrics[p]["n_structures"] for p in metrics["parts"]) == n_structures
+    assert metrics["database"]["structures_fingerprint"] == split.structures_fingerprint
+    per_species = (folder / "per_species.csv").read_text().splitlines()
+    assert per_species[0] == "split,species,n_atoms,force_rmse,force_mae"
+    worst = (folder / "worst_structures.csv").read_text().splitlines()
+    assert len(worst) == 1 + 2 * n_structures      # fewer structures than rows asked for
+    for plot in ("parity_energy", "parity_forces", "learning_curve"):
+        assert (folder / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_report_holds_the_plots(scenario):
+    """snakemake --report builds one HTML file with the evaluation's plots, tables and
+    captions (in its own copy: the report run records nothing that changes reruns)."""
+    snakemake(scenario, "--report", "report.html")
+    html = (scenario / "report.html").read_text(errors="replace")
+    for name in ("parity_energy.png", "parity_forces.png", "learning_curve.png",
+                 "metrics.json", "per_species.csv", "worst_structures.csv", "manifest.tsv"):
+        assert name in html, name
+    assert "Energy parity plot of model" in html          # a caption, rendered
+
+
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_reordered_config_and_threads_rerun_nothing(scenario):
@@ -392,21 +523,67 @@ def test_descriptor_change_rebuilds_every_shard_but_not_ingest_or_split(scenario
     edit_config(scenario, lambda cfg: cfg["descriptor"].update(rad_cutoff=4.5))
     assert job_set(planned_jobs(scenario)) == Counter(
         {("build", 0): 1, ("build", 1): 1, ("build", 2): 1, ("merge", None): 1,
-         ("all", None): 1})
+         **MODEL_JOBS, ("all", None): 1})
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_split_seed_change_redraws_only_the_split(scenario):
+def test_split_seed_change_redraws_the_split_and_retrains(scenario):
     edit_config(scenario, lambda cfg: cfg["split"].update(seed=8))
-    assert job_set(planned_jobs(scenario)) == Counter({("split", None): 1, ("all", None): 1})
+    assert job_set(planned_jobs(scenario)) == Counter(
+        {("split", None): 1, **MODEL_JOBS, ("all", None): 1})
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_max_energy_change_reruns_every_ingest_and_downstream(scenario):
     edit_config(scenario, lambda cfg: cfg.update(max_energy=50.0))
-    assert job_set(planned_jobs(scenario)) == Counter(DATA_JOBS)
+    assert job_set(planned_jobs(scenario)) == Counter({**DATA_JOBS, **MODEL_JOBS})
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_learning_rate_change_retrains_and_reevaluates_that_model_only(scenario):
+    edit_config(scenario, lambda cfg: cfg["training"].update(learning_rate=0.02))
+    assert job_set(planned_jobs(scenario)) == Counter({**MODEL_JOBS, ("all", None): 1})
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_models_added_or_grown_train_only_what_is_new(scenario):
+    def add_model(cfg):
+        cfg["models"]["second"] = {"architecture": "ann", "hidden": [[3, "tanh"]],
+                                   "training": {"learning_rate": 0.005}}
+        cfg["models"]["off"] = {"architecture": "ann", "hidden": [[3, "tanh"]],
+                                "active": False}
+    edit_config(scenario, add_model)
+    assert job_set(planned_jobs(scenario)) == Counter(
+        {("train", "second/0"): 1, ("evaluate", "second"): 1, ("all", None): 1})
+    # a larger committee trains the new member only; the evaluation takes in both
+    edit_config(scenario, lambda cfg: cfg["models"]["ann"].update(committee=2))
+    assert job_set(planned_jobs(scenario)) == Counter(
+        {("train", "second/0"): 1, ("evaluate", "second"): 1, ("train", "ann/1"): 1,
+         ("evaluate", "ann"): 1, ("all", None): 1})
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_evaluation_settings_rerun_the_evaluation_only(scenario):
+    # fewer plots: the outputs that remain are up to date
+    edit_config(scenario, lambda cfg: cfg["evaluate"].update(plots=False))
+    assert planned_jobs(scenario) == []
+    edit_config(scenario, lambda cfg: cfg["evaluate"].update(splits=["test"]))
+    assert job_set(planned_jobs(scenario)) == Counter({("evaluate", "ann"): 1, ("all", None): 1})
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_example_change_regenerates_it_and_reruns_everything_after(scenario):
+    # new example files: every shard reads the example archive, and the structures
+    # (hence the split) change; the hand-written sources are read again with them
+    edit_config(scenario, lambda cfg: cfg["example"].update(seed=4))
+    assert job_set(planned_jobs(scenario)) == Counter(
+        {("example", None): 1, **DATA_JOBS, **MODEL_JOBS})
 
 
 @pytest.mark.workflow
@@ -418,19 +595,65 @@ def test_new_file_reruns_its_shard_and_the_merges_only(scenario):
     jobs = planned_jobs(scenario)
     assert job_set(jobs) == Counter(
         {("ingest", k): 1, ("build", k): 1, ("manifest", None): 1, ("merge", None): 1,
-         ("split", None): 1, ("all", None): 1})
+         ("split", None): 1, **MODEL_JOBS, ("all", None): 1})
     # with species given, a build job reads its own raw shard only
     [build] = [job for job in jobs if job["rule"] == "build"]
     assert build["input"] == [f"results/ingest/shard_{k}.h5"]
     untouched = [scenario / "results" / "database" / f"shard_{j}.h5" for j in range(3) if j != k]
     before = [p.stat().st_mtime_ns for p in untouched]
 
-    snakemake(scenario, "--cores", "2")
+    # run the data stages (the end-to-end test covers training and evaluation)
+    snakemake(scenario, "--cores", "2", "results/database/database.json",
+              "results/split/split.json")
     check_data_outputs(scenario, 10)
     labels = (scenario / "results" / "manifest" / "manifest.tsv").read_text()
     assert f"\n{new}\t" in labels
     assert [p.stat().st_mtime_ns for p in untouched] == before
-    assert planned_jobs(scenario) == []
+    # what is left: the model, trained on the new split, and its evaluation
+    assert job_set(planned_jobs(scenario)) == Counter({**MODEL_JOBS, ("all", None): 1})
+
+
+# ---------------------------------------------------------------- the train rule's checkpoints
+
+
+def test_train_job_resumes_its_checkpoints_only_with_the_same_code(tmp_path, caplog):
+    """The rule passes its code fingerprint as ``code_version``: a rerun with the same
+    code resumes the finished run (no epoch is trained again), a rerun after a code
+    change sets the checkpoints aside and trains anew (same data, same settings)."""
+    from nnpflow.database import DatabaseReader, write_database
+    from nnpflow.splitting import make_split, write_split
+    from nnpflow.stages.train import run as train
+    from nnpflow.training.potential import read_history_csv
+    from test_ann_data import emt_cells, small_descriptor
+    db = tmp_path / "database.h5"
+    write_database(db, emt_cells(8, seed=1), descriptor=small_descriptor(),
+                   persist_features=True, persist_force_derivatives=True)
+    with DatabaseReader(db) as reader:
+        write_split(tmp_path / "split.json",
+                    make_split(len(reader), 2, 1, 0, reader.structures_fingerprint))
+    model_cfg = dict(TINY_MODELS["ann"])
+    for key in ("active", "committee", "training"):   # as the rule passes it
+        model_cfg.pop(key)
+    training = {**TINY_TRAINING, "devices": 1}
+    out = tmp_path / "member_0"
+
+    def run(code_version):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nnpflow"):
+            train(str(db), str(tmp_path / "split.json"), str(out / "model.pt"),
+                  str(out / "history.csv"), "ann", model_cfg, training, 0,
+                  code_version=code_version)
+        return caplog.text
+
+    run("code-a")
+    assert (out / "checkpoints" / "code_version.txt").read_text() == "code-a\n"
+    text = run("code-a")
+    assert "resumed from" in text and "epoch 1/2" not in text
+    text = run("code-b")
+    assert "written by other code (version code-a, now code-b)" in text
+    assert "resumed from" not in text and "epoch 1/2" in text
+    assert [r["epoch"] for r in read_history_csv(out / "history.csv")] == [1, 2]
+    assert (out / "checkpoints" / "code_version.txt").read_text() == "code-b\n"
 
 
 # ---------------------------------------------------------------- the conda environment

@@ -219,15 +219,26 @@ def split_output():
 
 
 def final_outputs():
-    """Everything rule all asks for; later stages append their targets here."""
+    """Everything rule all asks for: the data stages' outputs and the evaluation of
+    every active model (which pulls in its training)."""
     return [
         *manifest_outputs().values(),
         *database_outputs().values(),
         split_output(),
+        *[path for name in model_names() for path in evaluation_outputs(name).values()],
     ]
 
 
-# ---------------------------------------------------------------- later stages
+# ---------------------------------------------------------------- models
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_-]+",
+    member=r"\d+",
+
+
+#: keys of a model block that shape the DAG but not what one member learns
+#: (changing the committee size adds or removes members; it does not retrain the others)
+WORKFLOW_MODEL_KEYS = ("active", "committee", "training")
 
 
 def model_names():
@@ -235,9 +246,29 @@ def model_names():
     return [name for name, m in config["models"].items() if m["active"]]
 
 
+def model_members(name):
+    """Committee member indices of model ``name``: 0 .. committee - 1."""
+    return list(range(int(config["models"][name]["committee"])))
+
+
+def model_block(name):
+    """What the train stage builds model ``name`` from: its block without the keys
+    that belong to the workflow (active, committee) or are passed separately
+    (training: merged into model_training(name))."""
+    block = config["models"][name]
+    return canonical({k: v for k, v in block.items() if k not in WORKFLOW_MODEL_KEYS})
+
+
 def model_training(name):
     """Effective training settings of a model: the training block, then its overrides."""
     return canonical({**config["training"], **config["models"][name].get("training", {})})
+
+
+def training_threads(name):
+    """Threads of one training job of model ``name``: one per process, and
+    ``training.devices`` processes (data-parallel training when > 1).  Snakemake
+    caps them at --cores (and, with the SLURM profile, at max-threads)."""
+    return int(model_training(name)["devices"])
 
 
 def training_gpus(name):
@@ -248,3 +279,38 @@ def training_gpus(name):
     """
     settings = model_training(name)
     return int(settings["devices"]) if settings["device"] == "cuda" else 0
+
+
+def model_outputs(name, member):
+    """The files one training job writes (its checkpoints/ folder next to them is
+    deliberately not an output: Snakemake deletes the outputs of a failed or
+    killed job, and a rerun resumes from those checkpoints)."""
+    folder = results("models", str(name), f"member_{member}")
+    return dict(model=f"{folder}/model.pt", history=f"{folder}/history.csv")
+
+
+def committee_files(name, kind):
+    """The ``kind`` ("model" or "history") files of every member of model ``name``."""
+    return [model_outputs(name, m)[kind] for m in model_members(name)]
+
+
+#: the evaluate stage's outputs that are plots (written when evaluate.plots is true)
+EVALUATION_PLOTS = ("parity_energy", "parity_forces", "learning_curve")
+
+
+def evaluation_outputs(name):
+    """The evaluate stage's files for model ``name`` (by output name)."""
+    folder = results("evaluation", str(name))
+    out = dict(
+        metrics=f"{folder}/metrics.json",
+        per_species=f"{folder}/per_species.csv",
+        worst_structures=f"{folder}/worst_structures.csv",
+    )
+    if config["evaluate"]["plots"]:
+        out.update({plot: f"{folder}/{plot}.png" for plot in EVALUATION_PLOTS})
+    return out
+
+
+def evaluate_settings():
+    """The evaluate block the evaluate stage reads (plots only decides the outputs)."""
+    return canonical({k: v for k, v in config["evaluate"].items() if k != "plots"})

@@ -25,7 +25,8 @@ to the evaluate stage.
 Checkpoints live in ``checkpoint`` (default: ``checkpoints/`` next to the
 model file).  A rerun after SIGTERM (SLURM preemption) resumes from
 ``checkpoint_last.pt`` when it was written with the same settings and data;
-a checkpoint of other settings is set aside (logged) and training starts over.
+a checkpoint of other settings, or (with ``code_version``) of other code, is set
+aside (logged) and training starts over.
 With ``devices > 1`` the stage starts that many processes
 (:func:`nnpflow.training.distributed.launch`: gloo on CPU, NCCL on CUDA); the
 result equals one process with the same global batch.
@@ -50,6 +51,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "force_weight": 0.1, "force_fraction": 1.0, "force_sampling": "random", "patience": 20,
     "ema_decay": 0.0, "device": "auto", "devices": 1, "seed": 42,
 }
+#: numbered checkpoints (checkpoint_<epoch>.pt) kept besides checkpoint_last.pt
+KEEP_CHECKPOINTS = 3
 MODEL_KEYS = {"ann": ("architecture", "active", "committee", "training", "hidden"),
               "schnet": ("architecture", "active", "committee", "training", "build_params",
                          "layers")}
@@ -92,10 +95,10 @@ def _check_model(model_name: str, model_cfg: Mapping, member: int) -> str:
     if unknown:
         raise ConfigError(f"models.{model_name}: key(s) {', '.join(unknown)} do not apply to "
                           f"architecture {arch}; allowed: {', '.join(MODEL_KEYS[arch])}")
-    committee = model_cfg.get("committee", 1)
+    committee = model_cfg.get("committee")  # the workflow leaves it out (see run)
     if isinstance(member, bool) or not isinstance(member, int) or member < 0:
         raise ConfigError(f"member must be an integer >= 0, got {member!r}")
-    if member >= committee:
+    if committee is not None and member >= committee:
         raise ConfigError(f"models.{model_name}: member {member} but the committee has "
                           f"{committee} member(s)")
     return arch
@@ -113,6 +116,7 @@ def ann_training_config(training: Mapping, member: int, checkpoint_dir: Path | N
         schedule=training["schedule"], ema_decay=training["ema_decay"],
         patience=training["patience"] or None, save_best=True,
         checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+        max_checkpoints=None if checkpoint_dir is None else KEEP_CHECKPOINTS,
         device=training["device"])
 
 
@@ -121,8 +125,18 @@ def _log_files() -> list[str]:
             if isinstance(h, logging.FileHandler)]
 
 
+def _after_appends_to_log_files() -> None:
+    """Move this process's log files to their end: rank 0 appended to them, and a
+    handler writing at its old position would overwrite those lines."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+            handler.flush()
+            handler.stream.seek(0, 2)
+
+
 def _clear_checkpoints(folder: Path, reason: str) -> None:
-    old = sorted(folder.glob("checkpoint_*.pt"))
+    old = sorted(folder.glob("checkpoint_*.pt")) + sorted(
+        p for p in (folder / "schnet").glob("*") if p.is_file())
     if old:
         log.warning("%s; starting over (removing %d old checkpoint file(s) in %s)", reason,
                     len(old), folder)
@@ -285,17 +299,40 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
             "n_train": int(len(parts.train)), "n_validation": int(len(parts.validation))}
 
 
+CODE_VERSION_FILE = "code_version.txt"
+
+
+def _check_code_version(folder: Path, code_version: str) -> None:
+    """Set aside checkpoints written by other code (a rerun after a code change must
+    train again, not resume a finished run); then record ``code_version``."""
+    marker = folder / CODE_VERSION_FILE
+    if marker.is_file():
+        old = marker.read_text(encoding="utf-8").strip()
+        if old != code_version:
+            _clear_checkpoints(folder, f"the checkpoints in {folder} were written by other "
+                                       f"code (version {old}, now {code_version})")
+    write_text(marker, code_version + "\n")
+
+
 # ------------------------------------------------------------------- the stage
 def run(database: str, split: str, model: str, history: str, model_name: str,
         model_cfg: Mapping, training_cfg: Mapping | None, member: int = 0, threads: int = 1,
-        checkpoint: str | None = None) -> dict:
+        checkpoint: str | None = None, code_version: str | None = None) -> dict:
     """Train model ``model_name`` (committee member ``member``); write ``model``
-    and ``history``.  Returns a summary (epochs, best epoch, validation loss, sizes)."""
+    and ``history``.  Returns a summary (epochs, best epoch, validation loss, sizes).
+
+    ``model_cfg`` without ``committee`` skips the member-range check (the workflow
+    leaves ``committee`` out so that a larger committee does not retrain the
+    existing members).  ``code_version`` (the workflow's code fingerprint): when
+    the checkpoint folder was written by another version, its checkpoints are set
+    aside instead of resumed, so a rerun after a code change trains again."""
     from ..runtime import configure_threads, resolve_device
     arch = _check_model(model_name, model_cfg, member)
     training = resolve_training(training_cfg, model_cfg)
     folder = Path(checkpoint) if checkpoint is not None else Path(model).parent / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
+    if code_version is not None:
+        _check_code_version(folder, str(code_version))
     if arch == "schnet":
         configure_threads(threads)
         return _train_schnet(database, split, model, history, model_name, model_cfg, training,
@@ -314,8 +351,12 @@ def run(database: str, split: str, model: str, history: str, model_name: str,
     per_process = max(1, int(threads or 1) // devices)
     log.info("%s member %d: data-parallel training in %d %s processes (%d thread(s) each)",
              model_name, member, devices, device.type, per_process)
-    launch("nnpflow.stages.train:_train_ann", list(args) + [_log_files()], devices,
-           device_type=device.type, threads=per_process, rendezvous_dir=folder)
+    try:
+        launch("nnpflow.stages.train:_train_ann", list(args) + [_log_files()], devices,
+               device_type=device.type, threads=per_process,
+               rendezvous_dir=folder.resolve())  # absolute: file:// of a relative path hangs
+    finally:
+        _after_appends_to_log_files()
     from ..training.potential import TorchANNPotential
     info = TorchANNPotential.from_file(model).training_info
     return {"architecture": "ann", "member": member, "epochs": info.get("epochs"),

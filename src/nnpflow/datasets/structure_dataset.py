@@ -109,14 +109,7 @@ class StructureDataset(FeatureDataset):
     def _features(self, indices: list[int]) -> list[torch.Tensor]:
         """Energy-view features: runtime cache, else batched featurisation."""
         cache = self.runtime_caches.features
-        out: list[torch.Tensor | None] = [None] * len(indices)
-        missing = []
-        for k, i in enumerate(indices):
-            hit = cache.get(i) if cache is not None else None
-            if hit is None:
-                missing.append(k)
-            else:
-                out[k] = hit
+        out, missing = _cache_hits(cache, indices)
         if missing:
             feats = self.descriptor.featurize_batch([self.structures[indices[k]] for k in missing])
             for k, f in zip(missing, feats):
@@ -129,14 +122,7 @@ class StructureDataset(FeatureDataset):
     def _force_payloads(self, indices: list[int]) -> list[tuple[torch.Tensor, Any]]:
         from ..database.featurize import split_with_derivatives
         cache = self.runtime_caches.force_payloads
-        out: list[Any] = [None] * len(indices)
-        missing = []
-        for k, i in enumerate(indices):
-            hit = cache.get(i) if cache is not None else None
-            if hit is None:
-                missing.append(k)
-            else:
-                out[k] = hit
+        out, missing = _cache_hits(cache, indices)
         if missing:
             batch = [self.structures[indices[k]] for k in missing]
             feats, ders = split_with_derivatives(
@@ -165,3 +151,17 @@ class StructureDataset(FeatureDataset):
                 out[k] = structure_sample(i, self.structures[i], f, self.species_index(i),
                                           self._refs[i], self.dtype, True, d)
         return out
+
+
+def _cache_hits(cache: Any, indices: list[int]) -> tuple[list[Any], list[int]]:
+    """Entries of ``cache`` (``None``: no cache) for ``indices``: the list of hits
+    (``None`` where missing) and the positions in ``indices`` that missed."""
+    out: list[Any] = [None] * len(indices)
+    missing = []
+    for k, i in enumerate(indices):
+        hit = cache.get(i) if cache is not None else None
+        if hit is None:
+            missing.append(k)
+        else:
+            out[k] = hit
+    return out, missing

@@ -109,6 +109,24 @@ def test_shard_assignment_is_stable_and_spread():
     assert shards == [shard_of(x, 4) for x in labels]
     assert min(np.bincount(shards, minlength=4)) > 60
     assert unit_label("a.xyz@12") == "a.xyz" and unit_label("a@b.xsf") == "a@b.xsf"
+    # a known frame index strips exactly its own suffix
+    assert unit_label("run@7.xyz@12", 12) == "run@7.xyz" and unit_label("b@3@0", 0) == "b@3"
+
+
+def test_manifest_unit_of_a_single_frame_file_named_like_a_frame(tmp_path):
+    """A file whose own name ends in @<digits> is its own unit, not a frame of another."""
+    from nnpflow.io import read_structures, write_xsf
+    from nnpflow.io.manifest import manifest_row
+    single = tmp_path / "cell@3"
+    write_xsf(single, cu2())
+    (s,) = read_structures(single, format="xsf")
+    assert s.frame is None and manifest_row(s)["unit"] == str(single)
+    multi = tmp_path / "traj@2.extxyz"
+    from ase.io import write
+    write(multi, [cu2().to_ase(), cu2().copy(energy=-6.5).to_ase()], format="extxyz")
+    rows = [manifest_row(s) for s in read_structures(multi)]
+    assert [r["unit"] for r in rows] == [str(multi)] * 2
+    assert [r["frame"] for r in rows] == ["0", "1"]
 
 
 def test_reader_subtracted_reference_is_not_subtracted_twice():

@@ -43,6 +43,7 @@ def test_list_of_dicts_mapping(tmp_path, protocol):
     path = dump(tmp_path / "data.pkl", water_frames(), protocol)
     got = list(read_frames(path, FEATURES, TARGETS))
     assert [s.name for s in got] == [f"{path}@0", f"{path}@1"]
+    assert [s.frame for s in got] == [0, 1]
     a, b = got
     assert a.species == ["O", "H", "H"] and b.species == ["H", "H"]
     np.testing.assert_array_equal(a.positions, R0)

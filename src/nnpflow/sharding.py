@@ -19,7 +19,17 @@ def shard_of(unit_label: str, n_shards: int) -> int:
     return int.from_bytes(digest[:8], "little") % n_shards
 
 
-def unit_label(label: str) -> str:
-    """Strip a trailing ``@frame`` from a structure label: ``a.xyz@3`` -> ``a.xyz``."""
+def unit_label(label: str, frame: int | None = None) -> str:
+    """The label of the unit (file or archive member) a structure came from.
+
+    With ``frame`` (the structure's frame index in a multi-frame source) the
+    trailing ``@frame`` is stripped: ``unit_label("a.xyz@3", 3) == "a.xyz"``.
+    Without it, a trailing ``@<digits>`` is taken for a frame index; pass the
+    frame whenever it is known, so that a file whose own name ends in
+    ``@<digits>`` keeps its name.
+    """
+    if frame is not None:
+        suffix = f"@{int(frame)}"
+        return label[:-len(suffix)] if label.endswith(suffix) else label
     head, sep, tail = label.rpartition("@")
     return head if sep and tail.isdigit() else label

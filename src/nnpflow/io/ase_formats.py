@@ -49,7 +49,8 @@ def read_ase(path: str | os.PathLike, format: str | None = None, index: str | in
     import ase.io
 
     try:
-        images = ase.io.read(path, index=index, format=format)
+        # a file named "name@3" is that file, not frame 3 of "name"
+        images = ase.io.read(path, index=index, format=format, do_not_split_by_at_sign=True)
     except Exception as exc:  # ASE readers raise anything on bad input
         what = f" as {format}" if format else ""
         raise InputError(f"ASE could not read it{what} ({type(exc).__name__}: {exc})",

@@ -49,7 +49,7 @@ def manifest_row(s: Structure) -> dict:
     counts = s.composition()
     return {
         "label": s.name,
-        "unit": unit_label(s.name),
+        "unit": s.name if s.frame is None else unit_label(s.name, s.frame),
         "frame": "" if s.frame is None else str(s.frame),
         "n_atoms": str(s.n_atoms),
         "species": " ".join(f"{sym}:{counts[sym]}" for sym in sorted(counts)),

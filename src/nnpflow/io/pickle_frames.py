@@ -297,7 +297,7 @@ def _scalar(value, name: str) -> float:
 
 
 def _build_frame(frames: _Frames, k: int, label: str, ref: dict | None, ref_file: str | None,
-                 flip_forces: bool) -> Structure:
+                 flip_forces: bool, frame: int | None = None) -> Structure:
     m = frames.mapping
     positions = _array(frames.get(k, "Ra"), "Ra", (3,))
     try:
@@ -356,7 +356,7 @@ def _build_frame(frames: _Frames, k: int, label: str, ref: dict | None, ref_file
         info[ENERGY_REFERENCE_KEY] = {"file": ref_file, "energies": used, "total": total}
     return Structure(positions=positions, species=species, energy=energy, forces=forces,
                      charges=charges, total_charge=total_charge, dipole=dipole, name=label,
-                     frame=None, info=info)
+                     frame=frame, info=info)
 
 
 def iter_frame_results(path: str | os.PathLike, features: Mapping | None = None,
@@ -397,7 +397,7 @@ def iter_frame_results(path: str | os.PathLike, features: Mapping | None = None,
     for k in range(frames.n_frames):
         name = f"{label}@{k}" if multi else label
         try:
-            s = _build_frame(frames, k, name, ref, ref_file, flip)
+            s = _build_frame(frames, k, name, ref, ref_file, flip, frame=k if multi else None)
         except InputError as exc:
             yield InputError(exc.reason, source=name)
             continue

@@ -22,14 +22,42 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path | None:
-    """``$NNPFLOW_SHARED_DATA`` or ``<repo>/../shared/data`` when it exists."""
+    """``$NNPFLOW_SHARED_DATA``, else ``<repo>/../shared/data``, else, for a clone
+    of a checkout on this machine (``git clone /work/main``), ``../shared/data``
+    beside the checkout it was cloned from; ``None`` when none exists."""
     env = os.environ.get("NNPFLOW_SHARED_DATA")
     candidates = [Path(env)] if env else []
     candidates.append(REPO.parent / "shared" / "data")
+    origin = _local_origin()
+    if origin is not None:
+        candidates.append(origin.parent / "shared" / "data")
     for path in candidates:
         if path.is_dir():
             return path
     return None
+
+
+def _local_origin() -> Path | None:
+    """The folder this checkout was cloned from, when its ``origin`` is a local path."""
+    import subprocess
+    try:
+        url = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = url.removeprefix("file://")
+    if not url or "://" in url or (":" in url and not url.startswith("/")):
+        return None  # no origin, or a remote one (https://, ssh, user@host:path)
+    path = Path(url)
+    path = path if path.is_absolute() else (REPO / path)
+    return path.resolve() if path.is_dir() else None
+
+
+def pytest_report_header(config):
+    found = shared_data_dir()
+    return (f"nnpflow reference data: {found}" if found is not None else
+            "nnpflow reference data: not found (tests that need it are skipped; "
+            "set NNPFLOW_SHARED_DATA)")
 
 
 @pytest.fixture(scope="session")

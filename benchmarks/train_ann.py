@@ -20,14 +20,18 @@ Targets (issue 5): >= 450 structures/s per core with forces, >= 14,000
 structures/s energy-only.  aenet-python on this kind of machine: 22.8 (forces),
 3,550 (energy-only from HDF5).
 
+Each of the two measurements runs in a fresh process (as each training job of the
+workflow does); ``--only force|energy`` runs one in this process.
+
     OMP_NUM_THREADS=1 python benchmarks/train_ann.py [--n 512] [--db PATH]
-        [--precision float32] [--device cpu] [--breakdown]
+        [--precision float32] [--device cpu] [--breakdown] [--only force|energy]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -147,6 +151,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--only", choices=("force", "energy"), default=None,
+                        help="run one measurement in this process (default: each in its own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from nnpflow.runtime import keep_freed_memory
@@ -155,14 +161,25 @@ def main() -> None:
         db = args.db or Path(tmp) / "cuau.h5"
         if not db.exists():
             build(db, args.n)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device "
-              f"{args.device}, precision {args.precision}, batch {args.batch}")
-        if args.breakdown:
-            breakdown(db, args.precision, args.batch, 12)
-        report("force training", train_speed(db, 0.1, args.force_epochs, args.precision,
-                                             args.device, args.batch), 450)
-        report("energy-only", train_speed(db, 0.0, args.energy_epochs, args.precision,
-                                          args.device, args.batch), 14000)
+        if args.only is None:
+            print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device "
+                  f"{args.device}, precision {args.precision}, batch {args.batch}")
+            # each measurement in a fresh process, as each training job of the workflow
+            # runs: the force run's allocations would otherwise shape the energy run's heap
+            if args.breakdown:
+                breakdown(db, args.precision, args.batch, 12)
+            for mode in ("force", "energy"):
+                cmd = [sys.executable, __file__, "--db", str(db), "--only", mode]
+                for flag in ("n", "force_epochs", "energy_epochs", "batch", "precision",
+                             "device", "threads"):
+                    cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+                subprocess.run(cmd, check=True)
+        elif args.only == "force":
+            report("force training", train_speed(db, 0.1, args.force_epochs, args.precision,
+                                                 args.device, args.batch), 450)
+        else:
+            report("energy-only", train_speed(db, 0.0, args.energy_epochs, args.precision,
+                                              args.device, args.batch), 14000)
 
 
 if __name__ == "__main__":

@@ -247,14 +247,17 @@ class DatabaseWriter:
 
     # ------------------------------------------------------------------- input
     def add(self, structure: Structure, features: Any = None,
-            derivative_arrays: Mapping[str, np.ndarray] | None = None) -> None:
+            derivative_arrays: Mapping[str, np.ndarray] | None = None, *,
+            validated: bool = False) -> None:
         """Add one structure (validated), with its features (N, F) when features
         are persisted, and its ``to_arrays()`` dict when derivatives are persisted
-        and the structure has forces (``None`` otherwise)."""
+        and the structure has forces (``None`` otherwise).  ``validated=True``:
+        the caller has just run ``structure.validate()`` (the featurizer does)."""
         if self._closed:
             raise ValueError("writer is closed")
         s = as_structure(structure)
-        s.validate()
+        if not validated:
+            s.validate()
         if self.persist_features:
             if features is None:
                 raise ValueError(f"{s.name}: features are required (persist_features=True)")
@@ -747,8 +750,8 @@ def write_database(path: str | os.PathLike, structures: Iterable[Any], *,
                 for s in batch:
                     writer.add(s)
             else:
-                for s, f, d in featurizer(batch):
-                    writer.add(s, f, d)
+                for s, f, d in featurizer(batch):  # validated by the featurizer
+                    writer.add(s, f, d, validated=True)
             if progress is not None:
                 progress.update(len(batch))
             if on_progress is not None and batch:

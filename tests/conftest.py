@@ -65,6 +65,30 @@ def repo_root() -> Path:
     return REPO
 
 
+#: what a copy of the workflow needs to run in another folder
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "envs")
+
+
+@pytest.fixture(scope="session")
+def copy_workflow():
+    """``copy_workflow(dest, parts=WORKFLOW_PARTS) -> dict``: copy the workflow's
+    files into ``dest`` and return its default configuration (config/config.yaml),
+    for the test to change and write back."""
+    import shutil
+
+    import yaml
+
+    def copy(dest: Path, parts=WORKFLOW_PARTS) -> dict:
+        for part in parts:
+            src = REPO / part
+            if src.is_dir():
+                shutil.copytree(src, dest / part)
+            else:
+                shutil.copy(src, dest / part)
+        return yaml.safe_load((dest / "config" / "config.yaml").read_text())
+    return copy
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Folder with aenet-reference/ and xsf-TiO2/; skips the test when absent."""

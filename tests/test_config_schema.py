@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,14 +144,9 @@ def test_every_schema_key_is_documented():
      "invalid configuration at sources: source entry 1 (no/such/folder): "
      "'no/such/folder' does not exist"),
 ])
-def test_snakemake_names_the_bad_key(tmp_path, override, message):
+def test_snakemake_names_the_bad_key(tmp_path, override, message, copy_workflow):
     """A bad configuration stops the run before planning, naming the key and its place."""
-    for part in ("Snakefile", "workflow", "config"):
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / part)
-        else:
-            shutil.copy(src, tmp_path / part)
+    copy_workflow(tmp_path, ("Snakefile", "workflow", "config"))
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", override],
         cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -390,34 +389,32 @@ def test_ingest_stage_raises_and_writes_none_of_its_outputs(tmp_path, monkeypatc
 
 # ----------------------------------------------------------------- Snakemake
 
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "envs")
 #: the targets the tests ask for (not `all`, so later stages never join these runs)
 TARGETS = ("results/manifest/manifest.tsv", "results/manifest/rejected.tsv",
            "results/database/database.h5", "results/split/split.json")
 
 
-def workflow_copy(root: Path, on_error: str, files: dict[str, bytes], **changes) -> Path:
-    """A copy of the workflow in ``root`` reading the source folder ``data/`` (the
-    example off), 2 shards, a small descriptor, the corpus species and min_cutoff."""
-    for part in WORKFLOW_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, root / part)
-        else:
-            shutil.copy(src, root / part)
-    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    cfg["example"]["enabled"] = False
-    cfg["sources"] = [{"path": "data"}]
-    cfg["species"] = SPECIES
-    cfg["on_error"] = on_error
-    cfg["descriptor"] = {"rad_order": 2, "rad_cutoff": 3.0, "ang_order": 1, "ang_cutoff": 2.5,
-                         "min_cutoff": MIN_CUTOFF}
-    cfg["database"]["shards"] = 2
-    cfg["split"] = {"validation": 1, "test": 1, "seed": 1}
-    cfg.update(changes)
-    (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    write_files(root / "data", files)
-    return root
+@pytest.fixture
+def workflow_copy(copy_workflow):
+    """``workflow_copy(root, on_error, files, **changes) -> root``: a copy of the
+    workflow in ``root`` reading the source folder ``data/`` (the example off),
+    2 shards, a small descriptor, the corpus species and min_cutoff."""
+
+    def make(root: Path, on_error: str, files: dict[str, bytes], **changes) -> Path:
+        cfg = copy_workflow(root)
+        cfg["example"]["enabled"] = False
+        cfg["sources"] = [{"path": "data"}]
+        cfg["species"] = SPECIES
+        cfg["on_error"] = on_error
+        cfg["descriptor"] = {"rad_order": 2, "rad_cutoff": 3.0, "ang_order": 1, "ang_cutoff": 2.5,
+                             "min_cutoff": MIN_CUTOFF}
+        cfg["database"]["shards"] = 2
+        cfg["split"] = {"validation": 1, "test": 1, "seed": 1}
+        cfg.update(changes)
+        (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        write_files(root / "data", files)
+        return root
+    return make
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -429,7 +426,7 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.C
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_workflow_skip_completes_and_lists_every_bad_file(tmp_path):
+def test_workflow_skip_completes_and_lists_every_bad_file(tmp_path, workflow_copy):
     files = {**GOOD_FILES, **{name: case.content for name, case in CORPUS.items()}}
     root = workflow_copy(tmp_path, "skip", files)
     proc = run_snakemake(root, *TARGETS)
@@ -457,7 +454,7 @@ def test_workflow_skip_completes_and_lists_every_bad_file(tmp_path):
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_workflow_raise_fails_the_ingest_job_names_the_file_and_writes_no_database(tmp_path):
+def test_workflow_raise_fails_the_ingest_job_names_the_file_and_writes_no_database(tmp_path, workflow_copy):
     name = "bad_member.tar.bz2"  # an archive feeds both shards; one owns the bad member
     case = CORPUS[name]
     other = "energy_nan.xsf"     # a plain file belongs to one shard
@@ -485,7 +482,7 @@ def test_workflow_raise_fails_the_ingest_job_names_the_file_and_writes_no_databa
 
 
 @pytest.mark.workflow
-def test_workflow_refuses_a_source_listed_twice(tmp_path):
+def test_workflow_refuses_a_source_listed_twice(tmp_path, workflow_copy):
     root = workflow_copy(tmp_path, "skip", GOOD_FILES,
                          sources=[{"path": "data"}, {"path": "data/good1.xsf"}])
     proc = run_snakemake(root, "--dry-run", *TARGETS)

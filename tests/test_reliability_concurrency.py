@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -150,7 +149,6 @@ def test_spawned_worker_reopens_the_file(database):
 
 # ----------------------------------------------------------------- the workflow lock
 
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "envs")
 #: the first stages only: enough to hold the lock and to show the rerun finishing
 TARGETS = ("results/manifest/manifest.tsv", "results/manifest/manifest.json")
 
@@ -164,14 +162,8 @@ def _snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Comp
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_a_second_run_on_the_same_folder_is_refused_and_unlock_recovers(tmp_path):
-    for part in WORKFLOW_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / part)
-        else:
-            shutil.copy(src, tmp_path / part)
-    cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+def test_a_second_run_on_the_same_folder_is_refused_and_unlock_recovers(tmp_path, copy_workflow):
+    cfg = copy_workflow(tmp_path)
     cfg["example"].update(n_structures=12, seed=1)
     cfg["database"]["shards"] = 1
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -76,14 +76,8 @@ def _sacct(workdir: Path, since: str) -> list[dict]:
     return rows
 
 
-def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path):
-    for part in ("Snakefile", "workflow", "config", "profiles", "envs"):
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / part)
-        else:
-            shutil.copy(src, tmp_path / part)
-    cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path, copy_workflow):
+    cfg = copy_workflow(tmp_path)
     cfg["example"].update(n_structures=6, archive_fraction=0.5)
     cfg["database"]["shards"] = 2
     cfg["models"] = {"tiny": {"architecture": "ann", "hidden": [[4, "tanh"]],

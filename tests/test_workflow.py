@@ -140,7 +140,6 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
 
 # ---------------------------------------------------------------- the workflow
 
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "envs")
 
 XSF = """# total energy = {energy} eV
 
@@ -162,16 +161,10 @@ def write_xsf(path: Path, energy: float, z: float = 0.0) -> None:
 
 
 @pytest.fixture
-def workdir(tmp_path):
+def workdir(tmp_path, copy_workflow):
     """A copy of the workflow with a tiny config: 6 example structures, 3 shards,
     and a source folder ``extra/`` with 3 hand-written XSF files."""
-    for part in WORKFLOW_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / part)
-        else:
-            shutil.copy(src, tmp_path / part)
-    cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    cfg = copy_workflow(tmp_path)
     cfg["example"].update(n_structures=6, archive_fraction=0.5, seed=3)
     cfg["database"]["shards"] = 3
     cfg["sources"] = [{"path": "extra"}]
@@ -343,19 +336,13 @@ SPECIES = ["Cu", "Pt", "Au"]
 
 
 @pytest.fixture(scope="module")
-def completed(tmp_path_factory):
+def completed(tmp_path_factory, copy_workflow):
     """The whole DAG run once to completion (``snakemake --cores 2``) on a tiny
     configuration: 6 example structures and 3 files in ``extra/``, 3 shards, species
     given (so each build job reads its own shard only), a filter that keeps all, and
     the tiny model trained with two data-parallel processes and evaluated."""
     root = tmp_path_factory.mktemp("completed")
-    for part in WORKFLOW_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, root / part)
-        else:
-            shutil.copy(src, root / part)
-    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    cfg = copy_workflow(root)
     cfg["example"].update(n_structures=6, archive_fraction=0.5, seed=3)
     cfg["database"]["shards"] = 3
     cfg["sources"] = [{"path": "extra"}]

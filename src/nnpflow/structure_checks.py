@@ -22,7 +22,8 @@ import numpy as np
 from .errors import ConfigError, InputError
 from .structure import Structure
 
-__all__ = ["check_species", "closest_pair", "check_min_distance", "StructureChecks"]
+__all__ = ["check_species", "closest_pair", "check_min_distance", "overlap_error",
+           "StructureChecks"]
 
 #: Above this many atoms the all-pairs search gives way to ASE's binned neighbour list.
 _DENSE_LIMIT = 300
@@ -133,15 +134,22 @@ def check_min_distance(structure: Structure, min_cutoff: float) -> None:
     hit = closest_pair(structure, float(min_cutoff))
     if hit is None:
         return
-    d, i, j = hit
+    raise overlap_error(structure, *hit, min_cutoff)
+
+
+def overlap_error(structure: Structure, distance: float, i: int, j: int,
+                  min_cutoff: float) -> InputError:
+    """The error for atoms ``i`` and ``j`` (0-based; ``i == j``: an atom and its
+    own periodic image) of ``structure`` found ``distance`` Å apart, at or below
+    ``min_cutoff`` Å."""
     species = structure.species
     if i == j:
         what = f"atom {i + 1} ({species[i]}) and its own periodic image"
     else:
         a, b = sorted((i, j))
         what = f"atoms {a + 1} ({species[a]}) and {b + 1} ({species[b]})"
-    raise InputError(f"overlapping atoms: {what} are {d:.4g} Å apart, at or below "
-                     f"min_cutoff {min_cutoff:g} Å", source=structure.name or None)
+    return InputError(f"overlapping atoms: {what} are {distance:.4g} Å apart, at or below "
+                      f"min_cutoff {min_cutoff:g} Å", source=structure.name or None)
 
 
 class StructureChecks:

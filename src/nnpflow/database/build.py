@@ -118,25 +118,19 @@ def _make_descriptor(config: dict | None, dtype: str | None):
     return ChebyshevDescriptor.from_config(config, **kwargs)
 
 
-def _descriptor_check(descriptor: Any, check_overlaps: bool):
-    """Per-structure check against the descriptor: every species in its species
-    list and, with ``check_overlaps``, no two atoms at or below its ``min_cutoff``
-    (Å), where its features are undefined
-    (:func:`nnpflow.structure_checks.check_min_distance`).  Runs under the build's
-    ``on_error`` policy."""
-    from ..structure_checks import check_min_distance
-
+def _species_check(descriptor: Any):
+    """Per-structure check that every species is in the descriptor's species
+    list; runs under the build's ``on_error`` policy while the sources are read.
+    (The overlap check runs in the writer, where the descriptor's neighbour
+    search sees the close pairs as it featurises.)"""
     allowed = frozenset(descriptor.species)
     listed = list(descriptor.species)
-    min_cutoff = float(getattr(descriptor, "min_cutoff", 0.0) or 0.0)
 
     def check(s) -> None:
         extra = sorted(set(s.species) - allowed)
         if extra:
             raise InputError(f"species {', '.join(extra)} not in the descriptor's species "
                              f"{listed}", source=s.name or None)
-        if check_overlaps:
-            check_min_distance(s, min_cutoff)
     return check
 
 
@@ -154,8 +148,10 @@ def _run_shard(job: _ShardJob, descriptor: Any = None, progress=None) -> dict:
     if job.n_shards > 1:
         k, n = job.index, job.n_shards
         select = lambda label: shard_of(label, n) == k  # noqa: E731
-    check = (_descriptor_check(descriptor, job.check_overlaps) if descriptor is not None
-             else None)
+    check = _species_check(descriptor) if descriptor is not None else None
+
+    def reject(s, error) -> None:  # an overlap found by the writer, under "skip"
+        rejected.append(Rejection(s.name, str(error)))
 
     def structures():
         for s in job.collection.iter_structures(on_error=job.on_error, rejected=rejected,
@@ -173,7 +169,10 @@ def _run_shard(job: _ShardJob, descriptor: Any = None, progress=None) -> dict:
 
     write_database(job.path, structures(), descriptor=descriptor,
                    filter_meta=filt.config(), sources_meta=job.sources_meta,
-                   on_progress=on_progress, durable=job.n_shards == 1, **job.options)
+                   on_progress=on_progress, durable=job.n_shards == 1,
+                   check_overlaps=job.check_overlaps,
+                   on_reject=reject if job.on_error == "skip" else None,
+                   validated=True, **job.options)
     return {"index": job.index, "rejected": [(r.label, r.reason) for r in rejected],
             "filtered": [(r.label, r.reason) for r in filtered]}
 
@@ -243,6 +242,9 @@ def build_sharded(sources: Any, out_path: str | os.PathLike, descriptor: Any = N
         Also treat structures with two atoms (periodic images included) at or
         below the descriptor's ``min_cutoff`` as bad input (its features ignore
         such pairs).  ``None`` (default): on whenever a descriptor is given.
+        The descriptor's neighbour search reports those pairs while it
+        featurises, so the check costs no second search (see
+        :func:`~nnpflow.database.write_database`).
     start_method:
         multiprocessing start method (default ``"fork"`` where available).
     """

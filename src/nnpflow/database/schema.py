@@ -45,6 +45,11 @@ READABLE_VERSIONS = frozenset({1})
 #: default number of structures per write flush and per decoded read block
 DEFAULT_BLOCK_STRUCTURES = 64
 
+#: gzip level when none is given.  With the byte-shuffle filter, level 1 stores
+#: features and float32 derivatives within 1 % of level 4's size (0.1029 vs
+#: 0.1022 MB per 108-atom Cu/Au cell) and builds ~12 % faster (benchmarks/build_db.py)
+DEFAULT_GZIP_LEVEL = 1
+
 # group names: every part (row group) /parts/<k> holds the four groups below
 PARTS = "parts"
 STRUCTURES = "structures"
@@ -96,7 +101,7 @@ def compression_options(compression: str | None, level: int | None) -> dict:
             raise ConfigError("compression 'none' takes no compression_level; leave it unset")
         return {}
     if name in ("gzip", "zlib"):
-        lvl = 4 if level is None else int(level)
+        lvl = DEFAULT_GZIP_LEVEL if level is None else int(level)
         if not 0 <= lvl <= 9:
             raise ConfigError(f"gzip compression_level must be 0..9, got {level!r}")
         return {"compression": "gzip", "compression_opts": lvl, "shuffle": True}
@@ -128,7 +133,7 @@ def normalise_compression(compression: str | None, level: int | None) -> tuple[s
     if name == "zlib":
         name = "gzip"
     if name == "gzip" and level is None:
-        level = 4
+        level = DEFAULT_GZIP_LEVEL
     if name == "none":
         level = None
     return name, (None if level is None else int(level))

@@ -712,14 +712,23 @@ def write_database(path: str | os.PathLike, structures: Iterable[Any], *,
                    show_progress: bool = False,
                    block_structures: int = DEFAULT_BLOCK_STRUCTURES,
                    on_progress: Callable[[int], None] | None = None,
-                   skip_incompressible: bool = True, durable: bool = True) -> Path:
+                   skip_incompressible: bool = True, durable: bool = True,
+                   check_overlaps: bool = False,
+                   on_reject: Callable[[Structure, Exception], None] | None = None,
+                   validated: bool = False) -> Path:
     """Write ``structures`` (``Structure`` or ``ase.Atoms``, any iterable) to a
     new database at ``path``, streaming with memory bounded by one block.
 
     With ``persist_features`` / ``persist_force_derivatives`` the structures are
     featurised here with ``descriptor`` (batched, block by block); derivatives
     are stored for structures with forces.  The structures are written as given
-    (filtering is the caller's job; ``filter_meta`` records what was applied).
+    (filtering is the caller's job; ``filter_meta`` records what was applied),
+    except that ``check_overlaps`` rejects structures with two atoms (periodic
+    images included) at or below the descriptor's ``min_cutoff`` Å: the first
+    one raises :class:`~nnpflow.errors.InputError`, or, with ``on_reject``,
+    ``on_reject(structure, error)`` is called and the structure left out.
+    ``validated``: the structures were already validated and their species
+    checked against the descriptor (e.g. by ``SourceCollection.iter_structures``).
     ``on_progress(n)`` is called after every block with the number of structures
     just written.  See :class:`DatabaseWriter` for the other parameters.
     Returns the path.
@@ -727,11 +736,17 @@ def write_database(path: str | os.PathLike, structures: Iterable[Any], *,
     from .featurize import BlockFeaturizer
 
     featurizer = None
-    if persist_features or persist_force_derivatives:
+    if check_overlaps and descriptor is None:
+        raise ConfigError("check_overlaps compares distances with the descriptor's min_cutoff; "
+                          "there is no descriptor")
+    if persist_features or persist_force_derivatives or check_overlaps:
         if descriptor is None:
             raise ConfigError("persist_features / persist_force_derivatives need a descriptor")
+        # with nothing to persist the featurizer only checks (no descriptor work)
         featurizer = BlockFeaturizer(descriptor, features=persist_features,
-                                     derivatives=persist_force_derivatives, dtype=dtype)
+                                     derivatives=persist_force_derivatives, dtype=dtype,
+                                     check_overlaps=check_overlaps, on_reject=on_reject,
+                                     validated=validated)
     progress = None
     if show_progress:
         from tqdm.auto import tqdm
@@ -759,9 +774,18 @@ def write_database(path: str | os.PathLike, structures: Iterable[Any], *,
             batch.clear()
 
         try:
-            for item in structures:
-                s = as_structure(item)
-                batch.append(s)
+            items = iter(structures)
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                except InputError:
+                    # the first bad input raises: an overlap read before this one does
+                    if featurizer is not None and on_reject is None:
+                        featurizer.raise_first_overlap(batch)
+                    raise
+                batch.append(as_structure(item))
                 if len(batch) >= block_structures:
                     flush()
             flush()

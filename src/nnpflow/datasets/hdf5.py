@@ -70,7 +70,7 @@ class HDF5StructureDataset(FeatureDataset):
         Structures whose decoded blocks stay in each process's LRU cache.
     compression, compression_level:
         Build-time compression (``"gzip"``/``"zlib"``, ``"lzf"``, ``"blosc"``,
-        ``"zstd"``, ``"none"``); default gzip level 4.  Rejected in load mode.
+        ``"zstd"``, ``"none"``); default gzip level 1.  Rejected in load mode.
     dtype:
         Torch dtype of sample features and forces (float32 default).
     """

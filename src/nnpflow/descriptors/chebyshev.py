@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ from .batching import AtomsBatch, collate, plan_chunks, structure_arrays
 from . import neighbors as _neighbors
 from .neighbors import image_reach, pair_search
 
-__all__ = ["ChebyshevDescriptor", "typespin_values"]
+__all__ = ["ChebyshevDescriptor", "ClosePair", "typespin_values"]
 
 
 DESCRIPTOR_TYPE = "aenet-chebyshev"
@@ -50,6 +51,23 @@ DESCRIPTOR_VERSION = 1
 #: ``batching.plan_chunks``): on the CPU ~34 cells of 108 atoms (per-pass
 #: overhead amortised, temporaries of tens of MB); on GPUs ~10x more atoms.
 _CHUNK_PAIRS = {"cpu": 400_000, "cuda": 4_000_000}
+
+
+@dataclass(frozen=True)
+class ClosePair:
+    """The closest pair of atoms of one structure at or below the descriptor's
+    ``min_cutoff``, which its features leave out (see ``close_pairs`` of
+    :meth:`ChebyshevDescriptor.featurize_batch`).
+
+    ``index`` is the structure's position in the input, ``i`` and ``j`` 0-based
+    atom indices (``i == j``: an atom and its own periodic image), ``distance``
+    in Å.
+    """
+
+    index: int
+    i: int
+    j: int
+    distance: float
 
 
 def typespin_values(n_species: int) -> list[float]:
@@ -278,25 +296,33 @@ class ChebyshevDescriptor:
         feats, derivs = self.featurize_batch_with_derivatives([structure])
         return feats[0], derivs[0]
 
-    def featurize_batch(self, structures: Iterable, chunk_pairs: int | None = None
-                        ) -> list[torch.Tensor]:
+    def featurize_batch(self, structures: Iterable, chunk_pairs: int | None = None, *,
+                        close_pairs: list | None = None) -> list[torch.Tensor]:
         """Features of many structures, computed in few vectorised passes.
 
         ``chunk_pairs`` bounds the work per pass (padded atom pairs of the dense
         neighbour search); the default suits the device.  Returns one (N_s, F)
         tensor per structure, in input order.
+
+        ``close_pairs``: a list that receives one :class:`ClosePair` for each
+        structure with two atoms (periodic images included) at or below
+        ``min_cutoff`` -- pairs the features leave out -- found by the
+        neighbour search itself at no extra cost; structures in input order.
         """
-        return self._run(list(structures), False, chunk_pairs)[0]
+        return self._run(list(structures), False, chunk_pairs, close_pairs)[0]
 
     def featurize_batch_with_derivatives(self, structures: Iterable,
-                                         chunk_pairs: int | None = None):
+                                         chunk_pairs: int | None = None, *,
+                                         close_pairs: list | None = None):
         """``(features, derivatives)``: two lists (input order) of (N_s, F) tensors
-        and :class:`DescriptorDerivatives`, computed in few vectorised passes."""
-        return self._run(list(structures), True, chunk_pairs)
+        and :class:`DescriptorDerivatives`, computed in few vectorised passes
+        (``close_pairs`` as for :meth:`featurize_batch`)."""
+        return self._run(list(structures), True, chunk_pairs, close_pairs)
 
     # ------------------------------------------------------------ internals
     @torch.no_grad()
-    def _run(self, structures: list, with_derivatives: bool, chunk_pairs: int | None):
+    def _run(self, structures: list, with_derivatives: bool, chunk_pairs: int | None,
+             close_pairs: list | None = None):
         from .derivatives import DescriptorDerivatives
 
         items = [structure_arrays(s) for s in structures]
@@ -308,10 +334,14 @@ class ChebyshevDescriptor:
             raise ValueError(f"chunk_pairs must be a positive integer, got {chunk_pairs!r}")
         feats: list = [None] * len(items)
         derivs: list = [None] * len(items)
+        found: list[ClosePair] = []
         for chunk in plan_chunks(sizes, keys, int(chunk_pairs), _neighbors.DENSE_MAX_ATOMS):
             batch = collate([items[i] for i in chunk], self.species_to_idx, self.device,
                             self.dtype)
-            center, neighbor, vec, r = self.edges(batch)
+            dropped: list | None = [] if close_pairs is not None else None
+            center, neighbor, vec, r = self.edges(batch, dropped)
+            if dropped:
+                found.extend(_closest_per_structure(chunk, batch.counts_list, *dropped[0]))
             f = self.features_from_edges(batch.species, center, neighbor, vec, r)
             counts = batch.counts_list
             for i, part in zip(chunk, torch.split(f, counts)):
@@ -321,17 +351,26 @@ class ChebyshevDescriptor:
                 for i, d in zip(chunk, DescriptorDerivatives.split_batch(
                         self, batch.species, center, neighbor, vector, counts)):
                     derivs[i] = d
+        if close_pairs is not None:
+            close_pairs.extend(sorted(found, key=lambda c: c.index))
         return feats, derivs
 
-    def edges(self, batch: AtomsBatch):
+    def edges(self, batch: AtomsBatch, dropped: list | None = None):
         """Edges of a collated batch: ``(center, neighbor, [vx, vy, vz], r)`` for
         neighbours with min_cutoff < r <= max(rad_cutoff, ang_cutoff), grouped by
-        centre; vector components and distances in Å."""
+        centre; vector components and distances in Å.
+
+        ``dropped``: a list that receives ``(center, neighbor, r)`` of the pairs at
+        or below min_cutoff (batch atom indices), when there are any."""
         ci, cj, _, vec, dist = pair_search(batch.positions, batch.cells, batch.pbcs,
                                            batch.counts, self.neighbor_cutoff,
                                            with_shift=False)
         keep = dist > self.min_cutoff
         if not bool(keep.all()):
+            if dropped is not None:
+                out = torch.nonzero(~keep).squeeze(1)
+                dropped.append((ci.index_select(0, out), cj.index_select(0, out),
+                                dist.index_select(0, out)))
             idx = torch.nonzero(keep).squeeze(1)
             return (ci.index_select(0, idx), cj.index_select(0, idx),
                     [x.index_select(0, idx) for x in vec], dist.index_select(0, idx))
@@ -390,3 +429,21 @@ class ChebyshevDescriptor:
             sq.index_add_(0, ca + i * n_atoms, wi * wi)
         g = (b * b) @ basis.pair_matrix
         return 0.5 * (g - sq.unsqueeze(1))
+
+
+def _closest_per_structure(chunk: Sequence[int], counts: Sequence[int], center: torch.Tensor,
+                           neighbor: torch.Tensor, r: torch.Tensor) -> list[ClosePair]:
+    """One :class:`ClosePair` per structure of a chunk from its dropped pairs
+    (batch atom indices ``center``/``neighbor``, distances ``r`` in Å); ``chunk``
+    maps batch positions to input indices."""
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    ci, cj = center.cpu().numpy(), neighbor.cpu().numpy()
+    d = r.detach().cpu().to(torch.float64).numpy()
+    which = np.searchsorted(starts, ci, side="right") - 1
+    out = []
+    for b in np.unique(which):
+        rows = np.flatnonzero(which == b)
+        k = rows[np.argmin(d[rows])]
+        out.append(ClosePair(index=int(chunk[b]), i=int(ci[k] - starts[b]),
+                             j=int(cj[k] - starts[b]), distance=float(d[k])))
+    return out

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterable
+from typing import AbstractSet, Iterable, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, InputError
 from .structure import Structure
 
-__all__ = ["check_species", "closest_pair", "check_min_distance", "overlap_error",
+__all__ = ["check_species", "check_descriptor_species", "closest_pair", "check_min_distance", "overlap_error",
            "StructureChecks"]
 
 #: Above this many atoms the all-pairs search gives way to ASE's binned neighbour list.
@@ -37,6 +37,16 @@ def check_species(structure: Structure, species: Iterable[str]) -> None:
         raise InputError(f"species {', '.join(extra)} not in the species list "
                          f"[{', '.join(species if isinstance(species, list) else sorted(allowed))}]",
                          source=structure.name or None)
+
+
+def check_descriptor_species(structure: Structure, species: Sequence[str],
+                             allowed: AbstractSet[str] | None = None) -> None:
+    """Raise ``InputError`` if ``structure`` has a species outside a descriptor's
+    ``species`` list (``allowed``: the same as a set, when the caller keeps one)."""
+    extra = set(structure.species) - (set(species) if allowed is None else allowed)
+    if extra:
+        raise InputError(f"species {', '.join(sorted(extra))} not in the descriptor's species "
+                         f"{list(species)}", source=structure.name or None)
 
 
 def closest_pair(structure: Structure, cutoff: float) -> tuple[float, int, int] | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..energy_reference import EnergyFilter
-from ..errors import ConfigError, InputError, NNPFlowError
+from ..errors import ConfigError, NNPFlowError
 from ..sharding import shard_of
 from .schema import DEFAULT_BLOCK_STRUCTURES
 
@@ -123,15 +123,11 @@ def _species_check(descriptor: Any):
     list; runs under the build's ``on_error`` policy while the sources are read.
     (The overlap check runs in the writer, where the descriptor's neighbour
     search sees the close pairs as it featurises.)"""
-    allowed = frozenset(descriptor.species)
-    listed = list(descriptor.species)
+    from ..structure_checks import check_descriptor_species
 
-    def check(s) -> None:
-        extra = sorted(set(s.species) - allowed)
-        if extra:
-            raise InputError(f"species {', '.join(extra)} not in the descriptor's species "
-                             f"{listed}", source=s.name or None)
-    return check
+    listed = list(descriptor.species)
+    allowed = frozenset(listed)
+    return lambda s: check_descriptor_species(s, listed, allowed)
 
 
 def _run_shard(job: _ShardJob, descriptor: Any = None, progress=None) -> dict:

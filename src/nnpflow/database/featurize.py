@@ -76,10 +76,9 @@ class BlockFeaturizer:
         self._species = set(descriptor.species)
 
     def check_species(self, s: Structure) -> None:
-        missing = sorted({x for x in s.species if x not in self._species})
-        if missing:
-            raise InputError(f"species {', '.join(missing)} not in the descriptor's species "
-                             f"{list(self.descriptor.species)}", source=s.name or None)
+        from ..structure_checks import check_descriptor_species
+
+        check_descriptor_species(s, self.descriptor.species, self._species)
 
     def __call__(self, structures: Sequence[Structure]
                  ) -> Iterator[tuple[Structure, np.ndarray | None, dict | None]]:

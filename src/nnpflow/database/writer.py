@@ -26,6 +26,7 @@ from .. import __version__
 from ..errors import ConfigError, InputError
 from ..safe_write import atomic_path, canonical_json
 from ..structure import Structure, as_structure, atomic_number
+from ..structure_checks import check_descriptor_species
 from .columns import ColumnBlock, species_lookup, structures_to_columns
 from .fingerprint import StructuresFingerprint, database_fingerprint, filter_config
 from .schema import (ATOM_FIELDS, ATOMS, DEFAULT_BLOCK_STRUCTURES, DERIVATIVES, FEATURES,
@@ -276,10 +277,7 @@ class DatabaseWriter:
         elif derivative_arrays is not None:
             raise ValueError("derivative arrays given but persist_force_derivatives=False")
         if self._allowed_species is not None:
-            missing = sorted(set(s.species) - self._allowed_species)
-            if missing:
-                raise InputError(f"species {', '.join(missing)} not in the descriptor's species "
-                                 f"{list(self.descriptor.species)}", source=s.name or None)
+            check_descriptor_species(s, self.descriptor.species, self._allowed_species)
         self._buffer.append((s, features, derivative_arrays))
         if len(self._buffer) >= self.block_structures:
             self._flush_buffer()

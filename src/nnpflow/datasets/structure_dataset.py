@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..energy_reference import EnergyFilter, reference_energy
-from ..errors import InputError
+from ..structure_checks import check_descriptor_species
 from .base import FeatureDataset, structure_sample
 
 
@@ -28,13 +28,11 @@ def load_structures(structures: Any, descriptor: Any, max_energy: float | None,
 
     collection = as_source_collection(structures, require_energy=False)
     filt = EnergyFilter(max_energy, atomic_energies)
-    allowed = set(descriptor.species)
+    listed = list(descriptor.species)
+    allowed = set(listed)
 
     def check(s) -> None:
-        extra = sorted(set(s.species) - allowed)
-        if extra:
-            raise InputError(f"species {', '.join(extra)} not in the descriptor's species "
-                             f"{list(descriptor.species)}", source=s.name or None)
+        check_descriptor_species(s, listed, allowed)
 
     kept, filtered = [], []
     for s in collection.iter_structures(check=check, show_progress=show_progress):

@@ -409,7 +409,7 @@ def _models(model: Any) -> list:
 
 
 def export_aenet(model: Any, directory: str | os.PathLike, *,
-                 structures: Sequence[str | os.PathLike] | None = None,
+                 structures: Any = None,
                  ascii: bool = True, forces: bool = True) -> dict:
     """Write aenet potential files for ``model`` into ``directory``.
 
@@ -431,6 +431,8 @@ def export_aenet(model: Any, directory: str | os.PathLike, *,
         raise ConfigError("nothing to export: no model given")
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
+    if structures is not None and not isinstance(structures, (list, tuple)):
+        structures = [structures]
     xsf_files = xsf_inputs(structures, root / "structures") if structures else []
     written = []
     for m, item in enumerate(members):

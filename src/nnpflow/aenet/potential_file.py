@@ -260,8 +260,13 @@ def read_potential(path: str | os.PathLike) -> AenetPotential:
     """Read an aenet potential file, binary or ASCII (told apart by the first
     record marker: a binary file starts with the 4-byte length 4 of ``nlayers``)."""
     path = os.fspath(path)
-    with open(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise InputError("aenet potential file not found", source=path) from None
+    except IsADirectoryError:
+        raise InputError("is a folder, not an aenet potential file", source=path) from None
     if data[:4] == struct.pack("<i", 4):
         pot = _parse_binary(data, path)
     else:

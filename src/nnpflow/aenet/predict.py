@@ -53,13 +53,25 @@ def format_predict_input(networks: Mapping[str, str], structures: Sequence[str] 
 
 
 def xsf_inputs(structures: Sequence[str | os.PathLike], folder: Path) -> list[str]:
-    """Absolute XSF paths for ``predict.x``: ``.xsf`` files as they are, other
-    formats read by nnpflow and written as XSF into ``folder``."""
+    """Absolute XSF paths for ``predict.x``: ``.xsf`` files as they are; other
+    formats (read by nnpflow), ``ase.Atoms`` and ``Structure``s written as XSF
+    into ``folder``."""
+    from ase import Atoms
+
     from ..io import read_structures
     from ..io.xsf import write_xsf
+    from ..structure import Structure
     out: list[str] = []
     count = 0
     for item in structures:
+        if isinstance(item, (Atoms, Structure)):
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"structure_{count:05d}.xsf"
+            write_xsf(target, [item if isinstance(item, Structure)
+                               else Structure.from_ase(item)])
+            out.append(str(target.resolve()))
+            count += 1
+            continue
         path = Path(item)
         if path.suffix.lower() == ".xsf":
             if not path.is_file():

@@ -15,7 +15,7 @@ import sys
 from ..errors import NNPFlowError
 
 #: command modules, in the order ``nnpflow --help`` lists them
-COMMAND_MODULES = ("ingest", "db", "train", "evaluate", "example")
+COMMAND_MODULES = ("ingest", "db", "train", "evaluate", "example", "interop")
 
 
 def build_parser() -> argparse.ArgumentParser:

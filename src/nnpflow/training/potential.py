@@ -246,6 +246,24 @@ class TorchANNPotential:
         except SchemaError as exc:
             raise SchemaError(f"{os.fspath(path)}: {exc}") from None
 
+    # ---------------------------------------------------------------- aenet
+    def to_aenet(self, directory: str | os.PathLike, structures: Any = None,
+                 ascii: bool = True) -> dict:
+        """Write aenet potential files (``<S>.nn``, ``<S>.nn.ascii``) and a
+        ``predict.in`` for ``structures`` into ``directory``; see
+        :func:`nnpflow.aenet.export_aenet` (raises ``AenetExportError`` for what
+        aenet cannot represent)."""
+        from ..aenet import export_aenet
+        return export_aenet(self, directory, structures=structures, ascii=ascii)
+
+    @classmethod
+    def from_aenet(cls, files: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
+                   ) -> "TorchANNPotential":
+        """A potential from aenet potential files, one per species (binary
+        ``*.nn`` or ASCII); see :func:`nnpflow.aenet.potential_from_aenet`."""
+        from ..aenet import potential_from_aenet
+        return potential_from_aenet(list(files), device=device)
+
     def history_csv(self) -> str:
         """The training history as CSV text (one row per epoch)."""
         return history_csv(self.history)

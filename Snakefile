@@ -59,6 +59,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/build.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/aenet.smk"
 include: "workflow/rules/evaluate.smk"
 
 

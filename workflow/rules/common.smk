@@ -290,8 +290,28 @@ def model_outputs(name, member):
 
 
 def committee_files(name, kind):
-    """The ``kind`` ("model" or "history") files of every member of model ``name``."""
+    """The ``kind`` ("model" or "history") files of every member of model ``name``
+    (for an aenet model, the one imported model file and its empty history)."""
+    if is_aenet_model(name):
+        return [aenet_model_outputs(name)[kind]]
     return [model_outputs(name, m)[kind] for m in model_members(name)]
+
+
+def is_aenet_model(name):
+    """Whether model ``name`` points at existing aenet potential files (evaluated,
+    not trained)."""
+    return config["models"][name]["architecture"] == "aenet"
+
+
+def aenet_files(name):
+    """The aenet potential files of model ``name`` (relative to the working folder)."""
+    return list(config["models"][name]["files"])
+
+
+def aenet_model_outputs(name):
+    """What rule import_aenet writes for model ``name``."""
+    folder = results("models", str(name), "aenet")
+    return dict(model=f"{folder}/model.pt", history=f"{folder}/history.csv")
 
 
 #: the evaluate stage's outputs that are plots (written when evaluate.plots is true)

@@ -4,8 +4,9 @@ Any model file nnpflow writes is accepted:
 
 * ANN potentials (:class:`~nnpflow.training.potential.TorchANNPotential`, schema
   ``nnpflow.ann_potential``) predict through ``predict_dataset``, which reuses the
-  database's persisted features and force derivatives (the database must carry
-  the model's descriptor; another one raises ``DescriptorMismatchError``);
+  database's persisted features and force derivatives when the database carries
+  the model's descriptor; a model of another descriptor (such as imported aenet
+  potential files) featurises the database's structures itself;
 * layer-stack models such as SchNet (schema ``nnpflow.layer_stack``) predict
   through :func:`nnpflow.models.prediction.predict_structures` on the database's
   structures (forces when the model has a ``Force`` layer).
@@ -64,9 +65,17 @@ def _empty_result() -> PredictionResult:
 def _predict_ann(path, database, indices, batch_size, show_progress) -> PredictionResult:
     from torch.utils.data import Subset
 
+    from ..database import DatabaseReader
     from ..datasets import HDF5StructureDataset
     from ..training.potential import TorchANNPotential
     potential = TorchANNPotential.from_file(path)
+    with DatabaseReader(database, cache_size=0) as reader:
+        if reader.descriptor_sha256 != potential.descriptor.fingerprint:
+            # a model of another descriptor (e.g. imported aenet files): featurise the
+            # database's structures with the model's own descriptor
+            structures = reader.structures([int(i) for i in indices])
+            return potential.predict(structures, batch_size=batch_size,
+                                     show_progress=show_progress)
     dataset = HDF5StructureDataset(None, database, mode="load", dtype=potential.dtype)
     try:
         return potential.predict_dataset(Subset(dataset, [int(i) for i in indices]),

@@ -21,14 +21,16 @@ hidden layers ``(n, activation)``      ``nnodes``, ``f_a``: linear 0, tanh 1,
 
 so both codes compute the atomic energy ``scale_E * net((G - mean) / std) +
 shift + E_atom`` eV.  aenet recovers the feature std as ``sqrt(cov - avg^2)``
-and the energy scale as ``1 / scale``; the exporter picks, among the float64
-numbers next to ``mean^2 + std^2`` and ``1 / scale``, one for which aenet's
-formula gives nnpflow's value bit for bit.  Such a number does not always exist
-(for ``|mean| > ~1.4 std`` the second moment cannot resolve every float64 std),
-so a std can come back up to a few units in the last place times
-``(mean / std)^2`` away (about 1e-13 relative for the descriptors in use);
-``sfval_min``/``sfval_max`` (unused by aenet's evaluation) are written as
-``mean -/+ std``.
+and the energy scale as ``1 / scale``, so these two pass through aenet's
+representation: the exporter writes the float64 second moment next to
+``mean^2 + std^2`` for which aenet's formula gives nnpflow's std bit for bit
+when one exists; for ``|mean| > ~1.4 std`` the second moment often cannot
+resolve every float64 std, and the std comes back within about
+``eps * (mean / std)^2`` relative (~1e-14 for Chebyshev features).  ``1 / (1 /
+scale)`` is ``scale`` for about 86% of float64 values and one unit in the last
+place off otherwise.  Everything else (weights, biases, means, shift, reference
+energies, descriptor) survives bit for bit.  ``sfval_min``/``sfval_max``
+(unused by aenet's evaluation) are written as ``mean -/+ std``.
 
 Import reads aenet's numbers the way aenet evaluates them: ``mean = avg``,
 ``std = sqrt(cov - avg^2)`` (a feature aenet switches off, ``std <= 1e-10``,

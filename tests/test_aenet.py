@@ -9,7 +9,7 @@ where it cannot be built.
 
 * export -> ``predict.x``: nnpflow potentials trained on the TiO2 reference data
   and on a four-species periodic EMT set (atoms outside the home cell, a
-  non-orthogonal cell) give the same energies (1e-6 eV/atom) and forces
+  non-orthogonal cell; also one and three species) give the same energies (1e-6 eV/atom) and forces
   (1e-5 eV/Å) under ``predict.x`` as under nnpflow;
 * aenet -> import: potentials trained by aenet's ``generate.x`` + ``train.x``
   give ``predict.x``'s energies and forces in nnpflow;
@@ -156,22 +156,21 @@ def tio2_model(tio2) -> TorchANNPotential:
     return _train(arch, descriptor, tio2[:10], refs=TIO2_REFS)
 
 
-@pytest.fixture(scope="module")
-def emt_structures(tmp_path_factory) -> list[str]:
-    """Six periodic Al/Cu/Ag/Au structures with EMT energies and forces, in
+def emt_structures(folder: Path, elements: list[str]) -> list[str]:
+    """Six periodic structures of ``elements`` with EMT energies and forces, in
     non-orthogonal cells, with atoms shifted by lattice vectors out of the home
-    cell, written as XSF."""
+    cell, written as XSF into ``folder``."""
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
     from nnpflow.io.xsf import write_xsf
     from nnpflow.structure import Structure
     rng = np.random.default_rng(7)
-    folder = tmp_path_factory.mktemp("emt")
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(6):
         atoms = bulk("Cu", "fcc", a=3.9).repeat((2, 2, 2))
-        atoms.set_chemical_symbols(rng.choice(["Al", "Cu", "Ag", "Au"], size=len(atoms)))
+        atoms.set_chemical_symbols(rng.choice(elements, size=len(atoms)))
         atoms.rattle(0.08, seed=k)
         atoms.calc = EMT()
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
@@ -204,17 +203,28 @@ def test_export_matches_predict_x_on_tio2(aenet, tio2, tio2_model, tmp_path):
     assert results[0]["cohesive_energy"] == pytest.approx(mine.energies[0] - refs, abs=1e-6)
 
 
-def test_export_matches_predict_x_on_emt_four_species(aenet, emt_structures, tmp_path):
-    descriptor = ChebyshevDescriptor(["Al", "Cu", "Ag", "Au"], 6, 4.5, 3, 3.5)
-    arch = {"Al": [(5, "tanh")], "Cu": [(4, "sigmoid"), (3, "linear")],
-            "Ag": [(5, "twist")], "Au": []}
-    pot = _train(arch, descriptor, emt_structures[:4])
-    out = export_aenet(pot, tmp_path / "export", structures=emt_structures)
+#: EMT species sets: one species (no typespin-weighted features), three (typespins
+#: -1, 0, 1) and four (-2, -1, 1, 2: aenet skips 0 for an even count)
+EMT_SETS = {
+    "Cu": {"Cu": [(5, "tanh")]},
+    "Al/Cu/Ag": {"Al": [(4, "mtanh")], "Cu": [(4, "sigmoid")], "Ag": [(3, "twist")]},
+    "Al/Cu/Ag/Au": {"Al": [(5, "tanh")], "Cu": [(4, "sigmoid"), (3, "linear")],
+                    "Ag": [(5, "twist")], "Au": []},
+}
+
+
+@pytest.mark.parametrize("name", list(EMT_SETS))
+def test_export_matches_predict_x_on_emt(aenet, tmp_path, name):
+    arch = EMT_SETS[name]
+    structures = emt_structures(tmp_path / "emt", list(arch))
+    descriptor = ChebyshevDescriptor(list(arch), 6, 4.5, 3, 3.5)
+    pot = _train(arch, descriptor, structures[:4])
+    out = export_aenet(pot, tmp_path / "export", structures=structures)
     folder = Path(out["members"][0]["directory"])
     assert "FILES\n6\n" in (folder / "predict.in").read_text()
     results = run_predict(aenet, folder, {s: f"{s}.nn" for s in descriptor.species},
-                          emt_structures)
-    compare_with_predict_x(pot, results, emt_structures, "nnpflow EMT Al/Cu/Ag/Au export")
+                          structures)
+    compare_with_predict_x(pot, results, structures, f"nnpflow EMT {name} export")
 
 
 # -------------------------------------------------- aenet -> import

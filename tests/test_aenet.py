@@ -319,6 +319,48 @@ def test_our_ascii_files_read_by_aenets_own_routines(aenet, aenet_trained, tio2_
         assert (tmp_path / "out.nn").read_bytes() == pot.to_bytes(), name
 
 
+def aenet_python_layout(pot: AenetPotential) -> str:
+    """The same potential in the ASCII layout aenet-python writes: every array on
+    one line (sfparam 12 and sfenv 24 values per line), fixed-point reals with 17
+    decimals, species names on one line, sfenv with two rows."""
+    net, stp, ts = pot.network, pot.setup, pot.trainset
+    fx = "{:24.17f}".format
+    row = lambda values, fmt: " ".join(fmt(v) for v in values) + " "  # noqa: E731
+    lines = [f"{len(net.layer_sizes):17d}", f"{net.nnodes_max:17d}", f"{net.wsize:17d}",
+             f"{net.nvalues:17d}", row(net.layer_sizes, "{:17d}".format),
+             row(net.activations, "{:17d}".format), row(net.iw, "{:17d}".format),
+             row(net.iv, "{:17d}".format), row(net.flat_weights(), fx),
+             "PyTorch Chebyshev descriptor export", stp.atomtype,
+             f"{len(stp.envtypes):17d}", " ".join(stp.envtypes) + " ", fx(stp.rc_min),
+             fx(stp.rc_max), "Chebyshev", f"{stp.nsf:17d}", f"{stp.sfparam.shape[0]:17d}",
+             row(stp.sf, "{:17d}".format)]
+    flat = stp.sfparam.ravel(order="F")
+    lines += [row(flat[k:k + 12], fx) for k in range(0, flat.size, 12)]
+    env = np.zeros((2, stp.nsf), dtype=int).ravel(order="F")
+    lines += [row(env[k:k + 24], "{:17d}".format) for k in range(0, env.size, 24)]
+    lines += [f"{0:17d}"] + [row(a, fx) for a in (stp.sfval_min, stp.sfval_max,
+                                                  stp.sfval_avg, stp.sfval_cov)]
+    lines += ["aenet-python", "T", fx(ts.scale), fx(ts.shift), str(len(ts.type_names)),
+              " ".join(ts.type_names) + " ", row(ts.e_atom, fx), "0", "0",
+              f"{fx(0.0)} {fx(0.0)} {fx(0.0)}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_reads_aenet_python_ascii_layout(tio2_model, tmp_path):
+    """aenet-python writes its ASCII files in another layout than aenet's Fortran;
+    both import (to the 17 decimals aenet-python writes)."""
+    ours = potential_to_aenet(tio2_model)
+    for s, pot in ours.items():
+        (tmp_path / f"{s}.py.ascii").write_text(aenet_python_layout(pot))
+    back = potential_from_aenet([tmp_path / "Ti.py.ascii", tmp_path / "O.py.ascii"])
+    assert back.species == tio2_model.species and back.architecture == tio2_model.architecture
+    for (k, a), (_, b) in zip(tio2_model.net.state_dict().items(),
+                              back.net.state_dict().items()):
+        np.testing.assert_allclose(b.numpy(), a.double().numpy(), rtol=1e-13, atol=1e-16,
+                                   err_msg=k)
+    assert back.atomic_energies == pytest.approx(tio2_model.atomic_energies, abs=1e-12)
+
+
 # -------------------------------------------------- round trip
 def test_export_import_round_trip_is_exact(tio2_model, tmp_path):
     export_aenet(tio2_model, tmp_path / "a")

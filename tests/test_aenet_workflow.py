@@ -49,7 +49,7 @@ def aenet_workdir(tmp_path, copy_workflow):
     cfg = copy_workflow(tmp_path)
     cfg["example"].update(n_structures=6, archive_fraction=0.5, seed=3)
     cfg["database"]["shards"] = 2
-    cfg["evaluate"]["plots"] = False
+    cfg["evaluate"]["plots"] = True   # the learning curve of an empty history too
     cfg["split"] = {"validation": 0.2, "test": 1, "seed": 7}
     cfg["models"] = {"ref": {"architecture": "aenet",
                              "files": ["aenet/Cu.nn", "aenet/Au.nn", "aenet/Pt.nn.ascii"]}}
@@ -68,6 +68,7 @@ def test_aenet_model_is_imported_and_evaluated_not_trained(aenet_workdir):
     results = aenet_workdir / "results"
     metrics = json.loads((results / "evaluation" / "ref" / "metrics.json").read_text())
     assert metrics["model"]["files"] == ["results/models/ref/aenet/model.pt"]
+    assert (results / "evaluation" / "ref" / "learning_curve.png").stat().st_size > 0
     # the same numbers as the aenet files imported by hand, on the database's structures
     from nnpflow.database import DatabaseReader
     from nnpflow.splitting import load_split

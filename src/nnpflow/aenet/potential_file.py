@@ -29,7 +29,9 @@ every ``write`` statement is one record framed by its length in bytes as a
 writes the same values in the same order with ``save_*_ASCII``'s layout:
 scalars list-directed, one per line; strings one per line; arrays four per line
 (``(4(1x,ES24.17))`` reals, ``(4(1x,I17))`` integers).  ``ES24.17`` carries 18
-significant digits, so float64 values survive the ASCII form exactly.
+significant digits, so float64 values survive the ASCII form exactly.  The
+reader also takes aenet-python's layout of the same values (one array per line,
+fixed-point reals, species names on one line, two rows of ``sfenv``).
 
 How aenet evaluates a potential (``sfsetup.f90: stp_normalize``,
 ``aenet.f90``): features ``x = (G - avg) / sqrt(cov - avg^2)`` (a feature with
@@ -602,14 +604,19 @@ class _LineReader:
         return self.lines[self.k - 1]
 
     def tokens(self, what: str, count: int) -> list[str]:
+        """``count`` whitespace-separated values from as many lines as they take
+        (aenet writes four per line; aenet-python one array per line)."""
         out: list[str] = []
         first = self.k + 1
-        for _ in range(max(1, math.ceil(count / 4))):
+        while len(out) < count:
             out.extend(self.line(what).split())
         if len(out) != count:
             raise self.fail(what, f"{len(out)} values on lines {first}-{self.k}, expected "
                             f"{count}")
         return out
+
+    def peek(self) -> str | None:
+        return self.lines[self.k] if self.k < len(self.lines) else None
 
     def int(self, what: str) -> int:
         parts = self.line(what).split()
@@ -648,6 +655,30 @@ class _LineReader:
     def name(self, what: str, length: int) -> str:
         return self.line(what)[:length].strip()
 
+    def names(self, what: str, count: int, length: int) -> list[str]:
+        """``count`` species names, one per line (aenet) or several on a line."""
+        out: list[str] = []
+        while len(out) < count:
+            line = self.line(what)
+            out.extend([line[:length].strip()] if len(line.split()) <= 1 else line.split())
+        if len(out) != count or any(not n or len(n) > length for n in out):
+            raise self.fail(what, f"expected {count} species names of at most {length} "
+                            f"characters, got {out}")
+        return out
+
+    def int_lines(self, what: str) -> np.ndarray:
+        """Integers of the lines up to the next line holding a non-integer value."""
+        out: list[int] = []
+        while self.peek() is not None:
+            parts = self.peek().split()
+            try:
+                values = [int(t) for t in parts]
+            except ValueError:
+                break
+            out.extend(values)
+            self.k += 1
+        return np.array(out, dtype=np.int64)
+
 
 def _parse_ascii(text: str, source: str | None) -> AenetPotential:
     r = _LineReader(text, source)
@@ -672,7 +703,7 @@ def _parse_ascii(text: str, source: str | None) -> AenetPotential:
     nenv = r.int("nenv")
     if not 1 <= nenv <= 200:
         raise r.fail("nenv", f"implausible value {nenv}")
-    envtypes = [r.name("envtypes", TYPE_LEN) for _ in range(nenv)]
+    envtypes = r.names("envtypes", nenv, TYPE_LEN)
     rc_min, rc_max = r.real("Rc_min"), r.real("Rc_max")
     sftype = r.line("sftype").strip()
     nsf, nsfparam = r.int("nsf"), r.int("nsfparam")
@@ -680,8 +711,13 @@ def _parse_ascii(text: str, source: str | None) -> AenetPotential:
         raise r.fail("nsf", f"implausible nsf {nsf} or nsfparam {nsfparam}")
     sf = r.ints("sf", nsf)
     sfparam = r.reals("sfparam", nsfparam * nsf).reshape((nsfparam, nsf), order="F")
-    sfenv = r.ints("sfenv", nenv * nsf).reshape((nenv, nsf), order="F")
-    neval = r.int("neval")
+    # sfenv: nenv rows in aenet's ASCII files, NENV_MAX rows in aenet-python's; then neval
+    tail = r.int_lines("sfenv and neval")
+    if tail.size < 1 or (tail.size - 1) % nsf:
+        raise r.fail("sfenv and neval", f"{tail.size} integers before the feature statistics; "
+                     f"expected a multiple of nsf = {nsf} and neval")
+    sfenv = tail[:-1].reshape((-1, nsf), order="F")
+    neval = int(tail[-1])
     stats = [r.reals(name, nsf) for name in ("sfval_min", "sfval_max", "sfval_avg",
                                              "sfval_cov")]
     setup = AenetSetup(description, atomtype, envtypes, rc_min, rc_max, sftype, sf, sfparam,
@@ -692,7 +728,7 @@ def _parse_ascii(text: str, source: str | None) -> AenetPotential:
     ntypes = r.int("nTypes")
     if not 1 <= ntypes <= 200:
         raise r.fail("nTypes", f"implausible value {ntypes}")
-    type_names = [r.name("typeName", TYPE_LEN) for _ in range(ntypes)]
+    type_names = r.names("typeName", ntypes, TYPE_LEN)
     e_atom = r.reals("E_atom", ntypes)
     n_atoms_total, n_structures = r.int("nAtomsTot"), r.int("nStrucs")
     parts = r.line("E_min, E_max, E_av").replace(",", " ").split()

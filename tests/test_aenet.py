@@ -428,7 +428,7 @@ def test_export_refuses_what_aenet_cannot_represent(tmp_path):
     with pytest.raises(AenetExportError, match=r"species Ti, hidden layer 2: activation "
                        r"'relu' has no aenet equivalent"):
         export_aenet(relu, tmp_path / "relu")
-    assert not (tmp_path / "relu" / "Ti.nn").exists()
+    assert not (tmp_path / "relu").exists()
     d0 = ChebyshevDescriptor(["Ti", "O"], 4, 5.0, 2, 3.5, min_cutoff=0.0)
     with pytest.raises(AenetExportError, match="min_cutoff 0.0"):
         potential_to_aenet(TorchANNPotential({"Ti": [], "O": []}, d0))
@@ -438,7 +438,12 @@ def test_export_refuses_what_aenet_cannot_represent(tmp_path):
         potential_to_aenet(partial)
     from nnpflow.cli import main
     relu.save(tmp_path / "relu.pt")
-    assert main(["export", "aenet", str(tmp_path / "relu.pt"), "-o", str(tmp_path / "x")]) == 2
+    fine = TorchANNPotential({"Ti": [(3, "tanh")], "O": []}, d)
+    fine.save(tmp_path / "fine.pt")
+    # a committee with one member aenet cannot take: refused before anything is written
+    assert main(["export", "aenet", str(tmp_path / "fine.pt"), str(tmp_path / "relu.pt"),
+                 "-o", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_import_refuses_mismatched_or_broken_files(tio2_model, tmp_path):

@@ -432,17 +432,22 @@ def export_aenet(model: Any, directory: str | os.PathLike, *,
     if not members:
         raise ConfigError("nothing to export: no model given")
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
     if structures is not None and not isinstance(structures, (list, tuple)):
         structures = [structures]
-    xsf_files = xsf_inputs(structures, root / "structures") if structures else []
-    written = []
+    converted = []  # every member first: a refusal writes nothing
     for m, item in enumerate(members):
         label = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
         pot = TorchANNPotential.from_file(item) if label is not None else item
         if label is None and len(members) > 1:
             label = f"committee member {m}"
-        pots = potential_to_aenet(pot, source=label)
+        try:
+            converted.append(potential_to_aenet(pot, source=label))
+        except AenetExportError as exc:
+            raise AenetExportError(f"{label}: {exc}" if label else str(exc)) from None
+    root.mkdir(parents=True, exist_ok=True)
+    xsf_files = xsf_inputs(structures, root / "structures") if structures else []
+    written = []
+    for m, pots in enumerate(converted):
         folder = root if len(members) == 1 else root / f"member_{m}"
         folder.mkdir(parents=True, exist_ok=True)
         entry: dict = {"directory": str(folder), "potentials": {}, "ascii": {}}

@@ -188,6 +188,21 @@ def emt_structures(folder: Path, elements: list[str]) -> list[str]:
 
 
 # -------------------------------------------------- export -> predict.x
+def test_float32_model_exports_its_exact_weights(aenet, tio2, tio2_model, tmp_path):
+    """A float32 model (the workflow's default training precision) exports its
+    weights exactly (float32 -> float64 is exact): predict.x gives what nnpflow
+    computes in float64 (NNPCalculator's default)."""
+    tio2_model.save(tmp_path / "m.pt")
+    pot32 = TorchANNPotential.from_file(tmp_path / "m.pt").to(dtype=torch.float32)
+    pot32.save(tmp_path / "m32.pt")
+    export_aenet(tmp_path / "m32.pt", tmp_path / "export")
+    structures = [p for p in tio2 if Path(p).name in OUTSIDE_CELL][:2]
+    results = run_predict(aenet, tmp_path / "export", {"Ti": "Ti.nn", "O": "O.nn"},
+                          structures)
+    pot64 = TorchANNPotential.from_file(tmp_path / "m32.pt").to(dtype=torch.float64)
+    compare_with_predict_x(pot64, results, structures, "nnpflow float32 model export")
+
+
 def test_export_matches_predict_x_on_tio2(aenet, tio2, tio2_model, tmp_path):
     out = export_aenet(tio2_model, tmp_path / "export")
     folder = Path(out["members"][0]["directory"])

@@ -13,14 +13,14 @@
   output.
 """
 
-from .convert import (AENET_ACTIVATIONS, export_aenet, import_aenet, potential_from_aenet,
+from .convert import (AENET_ACTIVATIONS, AenetExportError, export_aenet, import_aenet, potential_from_aenet,
                       potential_to_aenet)
 from .potential_file import (AenetNetwork, AenetPotential, AenetSetup, AenetTrainingSetInfo,
                              read_potential)
 from .predict import format_predict_input, read_predict_output
 
 __all__ = [
-    "AENET_ACTIVATIONS", "AenetNetwork", "AenetPotential", "AenetSetup",
+    "AENET_ACTIVATIONS", "AenetExportError", "AenetNetwork", "AenetPotential", "AenetSetup",
     "AenetTrainingSetInfo", "export_aenet", "format_predict_input", "import_aenet",
     "potential_from_aenet", "potential_to_aenet", "read_potential", "read_predict_output",
 ]

@@ -85,7 +85,11 @@ def parse_size(value, what: str = "max_member_size") -> int:
 
 
 def format_size(n: int) -> str:
-    """``1.5 GB``-style text of a byte count (powers of 1000)."""
+    """``1.5 GB``-style text of a byte count (powers of 1000; ``2 GiB`` for whole
+    multiples of a binary unit)."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.3g} {unit}"

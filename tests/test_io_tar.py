@@ -235,3 +235,16 @@ def test_links_devices_and_fifos_are_listed_as_not_read(tmp_path):
     owners = [[r.label for r in TarArchiveXSFSourceCollection(archive).iter_units(
         select=lambda u, k=k: hash(u) % 2 == k) if r.not_read] for k in (0, 1)]
     assert sorted(owners[0] + owners[1]) == sorted(r.label for r in tar_rejected)
+
+
+def test_an_archive_of_links_only_lists_them_instead_of_claiming_no_members(tmp_path):
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w") as tf:
+        info = tarfile.TarInfo("a.xsf")
+        info.type, info.linkname = tarfile.SYMTYPE, "/data/a.xsf"
+        tf.addfile(info)
+    rejected = []
+    assert TarArchiveXSFSourceCollection(path).structures(rejected=rejected) == []
+    assert [r.label for r in rejected] == [f"{path}:a.xsf"]
+    with pytest.raises(InputError, match="archive has no members with suffix .xsf"):
+        list(iter_members(path))  # unread="raise": links are skipped, nothing is left

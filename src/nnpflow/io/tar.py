@@ -211,6 +211,7 @@ def iter_members(path: str | os.PathLike | IO[bytes], suffixes: tuple[str, ...] 
             raise InputError(f"cannot open archive: {exc.strerror}", source=name) from None
     wanted = tuple(s.lower() for s in suffixes) if suffixes is not None else None
     counts: dict[str, int] = {}
+    n_unread = 0  # matching members reported as not regular files
     last = None
     try:
         try:
@@ -226,6 +227,7 @@ def iter_members(path: str | os.PathLike | IO[bytes], suffixes: tuple[str, ...] 
                     if not info.isfile():
                         if info.isdir() or unread != "yield":
                             continue
+                        n_unread += 1
                         if select is None or select(f"{name}:{info.name}"):
                             yield UnreadMember(name, info.name, InputError(
                                 f"not read: the member is {_kind(info)}; only regular "
@@ -260,7 +262,7 @@ def iter_members(path: str | os.PathLike | IO[bytes], suffixes: tuple[str, ...] 
     finally:
         if opened is not None:
             opened.close()
-    if require_members and not counts:
+    if require_members and not counts and not n_unread:
         filt = (f" with suffix {', '.join(suffixes)}" if suffixes is not None else "")
         raise InputError(f"archive has no members{filt}", source=name)
 

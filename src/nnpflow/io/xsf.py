@@ -76,8 +76,19 @@ def _is_keyword(first_token: str) -> bool:
     return word in _KEYWORDS or word.startswith("BEGIN_")
 
 
-#: line breaks ``str.splitlines`` knows besides ``\n`` and ``\r\n`` (as UTF-8 bytes)
-_OTHER_BREAKS = re.compile(rb"\r(?!\n)|[\x0b\x0c\x1c\x1d\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
+#: line breaks ``str.splitlines`` knows besides ``\n`` and ``\r\n`` (as UTF-8 bytes;
+#: a lone ``\r`` is checked apart)
+_OTHER_BREAKS = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8",
+                 b"\xe2\x80\xa9")
+
+
+def _only_newline_breaks(data: bytes | bytearray) -> bool:
+    """Whether every line break in ``data`` is ``\\n`` or ``\\r\\n`` (a few fast scans)."""
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+        return False
+    return not any(brk in data for brk in _OTHER_BREAKS)
+
+
 _NOT_SPACE = re.compile(rb"\S")
 _BOM = b"\xef\xbb\xbf"
 
@@ -90,7 +101,7 @@ class _ByteLines:
     last :meth:`release` point; :meth:`release` drops the lines before it, so
     memory holds the data and a window of lines, not a list of every line.
     Only for data whose line breaks are ``\n`` / ``\r\n`` (see
-    :data:`_OTHER_BREAKS`).
+    :func:`_only_newline_breaks`).
     """
 
     CHUNK = 1 << 20
@@ -123,6 +134,10 @@ class _ByteLines:
             self.pos = end
 
     def __getitem__(self, i):
+        if type(i) is int:
+            k = i - self.base
+            if 0 <= k < len(self.window):  # the common case: already decoded
+                return self.window[k]
         if isinstance(i, slice):
             start, stop, _ = i.indices(self.n)
             if stop <= start:
@@ -333,10 +348,12 @@ class _Parser:
         frames: list[dict] = []
         last_block: tuple[str, int, int] | None = None  # keyword, line, count
         release = getattr(lines, "release", None)
+        released = 0
         i = 0
         while i < n:
-            if release is not None:
+            if release is not None and i - released >= 65536:
                 release(i)
+                released = i
             s = lines[i].strip()
             if not s:
                 i += 1
@@ -541,7 +558,7 @@ def parse_xsf(data: str | bytes, source: str, member: str | None = None, *,
         # large data: lines decoded lazily (small data is faster split at once)
         if isinstance(data, memoryview):
             data = data.tobytes()
-        if not _OTHER_BREAKS.search(data):
+        if _only_newline_breaks(data):
             if b"\x00" in data:
                 line = data.count(b"\n", 0, data.index(b"\x00")) + 1
                 raise InputError("binary data (NUL byte), not an XSF text file", source,

@@ -14,6 +14,7 @@
 # keys get their defaults.  Each stage is one rule file under workflow/rules/ whose
 # rules call one function of nnpflow.stages (see docs/architecture.md).
 
+import copy
 import os
 
 from snakemake.exceptions import WorkflowError
@@ -23,6 +24,13 @@ min_version("9.0")
 
 
 configfile: "config/config.yaml"
+
+
+# `snakemake --configfile my.yaml` merges my.yaml into config/config.yaml key by key.
+# For `models:` that would add the example's models to the user's: a user's models
+# replace the bundled ones instead (other blocks still merge, key by key).
+if "models" in (workflow.config_settings.overwrite_config or {}):
+    config["models"] = copy.deepcopy(workflow.config_settings.overwrite_config["models"])
 
 
 def _validate_config():

@@ -188,3 +188,63 @@ def test_bad_member_is_named_with_member_and_line(tmp_path):
     assert info.value.member == "ok.xsf#2"
     assert str(info.value).startswith(f"{path}:ok.xsf#2, line ")
     assert "truncated" in str(info.value)
+
+
+def test_links_devices_and_fifos_are_listed_as_not_read(tmp_path):
+    """Issue 13: such members used to vanish silently.  A directory and a tar of the
+    same files give the same accepted set, or the difference is in the rejected list."""
+    import os
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.xsf").write_bytes(xsf_bytes(-1.0))
+    (tree / "sub" / "c.xsf").write_bytes(xsf_bytes(-3.0))
+    (tmp_path / "elsewhere.xsf").write_bytes(xsf_bytes(-2.0))
+    os.symlink("../elsewhere.xsf", tree / "b.xsf")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:  # the symbolic link is stored as a link
+        tf.add(tree, arcname="tree")
+        for name, kind in (("tree/hard.xsf", tarfile.LNKTYPE), ("tree/pipe.xsf", tarfile.FIFOTYPE),
+                           ("tree/dev.xsf", tarfile.CHRTYPE), ("tree/notes.lnk", tarfile.SYMTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "tree/a.xsf" if kind in (tarfile.LNKTYPE, tarfile.SYMTYPE) else ""
+            tf.addfile(info)
+    from nnpflow.sources import expand_sources, collection_for
+
+    def read(path):
+        rejected = []
+        got = collection_for(expand_sources([str(path)])).structures(rejected=rejected)
+        return got, rejected
+
+    from_dir, dir_rejected = read(tree)
+    from_tar, tar_rejected = read(archive)  # on_error="raise": these are not errors
+    assert dir_rejected == []
+    in_dir = {s.name[len(str(tree)) + 1:] for s in from_dir}
+    in_tar = {s.name.split(":", 1)[1][len("tree/"):] for s in from_tar}
+    assert in_dir == {"a.xsf", "b.xsf", "sub/c.xsf"} and in_tar == {"a.xsf", "sub/c.xsf"}
+    listed = {r.label.split(":", 1)[1]: r.reason for r in tar_rejected}
+    assert set(listed) == {"tree/b.xsf", "tree/hard.xsf", "tree/pipe.xsf", "tree/dev.xsf"}
+    assert {m[len("tree/"):] for m in listed} >= in_dir - in_tar
+    assert "symbolic link (to '../elsewhere.xsf')" in listed["tree/b.xsf"]
+    assert "hard link (to 'tree/a.xsf')" in listed["tree/hard.xsf"]
+    assert "fifo" in listed["tree/pipe.xsf"] and "device" in listed["tree/dev.xsf"]
+    assert all(r.reason.startswith(f"{archive}:{m}: not read: the member is ")
+               for m, r in zip(listed, tar_rejected))
+    # a shard lists only the members it owns, so the merged list has each once
+    owners = [[r.label for r in TarArchiveXSFSourceCollection(archive).iter_units(
+        select=lambda u, k=k: hash(u) % 2 == k) if r.not_read] for k in (0, 1)]
+    assert sorted(owners[0] + owners[1]) == sorted(r.label for r in tar_rejected)
+
+
+def test_an_archive_of_links_only_lists_them_instead_of_claiming_no_members(tmp_path):
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w") as tf:
+        info = tarfile.TarInfo("a.xsf")
+        info.type, info.linkname = tarfile.SYMTYPE, "/data/a.xsf"
+        tf.addfile(info)
+    rejected = []
+    assert TarArchiveXSFSourceCollection(path).structures(rejected=rejected) == []
+    assert [r.label for r in rejected] == [f"{path}:a.xsf"]
+    with pytest.raises(InputError, match="archive has no members with suffix .xsf"):
+        list(iter_members(path))  # unread="raise": links are skipped, nothing is left

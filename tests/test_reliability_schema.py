@@ -237,3 +237,138 @@ def test_the_good_files_load(good, split_file):
         assert len(r) == 40 and r.has_features
     assert load_split(split_file, FP, n_structures=20).counts == {"train": 12, "validation": 4,
                                                                  "test": 4}
+
+
+# ------------------------------------------------- issue 13: corrupt structure
+
+def _edit(fn):
+    def edit(path: Path) -> None:
+        with h5py.File(path, "a") as h5:
+            fn(h5)
+    return edit
+
+
+def _set(name, index, value):
+    def change(h5):
+        data = h5[name][:]
+        data[index] = value
+        del h5[name]
+        h5[name] = data
+    return change
+
+
+def _shorten(name, rows):
+    def change(h5):
+        data = h5[name][:rows]
+        del h5[name]
+        h5[name] = data
+    return change
+
+
+def _delete(name):
+    def change(h5):
+        del h5[name]
+    return change
+
+
+P = "parts/0"
+#: name -> (spoil, expected message (regex)); each used to raise IndexError,
+#: RuntimeError, TypeError or KeyError somewhere inside, or read wrong atoms
+CORRUPT_DATABASES = {
+    "offset_beyond_atoms": (_edit(_set(f"{P}/structures/atom_offset", 5, 10 ** 6)),
+                            r"atom_offset decreases at structure 5 \(1000000 then 24\)"),
+    "offsets_not_monotone": (_edit(_set(f"{P}/structures/atom_offset", 3, 1)),
+                             r"atom_offset decreases at structure 2 \(8 then 1\)"),
+    "last_offset": (_edit(_set(f"{P}/structures/atom_offset", -1, 170)),
+                    r"atom_offset ends at 170, but /parts/0/atoms has 160 rows"),
+    "atomic_number_200": (_edit(_set(f"{P}/atoms/numbers", 9, 200)),
+                          r"atoms/numbers holds atomic number 200 at row 9 \(structure 2\); "
+                          r"atomic numbers are 1\.\.118"),
+    "atomic_number_0": (_edit(_set(f"{P}/atoms/numbers", 0, 0)),
+                        r"atomic number 0 at row 0 \(structure 0\)"),
+    "short_features": (_edit(_shorten(f"{P}/features/values", 150)),
+                       r"features/values has shape \(150, \d+\), expected \(160, \d+\)"),
+    "short_positions": (_edit(_shorten(f"{P}/atoms/positions", 100)),
+                        r"atoms/positions has shape \(100, 3\), expected \(160, 3\)"),
+    "no_forces": (_edit(_delete(f"{P}/atoms/forces")),
+                  r"atoms/forces is missing, but 40 structures of /parts/0 have forces"),
+    "no_energy": (_edit(_delete(f"{P}/structures/energy")),
+                  r"dataset /parts/0/structures/energy is missing"),
+    "n_parts_2": (_attrs(n_parts=2), r"n_parts is 2 but /parts/1 is missing"),
+    "n_parts_0": (_attrs(n_parts=0), r"n_parts is 0 but /parts also holds 0"),
+    "n_parts_text": (_attrs(n_parts="x"), r"attribute n_parts is 'x', not an integer"),
+    "n_structures": (_attrs(n_structures=41), r"the parts hold 40 structures, the "
+                                              r"n_structures attribute says 41"),
+    "n_atoms": (_attrs(n_atoms=7), r"the parts hold 160 atoms, the n_atoms attribute says 7"),
+    "part_count": (_edit(lambda h5: h5[P].attrs.__setitem__("n_structures", 39)),
+                   r"atom_offset has 41 entries for 39 structures"),
+    "names": (_edit(_set(f"{P}/structures/name_offset", -1, 10 ** 6)),
+              r"name_offset ends at 1000000, but /parts/0/structures/name_bytes has \d+ rows"),
+    "layout": (_edit(lambda h5: h5[P].attrs.__setitem__("species_layout", "mixed")),
+               r"species_layout is 'mixed'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPT_DATABASES))
+def test_corrupt_database_structure_is_a_schema_error_naming_file_and_problem(good, tmp_path,
+                                                                            name):
+    path = tmp_path / f"{name}.h5"
+    shutil.copy(good, path)
+    spoil, message = CORRUPT_DATABASES[name]
+    spoil(path)
+    attempts = {
+        "DatabaseReader": lambda: DatabaseReader(path),
+        "database_info": lambda: database_info(path),
+        "load": lambda: HDF5StructureDataset(None, path, mode="load"),
+        "merge": lambda: merge_databases([good, path], tmp_path / "merged.h5"),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(SchemaError) as info:
+            attempt()
+        text = str(info.value)
+        assert text.startswith(f"{path}: corrupt database: "), (what, text)
+        assert re.search(message, text), (what, text)
+    assert not (tmp_path / "merged.h5").exists()
+
+
+def test_cli_db_info_reports_corruption_in_one_line_and_check_reads_the_arrays(good, tmp_path,
+                                                                              capsys):
+    path = tmp_path / "bad.h5"
+    shutil.copy(good, path)
+    CORRUPT_DATABASES["no_forces"][0](path)
+    assert cli_main(["db", "info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "atoms/forces is missing" in err, err
+    assert cli_main(["db", "info", str(good), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "check           ok: read every array (40 structures, 160 atoms" in out
+    # what only reading the data finds: a NaN feature, an infinite position
+    for dataset, row, what in (("features/values", 7, "feature"),
+                               ("atoms/positions", 11, "position")):
+        path = tmp_path / f"nan_{what}.h5"
+        shutil.copy(good, path)
+        _edit(_set(f"{P}/{dataset}", row, np.nan if what == "feature" else np.inf))(path)
+        assert cli_main(["db", "info", str(path)]) == 0  # the structure is intact
+        capsys.readouterr()
+        assert cli_main(["db", "info", str(path), "--check"]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == (f"nnpflow db: error: {path}: corrupt database: /parts/0/"
+                               f"{dataset} holds a non-finite {what} at row {row}"), err
+
+
+def test_large_files_check_atomic_numbers_when_a_block_is_read(good, tmp_path, monkeypatch):
+    from nnpflow.database import validation
+    from nnpflow.database import reader as reader_module
+
+    path = tmp_path / "big.h5"
+    shutil.copy(good, path)
+    CORRUPT_DATABASES["atomic_number_200"][0](path)
+    monkeypatch.setattr(validation, "OPEN_NUMBERS_LIMIT", 100)
+    monkeypatch.setattr(reader_module, "OPEN_NUMBERS_LIMIT", 100)
+    with DatabaseReader(path) as r:  # 160 atoms > 100: not read on open
+        assert r.n_structures == 40
+        # structure 0 shares its block (64 structures) with structure 2
+        with pytest.raises(SchemaError, match=r"atomic number 200 at row 9 \(structure 2\)"):
+            r.structure(0)
+    with pytest.raises(SchemaError, match=r"atomic number 200 at row 9 \(structure 2\)"):
+        database_info(path, check=True)

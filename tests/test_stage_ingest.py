@@ -106,8 +106,10 @@ def test_shards_partition_the_structures_and_merge_back(data):
     manifest.run([m for m, _ in outs], [r for _, r in outs], manifest="out/manifest.tsv",
                  summary="out/manifest.json", rejected="out/rejected.tsv")
     merged = read_manifest("out/manifest.tsv")
-    assert merged == [r for rows in per_shard for r in rows]  # shard order
-    assert sorted(map(str, merged)) == sorted(map(str, single))
+    assert [{k: r[k] for k in MANIFEST_COLUMNS} for r in merged] == [
+        r for rows in per_shard for r in rows]  # shard order (plus energy_robust_z)
+    assert sorted(str({k: r[k] for k in MANIFEST_COLUMNS}) for r in merged) == sorted(
+        map(str, single))
     summary = json.loads(Path("out/manifest.json").read_text())
     assert summary["n_structures"] == 13
     assert summary["n_atoms"] == 5 * 2 + 6 * 4 + 2 * 3
@@ -331,3 +333,55 @@ def test_cli_summary_on_stdout(data, capsys):
     assert summary["rejected"] == "out/m.rejected.tsv"
     assert "1 rejected" in captured.err
     assert [r["label"] for r in read_rejected("out/m.rejected.tsv")] == ["data/s0.xsf"]
+
+
+def test_wild_energy_outlier_is_flagged_not_filtered(tmp_path, monkeypatch, caplog):
+    """Issue 13: one structure with its energy in Ry instead of eV is kept (max_energy
+    is the filter) but gets a warning in the manifest log and its robust z-score in
+    the manifest's energy_robust_z column."""
+    from nnpflow.energy_outliers import OUTLIER_Z
+    from nnpflow.io.xsf import write_xsf
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    Path("d").mkdir()
+    base = np.array([[0, 0, 0], [1.8, 1.8, 0], [1.8, 0, 1.8], [0, 1.8, 1.8]])
+    for k in range(30):
+        species = ["Cu", "Au", "Cu", "Au"] if k % 2 else ["Cu", "Cu", "Cu", "Cu"]
+        # composition-dependent energies: Cu -3.5, Au -4.0 eV/atom, ~0.02 eV noise
+        e = sum(-3.5 if s == "Cu" else -4.0 for s in species) + rng.normal(scale=0.02)
+        if k == 17:
+            e *= 13.6057  # Ry mistaken for eV
+        write_xsf(f"d/s{k:02d}.xsf", Structure(positions=base, species=species,
+                                               cell=np.eye(3) * 3.6, energy=e, name="x"))
+    specs = [{"path": f"d/s{k:02d}.xsf", "format": "xsf", "options": {}} for k in range(30)]
+    ingest.run(specs, shard=0, n_shards=1, manifest="m0.tsv", rejected="r0.tsv")
+    with caplog.at_level("WARNING", logger="nnpflow.stages.manifest"):
+        manifest.run(["m0.tsv"], ["r0.tsv"], manifest="manifest.tsv",
+                     summary="manifest.json", rejected="rejected.tsv")
+    rows = read_manifest("manifest.tsv")
+    assert len(rows) == 30  # kept
+    z = {r["label"]: float(r["energy_robust_z"]) for r in rows}
+    assert abs(z["d/s17.xsf"]) > 10 * OUTLIER_Z
+    assert max(abs(v) for k, v in z.items() if k != "d/s17.xsf") < 5
+    warned = [rec.getMessage() for rec in caplog.records]
+    assert len(warned) == 1 and warned[0].startswith("manifest: d/s17.xsf: energy ")
+    assert "is an outlier (robust z-score" in warned[0]
+    summary = json.loads(Path("manifest.json").read_text())
+    assert summary["energy_outliers"] == {"robust_z_threshold": OUTLIER_Z, "n": 1,
+                                          "labels": ["d/s17.xsf"]}
+    # the column is there for the shards' readers too: plain shard manifests still read
+    assert "energy_robust_z" not in read_manifest("m0.tsv")[0]
+
+
+def test_real_dft_data_raises_no_energy_outlier_warning(shared_data, tmp_path, capsys):
+    """The 100 TiO2 DFT structures (long-tailed: distorted cells up to 5.4 eV/atom
+    above the lowest) are not flagged; nnpflow ingest writes the column."""
+    from nnpflow.cli import main as cli_main
+    from nnpflow.energy_outliers import OUTLIER_Z
+
+    out = tmp_path / "m.tsv"
+    assert cli_main(["ingest", str(shared_data / "xsf-TiO2"), "-o", str(out)]) == 0
+    assert "outlying energy" not in capsys.readouterr().err
+    z = [abs(float(r["energy_robust_z"])) for r in read_manifest(out)]
+    assert len(z) == 100 and 5 < max(z) < OUTLIER_Z

@@ -61,6 +61,42 @@ class InputError(NNPFlowError, ValueError):
                           self.line if self.line is not None else line)
 
 
+class OutputError(NNPFlowError, OSError):
+    """An output file could not be written (disk full, no permission, a missing
+    folder): one line naming the target file.  The atomic writers
+    (:mod:`nnpflow.safe_write`) raise it after removing their temporary file, so
+    nothing partial is left at the target."""
+
+    def __init__(self, target: str, reason: str, errno: int | None = None):
+        super().__init__(f"cannot write {target}: {reason}")
+        self.errno = errno
+        self.filename = target
+        self.strerror = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self):
+        return (type(self), (self.filename, self.strerror, self.errno))
+
+
+def os_error_text(exc: OSError) -> str:
+    """``exc`` as one line: the OS's reason (``No space left on device``) and the
+    file when known -- also for h5py's long multi-part messages."""
+    import os
+    import re
+
+    found = re.search(r"errno = (\d+)", str(exc))  # h5py: "... errno = 28, error message ..."
+    if found:
+        reason = os.strerror(int(found.group(1)))
+    elif exc.strerror:
+        reason = exc.strerror
+    else:
+        reason = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or [""])[0]
+    name = exc.filename
+    return f"{name}: {reason}" if name else reason
+
+
 class ConfigError(NNPFlowError, ValueError):
     """An invalid configuration value or an unknown configuration key."""
 

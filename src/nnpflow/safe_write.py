@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import OutputError
 
 
 @contextlib.contextmanager
@@ -27,21 +30,52 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     writers, e.g. matplotlib, infer the format from it).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{_temp_prefix(target)}{os.getpid()}-",
-                                    suffix=suffix, dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{_temp_prefix(target)}{os.getpid()}-",
+                                        suffix=suffix, dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _output_error(target, exc) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
         if tmp.exists():  # mkstemp creates 0600; give the file the usual umask mode
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if _write_failure(exc, tmp, target):
+            # writing failed (disk full, quota, ...): one line naming the target
+            raise _output_error(target, exc) from None
         raise
+
+
+def _write_failure(exc: BaseException, tmp: Path, target: Path) -> bool:
+    """Whether ``exc`` is the operating system refusing to write ``tmp`` (not an
+    error of the data or of reading another file).  HDF5 reports some failed
+    writes as ``RuntimeError`` ("Object copy failed (file write failed: ...,
+    filename = '<tmp>', ..., errno = 28, ...)")."""
+    if isinstance(exc, OutputError):
+        return False
+    if isinstance(exc, OSError):
+        return getattr(exc, "filename", None) in (None, str(tmp), str(target))
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and "errno = " in text and str(tmp) in text
+
+
+def _output_error(target: Path, exc: BaseException) -> OutputError:
+    found = re.search(r"errno = (\d+)", str(exc))  # h5py's messages carry the OS errno
+    code = int(found.group(1)) if found else getattr(exc, "errno", None)
+    if found:
+        reason = os.strerror(code)
+    elif isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:
+        reason = os.strerror(code) if code else (str(exc).splitlines() or ["write failed"])[0]
+    return OutputError(str(target), f"{reason} (nothing was written there)", code)
 
 
 def _temp_prefix(target: Path) -> str:

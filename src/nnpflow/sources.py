@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 
 from .errors import ConfigError, InputError
 from .io import is_structure_file, options_for, resolve_format
-from .io.tar import iter_members
+from .io.tar import DEFAULT_MAX_MEMBER_SIZE, UnreadMember, iter_members, parse_size
 from .io.xsf import parse_xsf, read_xsf
 from .structure import Structure, as_structure
 
@@ -50,7 +50,8 @@ __all__ = ["Rejection", "SourceUnit", "SourceCollection", "FileListSourceCollect
 ON_ERROR = ("raise", "skip")
 
 #: Keys a source entry of the config may have.
-ENTRY_KEYS = ("path", "format", "features", "targets", "transforms", "suffixes", "index")
+ENTRY_KEYS = ("path", "format", "features", "targets", "transforms", "suffixes", "index",
+              "max_member_size")
 _OPTION_KEYS = ENTRY_KEYS[2:]
 
 
@@ -70,17 +71,21 @@ class SourceUnit:
     """One independently loadable piece of a collection.
 
     Attributes: ``label`` (the unit label: a path, ``archive:member`` or a record
-    label), ``origin`` (where it comes from, for messages), ``require_energy``.
-    :meth:`load` parses it.
+    label), ``origin`` (where it comes from, for messages), ``require_energy``,
+    ``not_read`` (``None``, or why a unit that holds no structure file -- e.g. a
+    link inside an archive -- was passed over: it goes to the rejected list under
+    either ``on_error``).  :meth:`load` parses it.
     """
 
-    __slots__ = ("label", "origin", "require_energy", "_load", "_error")
+    __slots__ = ("label", "origin", "require_energy", "not_read", "_load", "_error")
 
     def __init__(self, label: str, origin: str, load: Callable[[], list] | None = None,
-                 error: InputError | None = None, require_energy: bool = True):
+                 error: InputError | None = None, require_energy: bool = True,
+                 not_read: str | None = None):
         self.label = label
         self.origin = origin
         self.require_energy = require_energy
+        self.not_read = not_read
         self._load = load
         self._error = error
 
@@ -170,6 +175,9 @@ class SourceCollection(ABC):
             bar = tqdm(unit=" structures", desc="reading sources")
         try:
             for unit in self.iter_units(select):
+                if unit.not_read is not None:
+                    rejected.append(Rejection(unit.label, unit.not_read))
+                    continue
                 try:
                     results = unit.load()
                 except InputError as exc:
@@ -241,19 +249,28 @@ class TarArchiveXSFSourceCollection(SourceCollection):
     when their name ends with one of ``suffixes``; repeated names become
     ``archive:name#2``, ``#3``, ... in archive order.  An archive without a
     matching member, or a corrupt one, is an :class:`InputError` naming it.
+
+    A member larger than ``max_member_size`` (bytes or ``"2 GB"``; default
+    :data:`nnpflow.io.tar.DEFAULT_MAX_MEMBER_SIZE`, ``None``: no limit) is a bad
+    unit (not read); members with a matching name that are links, devices or
+    fifos are listed as not read (see :class:`SourceUnit`).
     """
 
     supports_parallel_build = True
 
     def __init__(self, path: str | os.PathLike, suffixes: Iterable[str] | None = (".xsf",), *,
-                 require_energy: bool = True, label: str | None = None):
+                 require_energy: bool = True, label: str | None = None,
+                 max_member_size: int | str | None = DEFAULT_MAX_MEMBER_SIZE):
         self.path = os.fspath(path)
         self.label = label or _posix(self.path)
         self.suffixes = tuple(suffixes) if suffixes is not None else None
         self.require_energy = bool(require_energy)
+        self.max_member_size = (None if max_member_size is None
+                                else parse_size(max_member_size))
 
     def iter_units(self, select=None) -> Iterator[SourceUnit]:
-        members = iter_members(self.path, self.suffixes, select, label=self.label)
+        members = iter_members(self.path, self.suffixes, select, label=self.label,
+                               max_member_size=self.max_member_size, unread="yield")
         while True:
             try:
                 m = next(members)
@@ -263,7 +280,16 @@ class TarArchiveXSFSourceCollection(SourceCollection):
                 yield SourceUnit(self.label, f"archive {self.label}", error=exc,
                                  require_energy=self.require_energy)
                 return
-            yield SourceUnit(m.label, f"member {m.member!r} of archive {self.label}",
+            origin = f"member {m.member!r} of archive {self.label}"
+            if isinstance(m, UnreadMember):
+                if m.is_error:
+                    yield SourceUnit(m.label, origin, error=m.error,
+                                     require_energy=self.require_energy)
+                else:
+                    yield SourceUnit(m.label, origin, not_read=str(m.error),
+                                     require_energy=self.require_energy)
+                continue
+            yield SourceUnit(m.label, origin,
                              partial(parse_xsf, m.data, m.archive, m.member,
                                      require_energy=self.require_energy),
                              require_energy=self.require_energy)
@@ -342,7 +368,8 @@ class FileListSourceCollection(SourceCollection):
                 opts = self._options_for(fmt)
                 archive = TarArchiveXSFSourceCollection(
                     path, opts.get("suffixes", (".xsf",)), require_energy=self.require_energy,
-                    label=label)
+                    label=label,
+                    max_member_size=opts.get("max_member_size", DEFAULT_MAX_MEMBER_SIZE))
                 yield from archive.iter_units(select)
                 continue
             if select is not None and not select(label):
@@ -512,7 +539,7 @@ class SourceSpec:
         Reader name (see :mod:`nnpflow.io`): ``xsf``, ``tar``, ``pickle``, ``npz``,
         ``ase`` or an ASE format name.
     options:
-        Reader options (JSON-compatible): ``suffixes`` (tar), ``features``,
+        Reader options (JSON-compatible): ``suffixes``, ``max_member_size`` (tar), ``features``,
         ``targets``, ``transforms`` (pickle/npz), ``index`` (ASE).
     """
 
@@ -546,8 +573,10 @@ class SourceSpec:
     def collection(self, require_energy: bool = True) -> SourceCollection:
         """The collection reading this source."""
         if self.is_archive:
-            return TarArchiveXSFSourceCollection(self.path, self.options.get("suffixes", (".xsf",)),
-                                                 require_energy=require_energy, label=self.path)
+            return TarArchiveXSFSourceCollection(
+                self.path, self.options.get("suffixes", (".xsf",)),
+                require_energy=require_energy, label=self.path,
+                max_member_size=self.options.get("max_member_size", DEFAULT_MAX_MEMBER_SIZE))
         opts = dict(self.options)
         return FileListSourceCollection([self.path], self.format, require_energy=require_energy,
                                         **opts)
@@ -574,7 +603,9 @@ def _expand_path(raw: str, base_dir: str, where: str) -> list[str]:
         found = []
         for root, dirs, files in os.walk(full):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found.extend(_posix(os.path.join(root, f)) for f in files if is_structure_file(f))
+            # regular files (or links to them) only: reading a fifo would block
+            found.extend(_posix(os.path.join(root, f)) for f in files
+                         if is_structure_file(f) and os.path.isfile(os.path.join(root, f)))
         if not found:
             raise ConfigError(f"{where}: directory {raw!r} holds no structure files "
                               "(.xsf, tar archives, .extxyz, .xyz, .traj, .cif, .pkl, .npz, "
@@ -592,7 +623,8 @@ def expand_sources(entries: Iterable[Mapping | str], base_dir: str | os.PathLike
     Each entry is a path string or a mapping with ``path`` (a file, a glob --
     ``**`` recurses --, a directory -- searched recursively for known structure
     files, hidden names skipped -- or an archive) and optional ``format``,
-    ``features``, ``targets``, ``transforms`` (pickle/npz), ``suffixes`` (tar),
+    ``features``, ``targets``, ``transforms`` (pickle/npz), ``suffixes`` and
+    ``max_member_size`` (tar),
     ``index`` (ASE formats).  Relative paths (also ``transforms.atomic_energy``)
     are relative to ``base_dir``.  Files of one entry come sorted by path.
 
@@ -635,6 +667,11 @@ def expand_sources(entries: Iterable[Mapping | str], base_dir: str | os.PathLike
             if isinstance(suffixes, str):
                 suffixes = [suffixes]
             options["suffixes"] = [str(s) for s in suffixes]
+        if "max_member_size" in options:
+            try:
+                options["max_member_size"] = parse_size(options["max_member_size"])
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         for path in _expand_path(raw, base_dir, where):
             try:
                 fmt = resolve_format(path, entry.get("format"))

@@ -24,6 +24,25 @@ from nnpflow.sources import SourceSpec, expand_sources
 #: the rule environment for --sdm conda (path relative to this folder)
 CONDA_ENV = "../../envs/nnpflow.yaml"
 
+def _check_config():
+    """The checks the schema cannot express (nnpflow.config_checks): NaN/inf numbers,
+    min_cutoff, element symbols, devices against the cores, the results folder."""
+    from nnpflow.config_checks import check_workflow_config
+
+    cores = None
+    if workflow.is_main_process:  # jobs re-read the Snakefile with their own --cores
+        if workflow.local_exec:
+            cores = workflow._cores if isinstance(workflow._cores, int) else None
+        else:
+            cores = workflow.resource_settings.max_threads
+    try:
+        check_workflow_config(config, cores=cores)
+    except ConfigError as exc:
+        raise WorkflowError(f"invalid configuration at {exc} (see config/README.md)") from None
+
+
+_check_config()
+
 RESULTS = str(config["results"]).rstrip("/") or "."
 N_SHARDS = int(config["database"]["shards"])
 SHARDS = list(range(N_SHARDS))

@@ -3,7 +3,8 @@
 Each command lives in its own module of this package and defines
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the
 parsed arguments; its return value is the exit status).  Errors of type
-:class:`nnpflow.errors.NNPFlowError` print one clear line and exit with status 2.
+:class:`nnpflow.errors.NNPFlowError` and operating-system errors (a missing file, a full
+disk) print one clear line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import NNPFlowError
+from ..errors import NNPFlowError, os_error_text
 
 #: command modules, in the order ``nnpflow --help`` lists them
 COMMAND_MODULES = ("ingest", "db", "train", "evaluate", "example", "interop")
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)
     except NNPFlowError as exc:
         print(f"nnpflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a missing file, a full disk: one line, no traceback
+        print(f"nnpflow {args.command}: error: {os_error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nnpflow {args.command}: interrupted", file=sys.stderr)

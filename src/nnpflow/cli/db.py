@@ -9,7 +9,7 @@
         [--persist-derivatives/--no-persist-derivatives] [--raw] \\
         [--compression gzip|lzf|zstd|blosc|none] [--compression-level L] [--dtype float32] \\
         [--max-energy 0.2 --atomic-energies refs.csv] [--on-error raise|skip] [--format F]
-    nnpflow db info train.h5 [--json]
+    nnpflow db info train.h5 [--json] [--check]
     nnpflow db merge shard_0.h5 shard_1.h5 -o train.h5
 
 ``build`` streams the sources into a database (atomically), featurised with the
@@ -19,7 +19,11 @@ Bad input -- unreadable sources, species outside ``--species``, two atoms at or
 below ``--min-cutoff`` -- exits with status 2 and one line naming the file
 (member, line), writing nothing; ``--on-error skip`` lists it in the summary
 instead.
-``info`` prints counts, species, descriptor, sizes and fingerprints.
+``info`` prints counts, species, descriptor, sizes and fingerprints; the file's
+structure is checked on open (offsets, counts, required arrays), and ``--check``
+also reads every array (atomic numbers, finite positions, features and
+derivatives).  A corrupt database exits with status 2 and one line naming the
+file and the inconsistency.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ def register(subparsers) -> None:
     i = sub.add_parser("info", help="summary of a database")
     i.add_argument("database", metavar="H5")
     i.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    i.add_argument("--check", action="store_true",
+                   help="also read every array and check the data (atomic numbers, finite "
+                        "positions, features and derivatives)")
     i.set_defaults(func=info_main)
 
     m = sub.add_parser("merge", help="merge shard databases (in the order given)")
@@ -169,7 +176,7 @@ def _mb(n: int) -> str:
 
 def info_main(args: argparse.Namespace) -> int:
     from ..database import database_info
-    info = database_info(args.database)
+    info = database_info(args.database, check=args.check)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
@@ -207,6 +214,10 @@ def info_main(args: argparse.Namespace) -> int:
     if filt.get("max_energy") is not None:
         lines.append(f"filter          max_energy {filt['max_energy']} eV/atom, "
                      f"atomic_energies {filt.get('atomic_energies')}")
+    if "check" in info:
+        c = info["check"]
+        lines.append(f"check           ok: read every array ({c['structures']} structures, "
+                     f"{c['atoms']} atoms, {c['derivative_rows']} derivative rows)")
     print("\n".join(lines))
     return 0
 

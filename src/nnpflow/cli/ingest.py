@@ -9,7 +9,8 @@
 Each PATH is a file, a directory (searched for known structure files), a glob
 (quote it) or a tar archive.  Writes the manifest (TSV) to ``-o``, the rejected
 list next to it (``<name>.rejected.tsv``) and prints the summary (JSON) to
-stdout.  Bad input exits with status 2 and one line on stderr naming the file,
+stdout.  Structures whose energy is a wild outlier (column ``energy_robust_z``)
+are listed in a warning on stderr; they are kept (``--max-energy`` filters).  Bad input exits with status 2 and one line on stderr naming the file,
 member and line.
 """
 
@@ -84,10 +85,21 @@ def main(args: argparse.Namespace) -> int:
     n_rejected = len(read_rejected(rejected))
     filter_meta = EnergyFilter(args.max_energy, refs).config()
     info = summarize(rows, n_rejected=n_rejected, filter_meta=filter_meta)
+    from ..energy_outliers import COLUMN
+    from ..io.manifest import write_manifest
+    from ..stages.manifest import flag_energy_outliers
+    info["energy_outliers"] = flag_energy_outliers(rows, refs, max_warnings=0)
+    write_manifest(args.output, rows, optional=(COLUMN,))
     info["manifest"] = str(args.output)
     info["rejected"] = str(rejected)
     json.dump(info, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     if n_rejected:
         print(f"nnpflow ingest: {n_rejected} rejected (see {rejected})", file=sys.stderr)
+    found = info["energy_outliers"]
+    if found["n"]:
+        shown = ", ".join(found["labels"][:5]) + (", ..." if found["n"] > 5 else "")
+        print(f"nnpflow ingest: warning: {found['n']} structures with an outlying energy "
+              f"(|robust z| > {found['robust_z_threshold']:g}, column {COLUMN} of "
+              f"{args.output}): {shown}", file=sys.stderr)
     return 0

@@ -28,6 +28,7 @@ from .columns import species_lookup
 from .schema import (ATOMS, DERIVATIVES, FEATURES, PARTS, STRUCTURE_FIELDS, STRUCTURES,
                      check_schema, json_attr)
 from .statistics import DatabaseStatistics, Moments, combine_groups
+from .validation import OPEN_NUMBERS_LIMIT, check_arrays, check_numbers, check_structure
 
 #: HDF5 raw-data chunk cache per dataset (bytes) and its hash slots
 RDCC_NBYTES = 2 << 20
@@ -139,6 +140,8 @@ class DatabaseReader:
         h5 = self._file()
         try:
             self._read_attrs(h5)
+            check_structure(h5, self.path, h5.attrs["n_structures"], h5.attrs["n_atoms"],
+                            self.layout)
         except BaseException as exc:
             self._h5.close()
             self._h5 = None
@@ -465,9 +468,14 @@ class DatabaseReader:
         charges = (d["atoms/charges"][a0:a1]
                    if ("atoms/charges" in d and fields["has_charges"].any()) else None)
         features = d["features/values"][a0:a1] if self.has_features else None
+        numbers = self._numbers(part, a0, a1, s1 - s0)
+        if part.species_layout != "shared" and self.n_atoms_total > OPEN_NUMBERS_LIMIT:
+            # smaller files had every atomic number checked on open
+            check_numbers(numbers, self.path, f"/{part.name}/atoms/numbers",
+                          part.start + s0, offs - a0)
         return Block(start=part.start + s0, stop=part.start + s1, atom_offset=offs - a0,
                      names=names, fields=fields, positions=d["atoms/positions"][a0:a1],
-                     numbers=self._numbers(part, a0, a1, s1 - s0),
+                     numbers=numbers,
                      forces=forces, charges=charges, features=features)
 
     def derivative_block(self, b: int) -> DerivativeBlock:
@@ -724,10 +732,17 @@ def _storage(group: h5py.Group) -> tuple[int, int]:
     return stored, logical
 
 
-def database_info(path: str | os.PathLike) -> dict[str, Any]:
+def database_info(path: str | os.PathLike, check: bool = False) -> dict[str, Any]:
     """Summary of a database: counts, species, descriptor, layout, sizes,
-    fingerprints, sources, filter and statistics (JSON-compatible)."""
+    fingerprints, sources, filter and statistics (JSON-compatible).
+
+    Opening the file runs the structural checks of
+    :func:`nnpflow.database.validation.check_structure`; ``check=True`` also
+    reads every array (:func:`~nnpflow.database.validation.check_arrays`) and
+    adds ``"check": {"structures", "atoms", "derivative_rows"}`` (what was read).
+    Either raises :class:`SchemaError` naming the file and the inconsistency."""
     with DatabaseReader(path, cache_size=0) as reader:
+        checked = check_arrays(reader) if check else None
         h5 = reader._file()
         sizes = {}
         for part in reader._load_parts():
@@ -757,4 +772,5 @@ def database_info(path: str | os.PathLike) -> dict[str, Any]:
             "file_bytes": int(file_bytes),
             "bytes_per_structure": (file_bytes / n) if n else None,
             "sizes": sizes,
+            **({"check": checked} if checked is not None else {}),
         }

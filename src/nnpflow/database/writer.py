@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, OutputError
 from ..safe_write import atomic_path, canonical_json
 from ..structure import Structure, as_structure, atomic_number
 from ..structure_checks import check_descriptor_species
@@ -522,15 +522,18 @@ class DatabaseWriter:
             if self.durable:
                 with open(self._tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
-        except BaseException:
-            self.abort()
+        except BaseException as exc:
+            self.abort(exc)
             raise
         self._closed = True
         self._stack.close()  # renames the temporary file to the target
         return self.path
 
-    def abort(self) -> None:
-        """Discard everything: close and remove the temporary file."""
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Discard everything: close and remove the temporary file.
+
+        ``exc``: the error that ends the writing, if any; a failed write (disk full)
+        comes back as :class:`~nnpflow.errors.OutputError` naming the target."""
         if self._closed:
             return
         self._closed = True
@@ -539,10 +542,14 @@ class DatabaseWriter:
         with contextlib.suppress(FileNotFoundError):
             Path(self._tmp).unlink()
         # leave the ExitStack without renaming: the atomic_path context sees an error
+        error = exc if exc is not None else RuntimeError("aborted")
         try:
-            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except RuntimeError:
-            pass
+            self._stack.__exit__(type(error), error, error.__traceback__)
+        except OutputError:
+            raise
+        except BaseException as other:
+            if other is not error:
+                raise
 
     def _finish_layout(self) -> None:
         if self._species_layout == "shared":
@@ -594,7 +601,7 @@ class DatabaseWriter:
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            self.abort(exc)
 
 
 

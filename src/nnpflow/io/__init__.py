@@ -7,7 +7,8 @@ format      files                                           options
 ==========  ==============================================  ===========================
 ``xsf``     ``*.xsf`` (aenet convention, :mod:`.xsf`)       ``require_energy``
 ``tar``     ``.tar .tar.gz .tgz .tar.bz2 .tbz2 .tar.xz      ``suffixes``, ``select``,
-            .txz`` archives of XSF members (:mod:`.tar`)    ``require_energy``
+            .txz`` archives of XSF members (:mod:`.tar`)    ``require_energy``,
+                                                            ``max_member_size``
 ``pickle``  ``*.pkl *.pickle`` Enerzyme frames              ``features``, ``targets``,
             (:mod:`.pickle_frames`)                         ``transforms``, ``base_dir``
 ``npz``     ``*.npz`` with the same field mapping           as ``pickle``
@@ -41,7 +42,7 @@ __all__ = ["read_structures", "detect_format", "resolve_format", "is_structure_f
 #: Options each reader accepts (besides ``label``).
 FORMAT_OPTIONS: dict[str, frozenset[str]] = {
     "xsf": frozenset({"require_energy"}),
-    "tar": frozenset({"suffixes", "select", "require_energy"}),
+    "tar": frozenset({"suffixes", "select", "require_energy", "max_member_size"}),
     "pickle": frozenset({"features", "targets", "transforms", "base_dir"}),
     "npz": frozenset({"features", "targets", "transforms", "base_dir"}),
     "ase": frozenset({"index"}),

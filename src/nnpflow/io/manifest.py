@@ -13,6 +13,11 @@ Manifest columns (tab-separated, one header line):
 ``content_hash`` :meth:`nnpflow.Structure.content_hash`
 ==============  ===========================================================
 
+The joined manifest of the workflow (stage ``manifest``) and ``nnpflow ingest``
+add a last column ``energy_robust_z``: the robust z-score of the structure's
+referenced energy per atom (:mod:`nnpflow.energy_outliers`; empty without an
+energy).  :func:`read_manifest` reads files with or without it.
+
 Row order is canonical: the database build follows it.  The rejected list has
 columns ``label`` and ``reason``.  :func:`summarize` gives the counts that go to
 ``manifest.json``, including ``structures_fingerprint``: the fingerprint of the
@@ -35,13 +40,15 @@ from ..safe_write import atomic_path
 from ..sharding import unit_label
 from ..structure import Structure, atomic_number
 
-__all__ = ["MANIFEST_COLUMNS", "REJECTED_COLUMNS", "manifest_row", "write_manifest",
+__all__ = ["MANIFEST_COLUMNS", "OPTIONAL_COLUMNS", "REJECTED_COLUMNS", "manifest_row", "write_manifest",
            "read_manifest", "write_rejected", "read_rejected", "summarize",
            "rows_fingerprint"]
 
 MANIFEST_COLUMNS = ("label", "unit", "frame", "n_atoms", "species", "energy", "has_forces",
                     "content_hash")
 REJECTED_COLUMNS = ("label", "reason")
+#: columns a manifest may add after MANIFEST_COLUMNS
+OPTIONAL_COLUMNS = ("energy_robust_z",)
 
 
 def manifest_row(s: Structure) -> dict:
@@ -75,7 +82,8 @@ def _write_tsv(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[d
                 fh.write("\t".join(_clean(row[c]) for c in columns) + "\n")
 
 
-def _read_tsv(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]:
+def _read_tsv(path: str | os.PathLike, columns: Sequence[str],
+              optional: Sequence[str] = ()) -> list[dict]:
     path = os.fspath(path)
     try:
         fh = open(path, encoding="utf-8", newline="")
@@ -85,9 +93,12 @@ def _read_tsv(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]:
         lines = fh.read().split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    if not lines or lines[0].split("\t") != list(columns):
+    header = lines[0].split("\t") if lines else []
+    if header[:len(columns)] != list(columns) or header[len(columns):] != list(
+            optional[:len(header) - len(columns)]):
         raise InputError(f"expected a header line with columns {', '.join(columns)}",
                          source=path, line=1)
+    columns = header
     out = []
     for k, line in enumerate(lines[1:], start=2):
         values = line.split("\t")
@@ -98,14 +109,17 @@ def _read_tsv(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]:
     return out
 
 
-def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Write manifest rows (from :func:`manifest_row`) atomically, header included."""
-    _write_tsv(path, MANIFEST_COLUMNS, rows)
+def write_manifest(path: str | os.PathLike, rows: Iterable[dict],
+                   optional: Sequence[str] = ()) -> None:
+    """Write manifest rows (from :func:`manifest_row`) atomically, header included;
+    ``optional``: columns of :data:`OPTIONAL_COLUMNS` the rows carry too."""
+    _write_tsv(path, MANIFEST_COLUMNS + tuple(optional), rows)
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """Manifest rows as dicts of strings; a malformed file raises ``InputError``."""
-    return _read_tsv(path, MANIFEST_COLUMNS)
+    """Manifest rows as dicts of strings (with the optional columns the file has);
+    a malformed file raises ``InputError``."""
+    return _read_tsv(path, MANIFEST_COLUMNS, OPTIONAL_COLUMNS)
 
 
 def write_rejected(path: str | os.PathLike, rejections: Iterable) -> None:

@@ -40,15 +40,21 @@ sign of ``Fa`` (for files holding energy gradients instead of forces).
 
 Safety
 ------
-Loading a pickle can run arbitrary code.  This reader uses a restricted
-unpickler that only rebuilds Python's built-in containers and scalars and numpy
-arrays, dtypes and scalars; anything else (a class, a function, a torch tensor)
-raises :class:`~nnpflow.errors.InputError` before it is created.  Still, read
-pickles only from people you trust, or convert them to ``.npz``.
+Loading a pickle can run arbitrary code, and a 32-byte pickle can ask for a
+4 GB buffer (``bytearray(4000000000)``).  This reader uses a restricted unpickler
+that only rebuilds Python's built-in containers and scalars and numpy arrays,
+dtypes and scalars, and only from data that is in the file: a constructor called
+with a size or a lazy iterator (``bytearray(n)``, ``list(range(n))``) and a numpy
+array whose shape claims more items than its data holds are refused, as is
+anything else (a class, a function, a torch tensor), with an
+:class:`~nnpflow.errors.InputError` naming the file, before anything is
+allocated.  Still, read pickles only from people you trust, or convert them to
+``.npz``.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickle
@@ -71,29 +77,215 @@ TRANSFORMS = ("atomic_energy", "negative_gradient")
 ENERGY_REFERENCE_KEY = SUBTRACTED_REFERENCE_KEY
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 
-#: (module, name) pairs the restricted unpickler may rebuild.
-_ALLOWED_GLOBALS = frozenset({
-    *(("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "bytearray",
-                                "bytes", "str", "int", "float", "complex", "bool", "slice",
-                                "range")),
-    ("collections", "OrderedDict"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+def _refuse(what: str) -> InputError:
+    return InputError(f"pickle {what}, which nnpflow does not load: only lists, dicts, "
+                      "numbers, strings and numpy arrays whose data is in the file are "
+                      "allowed (a pickle can make a small file allocate gigabytes or run "
+                      "code)")
+
+
+def _materialised(*args) -> None:
+    """Arguments must be data already in the file: containers, strings, bytes,
+    numbers -- never a size (an int) or a lazy iterator a constructor would expand."""
+    for a in args:
+        if not isinstance(a, (list, tuple, dict, set, frozenset, str, bytes, bytearray)):
+            raise _refuse(f"calls a constructor with a {type(a).__name__} argument")
+
+
+def _container(kind):
+    def build(*args):
+        if len(args) > 1:
+            raise _refuse(f"calls {kind.__name__} with {len(args)} arguments")
+        _materialised(*args)
+        return kind(*args)
+    build.__name__ = kind.__name__
+    return build
+
+
+def _byte_string(kind):
+    def build(*args):
+        if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin-1", "latin1"):
+            return kind(*args)  # protocol 2's spelling of bytearray(b"...")
+        if len(args) > 1 or (args and not isinstance(args[0], (bytes, bytearray, list, tuple))):
+            raise _refuse(f"calls {kind.__name__}({', '.join(type(a).__name__ for a in args)})")
+        return kind(*args)
+    build.__name__ = kind.__name__
+    return build
+
+
+def _latin1_encode(obj, encoding="utf-8", errors="strict"):
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        raise _refuse(f"calls codecs.encode({type(obj).__name__}, {encoding!r})")
+    return obj.encode("latin-1")
+
+
+#: largest item size (bytes) of a numpy dtype rebuilt from a pickle
+MAX_DTYPE_ITEMSIZE = 1 << 20
+
+
+def _dtype(*args):
+    if not args or not isinstance(args[0], str) or len(args) > 3:
+        raise _refuse("builds a numpy dtype from something other than a type code")
+    dt = np.dtype(*args)
+    if dt.itemsize > MAX_DTYPE_ITEMSIZE:
+        raise _refuse(f"builds a numpy dtype of {dt.itemsize} bytes per item")
+    return dt
+
+
+class _CheckedArray(np.ndarray):
+    """The array type numpy's pickles are rebuilt as: its ``__setstate__`` checks
+    that the data is all there before numpy allocates the claimed shape (plain
+    ``ndarray.__setstate__`` allocates first).  :func:`load_pickle` hands out plain
+    ``ndarray`` views of them."""
+
+    def __new__(cls, *args, **kwargs):
+        raise _refuse("creates a numpy array directly")
+
+    def __setstate__(self, state):
+        _check_array_state(state)
+        np.ndarray.__setstate__(self, state)
+
+
+def _reconstruct(subtype, shape, dtype):
+    # numpy's pickles start from an empty array and fill it in __setstate__ (BUILD)
+    if (subtype is not _CheckedArray or type(shape) is not tuple
+            or not all(type(n) is int and 0 <= n <= 1 for n in shape)):
+        raise _refuse("rebuilds something other than an empty numpy.ndarray")
+    return np.ndarray.__new__(_CheckedArray, shape, dtype)
+
+
+#: types :func:`_plain` never needs to look into
+_LEAVES = frozenset({int, float, str, bytes, bool, complex, type(None), bytearray})
+
+
+def _plain(obj, seen: dict):
+    """``obj`` with every ``_CheckedArray`` replaced by a plain ndarray view
+    (containers are changed in place; tuples rebuilt only when something changed)."""
+    t = type(obj)
+    if t in _LEAVES:
+        return obj
+    if t is _CheckedArray:
+        out = obj.view(np.ndarray)
+        if obj.dtype.hasobject:
+            flat = out.reshape(-1)
+            for k in range(flat.size):
+                flat[k] = _plain(flat[k], seen)
+        return out
+    key = id(obj)
+    if key in seen:
+        return seen[key]
+    seen[key] = obj  # shared and cyclic containers are visited once
+    if t is list:
+        for k, v in enumerate(obj):
+            if type(v) not in _LEAVES:
+                new = _plain(v, seen)
+                if new is not v:
+                    obj[k] = new
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if type(v) not in _LEAVES:
+                new = _plain(v, seen)
+                if new is not v:
+                    obj[k] = new
+    elif t is tuple:
+        items = [_plain(v, seen) for v in obj]
+        if any(a is not b for a, b in zip(items, obj)):
+            seen[key] = tuple(items)
+    return seen[key]
+
+
+def _numpy_scalar(dtype, *args):
+    if not isinstance(dtype, np.dtype):
+        raise _refuse("builds a numpy scalar without a dtype")
+    if args and not dtype.hasobject and not (isinstance(args[0], (bytes, bytearray))
+                                             and len(args[0]) == dtype.itemsize):
+        raise _refuse("builds a numpy scalar whose data does not match its dtype")
+    return _NUMPY_SCALAR(dtype, *args)
+
+
+def _frombuffer(buf, dtype, shape, order):
+    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(
+            dtype, np.dtype):
+        raise _refuse("rebuilds an array from something other than bytes")
+    return _NUMPY_FROMBUFFER(buf, dtype, shape, order)
+
+
+def _numpy_function(module: str, name: str):
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+_NUMPY_SCALAR = (_numpy_function("numpy._core.multiarray", "scalar")
+                 or _numpy_function("numpy.core.multiarray", "scalar"))
+_NUMPY_FROMBUFFER = (_numpy_function("numpy._core.numeric", "_frombuffer")
+                     or _numpy_function("numpy.core.numeric", "_frombuffer"))
+
+#: (module, name) -> what the restricted unpickler hands out for it: the plain
+#: types that allocate no more than their arguments, checked wrappers for the rest
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    **{("builtins", k.__name__): _container(k) for k in (dict, list, tuple, set, frozenset)},
+    ("builtins", "bytearray"): _byte_string(bytearray),
+    ("builtins", "bytes"): _byte_string(bytes),
+    ("builtins", "complex"): complex,
+    ("builtins", "slice"): slice,
+    ("collections", "OrderedDict"): _container(__import__("collections").OrderedDict),
+    ("numpy", "ndarray"): _CheckedArray,
+    ("numpy", "dtype"): _dtype,
     # protocol-2 pickles of numpy arrays encode their bytes with codecs.encode(str, "latin1")
-    ("_codecs", "encode"), ("codecs", "encode"),
-})
+    ("_codecs", "encode"): _latin1_encode, ("codecs", "encode"): _latin1_encode,
+}
+for _core in ("numpy.core", "numpy._core"):
+    _ALLOWED_GLOBALS[(f"{_core}.multiarray", "_reconstruct")] = _reconstruct
+    _ALLOWED_GLOBALS[(f"{_core}.multiarray", "scalar")] = _numpy_scalar
+    _ALLOWED_GLOBALS[(f"{_core}.numeric", "_frombuffer")] = _frombuffer
+
+
+def _check_array_state(state) -> None:
+    """``ndarray.__setstate__`` allocates the array its state claims before it looks
+    at the data; only states whose data is all there are let through."""
+    try:
+        _version, shape, dtype, _fortran, data = state
+        count = 1
+        for n in shape:
+            if not isinstance(n, int) or n < 0:
+                raise TypeError
+            count *= n
+    except (TypeError, ValueError):
+        raise _refuse("holds a malformed numpy array state") from None
+    if not isinstance(dtype, np.dtype):
+        raise _refuse("holds a numpy array state without a dtype")
+    if dtype.hasobject:
+        ok = isinstance(data, list) and len(data) == count
+    else:
+        ok = (isinstance(data, (bytes, bytearray, str))
+              and len(data) == count * dtype.itemsize)
+    if not ok:
+        size = len(data) if isinstance(data, (list, bytes, bytearray, str)) else "no"
+        raise _refuse(f"holds a numpy array of shape {tuple(shape)} and dtype {dtype} "
+                      f"with {size} items/bytes of data")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Python's unpickler limited to the globals of :data:`_ALLOWED_GLOBALS`."""
+
     def __init__(self, fh, source: str):
         super().__init__(fh)
         self.source = source
 
     def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS or (
-                module == "numpy.dtypes" and name.endswith("DType")):
+        # Python 2 names (protocols 0-2 write __builtin__.set), mapped as pickle does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        found = _ALLOWED_GLOBALS.get((module, name))
+        if found is not None:
+            return found
+        if module == "numpy.dtypes" and name.endswith("DType"):
             return super().find_class(module, name)
         raise InputError(f"pickle refers to {module}.{name}, which nnpflow does not load: "
                          "only lists, dicts, numbers, strings and numpy arrays are allowed "
@@ -115,9 +307,10 @@ def load_pickle(path: str | os.PathLike, label: str | None = None) -> Any:
     if not data:
         raise InputError("empty file", source=label)
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), label).load()
-    except InputError:
-        raise
+        loaded = _RestrictedUnpickler(io.BytesIO(data), label).load()
+        return _plain(loaded, {})
+    except InputError as exc:
+        raise exc.located(label) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, ImportError, MemoryError, UnicodeDecodeError,
             OverflowError) as exc:

@@ -32,9 +32,11 @@ Format (XCrySDen XSF, as aenet uses it)::
 * ``CONVVEC``/``CONVCOORD`` and ``BEGIN_...``/``END_...`` blocks (data grids,
   info) are skipped.
 
-Parsing splits the text once and converts each coordinate block to a float
-array in one numpy call; the slow, line-by-line path runs only to explain an
-error.  Errors are :class:`~nnpflow.errors.InputError` naming the source, the
+Parsing splits the text into lines and converts each coordinate block to a
+float array in one numpy call; the slow, line-by-line path runs only to explain
+an error.  Bytes (files, archive members) are split and decoded a megabyte at a
+time and lines the parser has passed are dropped, so parsing needs memory for the
+data plus a bounded window, however many (short or blank) lines the data holds.  Errors are :class:`~nnpflow.errors.InputError` naming the source, the
 archive member and the 1-based line.
 """
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from typing import IO, Iterable
 
 import numpy as np
@@ -73,12 +76,95 @@ def _is_keyword(first_token: str) -> bool:
     return word in _KEYWORDS or word.startswith("BEGIN_")
 
 
+#: line breaks ``str.splitlines`` knows besides ``\n`` and ``\r\n`` (as UTF-8 bytes;
+#: a lone ``\r`` is checked apart)
+_OTHER_BREAKS = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8",
+                 b"\xe2\x80\xa9")
+
+
+def _only_newline_breaks(data: bytes | bytearray) -> bool:
+    """Whether every line break in ``data`` is ``\\n`` or ``\\r\\n`` (a few fast scans)."""
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+        return False
+    return not any(brk in data for brk in _OTHER_BREAKS)
+
+
+_NOT_SPACE = re.compile(rb"\S")
+_BOM = b"\xef\xbb\xbf"
+
+
+class _ByteLines:
+    """The lines of UTF-8 data (as ``data.decode().splitlines()`` gives them),
+    decoded a chunk at a time when first asked for.
+
+    Supports ``len``, ``lines[i]`` and ``lines[a:b]`` for lines at or after the
+    last :meth:`release` point; :meth:`release` drops the lines before it, so
+    memory holds the data and a window of lines, not a list of every line.
+    Only for data whose line breaks are ``\n`` / ``\r\n`` (see
+    :func:`_only_newline_breaks`).
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, data: bytes | bytearray, source: str, member: str | None):
+        self.data = data
+        self.source = source
+        self.member = member
+        self.n = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+        self.base = 0          # line index of window[0]
+        self.window: list[str] = []
+        self.pos = 0           # byte offset of the first byte not decoded yet
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _fill(self, i: int) -> None:
+        data = self.data
+        while self.base + len(self.window) <= i and self.pos < len(data):
+            end = data.find(b"\n", self.pos + self.CHUNK)
+            end = len(data) if end < 0 else end + 1
+            try:
+                text = data[self.pos:end].decode("utf-8-sig" if self.pos == 0 else "utf-8")
+            except UnicodeDecodeError as exc:
+                at = self.pos + exc.start
+                raise InputError(f"not UTF-8 text (byte 0x{data[at]:02x}); binary data?",
+                                 self.source, self.member,
+                                 data.count(b"\n", 0, at) + 1) from None
+            self.window.extend(text.splitlines())
+            self.pos = end
+
+    def __getitem__(self, i):
+        if type(i) is int:
+            k = i - self.base
+            if 0 <= k < len(self.window):  # the common case: already decoded
+                return self.window[k]
+        if isinstance(i, slice):
+            start, stop, _ = i.indices(self.n)
+            if stop <= start:
+                return []
+            self._fill(stop - 1)
+            return self.window[start - self.base:stop - self.base]
+        if i < 0:
+            i += self.n
+        if not self.base <= i < self.n:
+            raise IndexError(f"line {i} is not available (window starts at {self.base})")
+        self._fill(i)
+        return self.window[i - self.base]
+
+    def release(self, i: int) -> None:
+        """Forget the lines before index ``i`` (the parser never goes back)."""
+        k = i - self.base
+        if k >= 4096 and 2 * k >= len(self.window):
+            del self.window[:k]
+            self.base = i
+
+
 class _Parser:
     """One pass over the lines of one XSF text."""
 
-    def __init__(self, lines: list[str], source: str, member: str | None,
+    def __init__(self, lines, source: str, member: str | None,
                  require_energy: bool):
-        self.lines = lines
+        self.lines = lines  # a list of str, or _ByteLines
         self.source = source
         self.member = member
         self.require_energy = require_energy
@@ -261,8 +347,13 @@ class _Parser:
         pending_energy: tuple[float, int] | None = None
         frames: list[dict] = []
         last_block: tuple[str, int, int] | None = None  # keyword, line, count
+        release = getattr(lines, "release", None)
+        released = 0
         i = 0
         while i < n:
+            if release is not None and i - released >= 65536:
+                release(i)
+                released = i
             s = lines[i].strip()
             if not s:
                 i += 1
@@ -463,6 +554,19 @@ def parse_xsf(data: str | bytes, source: str, member: str | None = None, *,
         ``name`` is ``source`` / ``source:member``, with ``@k`` per frame of an
         ``ANIMSTEPS`` file (``frame = k``).
     """
+    if isinstance(data, (bytes, bytearray, memoryview)) and len(data) > _ByteLines.CHUNK:
+        # large data: lines decoded lazily (small data is faster split at once)
+        if isinstance(data, memoryview):
+            data = data.tobytes()
+        if _only_newline_breaks(data):
+            if b"\x00" in data:
+                line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+                raise InputError("binary data (NUL byte), not an XSF text file", source,
+                                 member, line)
+            if not _NOT_SPACE.search(data, 3 if data.startswith(_BOM) else 0):
+                raise InputError("empty file", source, member)
+            return _Parser(_ByteLines(data, source, member), source, member,
+                           require_energy).parse()
     text = _decode(data, source, member)
     return _Parser(text.splitlines(), source, member, require_energy).parse()
 

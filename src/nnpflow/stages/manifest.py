@@ -13,12 +13,18 @@ Inputs are the ingest stage's per-shard TSVs, in shard order.  Outputs (atomic):
   ``structures_fingerprint`` equals it.
 
 A label in two shards is an :class:`~nnpflow.errors.InputError` naming both.
+
+The joined manifest has a last column ``energy_robust_z``
+(:mod:`nnpflow.energy_outliers`); every structure whose score exceeds
+``OUTLIER_Z`` in size gets a warning in the log (and is counted under
+``energy_outliers`` in the summary).  They are kept: ``max_energy`` is the filter.
 """
 
 from __future__ import annotations
 
 import logging
 
+from ..energy_outliers import COLUMN, OUTLIER_Z, outliers, robust_z_scores
 from ..energy_reference import EnergyFilter
 from ..errors import InputError
 from ..io.manifest import (read_manifest, read_rejected, summarize, write_manifest,
@@ -56,9 +62,30 @@ def run(shard_manifests: list[str], shard_rejected: list[str], manifest: str, su
                 seen.add(key)
                 rejections.append(row)
     info = summarize(rows, n_rejected=len(rejections), filter_meta=filter_meta)
-    write_manifest(manifest, rows)
+    info["energy_outliers"] = flag_energy_outliers(rows, atomic_energies)
+    write_manifest(manifest, rows, optional=(COLUMN,))
     write_rejected(rejected, rejections)
     write_json(summary, info)
     log.info("manifest: %d structures (%d atoms, species %s) from %d shards, %d rejected",
              info["n_structures"], info["n_atoms"], " ".join(info["species"]),
              len(shard_manifests), len(rejections))
+
+
+def flag_energy_outliers(rows: list[dict], atomic_energies: dict | None = None,
+                         max_warnings: int = 50) -> dict:
+    """Add the ``energy_robust_z`` column to ``rows`` (in place), log a warning per
+    outlier (at most ``max_warnings`` lines, then a count) and return
+    ``{"robust_z_threshold", "n", "labels"}`` for the summary."""
+    scores = robust_z_scores(rows, atomic_energies)
+    for row, z in zip(rows, scores):
+        row[COLUMN] = "" if z is None else f"{z:.4g}"
+    found = outliers(rows, scores)
+    for label, per_atom, z in found[:max_warnings]:
+        log.warning("manifest: %s: energy %.6g eV/atom is an outlier (robust z-score %.3g, "
+                    "|z| > %g): check its units and reference; kept (max_energy is the "
+                    "filter)", label, per_atom, z, OUTLIER_Z)
+    if len(found) > max_warnings > 0:
+        log.warning("manifest: %d more energy outliers (column %s of the manifest)",
+                    len(found) - max_warnings, COLUMN)
+    return {"robust_z_threshold": OUTLIER_Z, "n": len(found),
+            "labels": [label for label, _, _ in found[:100]]}

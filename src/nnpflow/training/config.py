@@ -368,6 +368,9 @@ class TorchTrainingConfig:
         if not isinstance(self.schedule_params, Mapping):
             raise ConfigError(f"schedule_params: expected a mapping, got {self.schedule_params!r}")
         self.schedule_params = dict(self.schedule_params)
+        for key, value in self.schedule_params.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"schedule_params.{key}: must be finite, got {value!r}")
         unknown = sorted(set(self.schedule_params) - set(SCHEDULE_PARAMS[self.schedule]))
         if unknown:
             raise ConfigError(f"schedule_params: schedule {self.schedule!r} takes no "

@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from ..config_checks import check_finite
 from ..errors import ConfigError
 from ..models.fields import FEATURE_NAMES, TARGET_NAMES
 from .losses import parse_terms
@@ -121,6 +123,8 @@ def _float(value: Any, where: str, minimum: float | None = None, maximum: float 
         else:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
     value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: {value} is not a finite number")
     if minimum is not None and (value < minimum or (exclusive_min and value == minimum)):
         relation = ">" if exclusive_min else ">="
         raise ConfigError(f"{where}: must be {relation} {minimum}, got {value}")
@@ -267,6 +271,7 @@ def resolve_config(raw: Mapping, base_dir: str | os.PathLike = ".") -> dict:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"train.yaml: expected a mapping of sections ({', '.join(SECTIONS[:4])})")
     check_keys(raw, SECTIONS, "train.yaml")
+    check_finite({k: v for k, v in raw.items() if k != "Provenance"})
     for section in ("Datahub", "Modelhub"):
         if section not in raw:
             raise ConfigError(f"train.yaml: missing section {section}")

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..safe_write import strict_json
 
 
 def register(subparsers) -> None:
@@ -159,7 +160,7 @@ def build_main(args: argparse.Namespace) -> int:
         "rejected": [{"label": r.label, "reason": r.reason} for r in result.rejected],
         "filtered": [{"label": r.label, "reason": r.reason} for r in result.filtered],
     }
-    print(json.dumps(summary, indent=2))
+    print(strict_json(summary, sort_keys=False))
     return 0
 
 
@@ -171,7 +172,7 @@ def info_main(args: argparse.Namespace) -> int:
     from ..database import database_info
     info = database_info(args.database)
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        print(strict_json(info))
         return 0
     layout = info["layout"]
     stats = info["statistics"]
@@ -215,6 +216,6 @@ def merge_main(args: argparse.Namespace) -> int:
     from ..database import database_info, merge_databases
     merge_databases(args.shards, args.output)
     info = database_info(args.output)
-    print(json.dumps({"database": args.output, "n_structures": info["n_structures"],
-                      "fingerprint": info["fingerprint"]}, indent=2))
+    print(strict_json({"database": args.output, "n_structures": info["n_structures"],
+                       "fingerprint": info["fingerprint"]}, sort_keys=False))
     return 0

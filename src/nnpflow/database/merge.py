@@ -20,7 +20,7 @@ import h5py
 
 from .. import __version__
 from ..errors import ConfigError, DescriptorMismatchError
-from ..safe_write import atomic_path, canonical_json
+from ..safe_write import atomic_path, canonical_json, strict_json
 from ..structure import atomic_number
 from .fingerprint import StructuresFingerprint, database_fingerprint
 from .reader import DatabaseReader
@@ -164,7 +164,7 @@ def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os
                     attrs["sources"] = canonical_json(merge_sources_meta([r.sources
                                                                           for r in readers]))
                     attrs["filter"] = canonical_json(first.filter)
-                    attrs["statistics"] = json.dumps(stats_dict, sort_keys=True)
+                    attrs["statistics"] = strict_json(stats_dict, indent=None)
                     attrs["structures_fingerprint"] = structures_fp
                     attrs["fingerprint"] = database_fingerprint(structures_fp, desc_sha, layout)
                     attrs["created_by"] = f"nnpflow {__version__}"

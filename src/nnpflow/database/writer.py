@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, InputError
-from ..safe_write import atomic_path, canonical_json
+from ..safe_write import atomic_path, canonical_json, strict_json
 from ..structure import Structure, as_structure, atomic_number
 from ..structure_checks import check_descriptor_species
 from .columns import ColumnBlock, species_lookup, structures_to_columns
@@ -582,7 +582,7 @@ class DatabaseWriter:
             attrs["descriptor_sha256"] = desc_sha
         attrs["sources"] = canonical_json(self.sources_meta)
         attrs["filter"] = canonical_json(self.filter_meta)
-        attrs["statistics"] = json.dumps(stats, sort_keys=True)
+        attrs["statistics"] = strict_json(stats, indent=None)
         attrs["structures_fingerprint"] = structures_fp
         attrs["fingerprint"] = database_fingerprint(structures_fp, desc_sha, layout)
         attrs["created_by"] = f"nnpflow {__version__}"

@@ -638,6 +638,8 @@ class ANNTrainer:
                 source = self.train_batches(shares)
             for step, batch in enumerate(source, start=first):
                 totals = self._step(batch)
+                if not bool(torch.isfinite(totals).all()):
+                    raise self._nonfinite(totals.tolist(), epoch, step, shares[step - first])
                 self.epoch_sums += totals
                 if self.on_step is not None:
                     self.on_step(epoch, step)
@@ -662,6 +664,8 @@ class ANNTrainer:
                 with self._averaged():
                     v = self._validate().tolist()
                 score = _loss_value(v, self.alpha)
+                if not math.isfinite(score):
+                    raise self._nonfinite(v, epoch, None, self.val_idx, validation=True)
                 row.update(val_loss=score,
                            val_energy_rmse=(math.sqrt(v[0] / v[1]) * scale) if v[1] else None,
                            val_force_rmse=(math.sqrt(v[2] / v[3]) * scale) if v[3] else None)
@@ -692,6 +696,27 @@ class ANNTrainer:
                 stopped_early = True
                 break
         self._finish(len(self.history), stopped_early)
+
+    def _nonfinite(self, sums: list, epoch: int, step: int | None, indices,
+                   validation: bool = False) -> Exception:
+        """The error for a non-finite loss (sums ``[sse_e, n_e, sse_f, n_f]``) at
+        ``epoch``/``step`` (0-based): names the structures of ``indices`` (this
+        rank's share of the batch, or the validation split) with non-finite inputs,
+        else of the whole training split when the feature normalisation is not
+        finite (one structure's NaN features poison it for every batch)."""
+        from .finite import nonfinite_inputs, nonfinite_loss_error
+        base = self.val_base if validation else self.train_base
+        culprits = nonfinite_inputs(base, indices)
+        searched = "the validation split" if validation else "the batch"
+        net = self.potential.net
+        stats = list(getattr(net, "feature_mean", [])) + list(getattr(net, "feature_std", []))
+        if not culprits and any(not bool(torch.isfinite(t).all()) for t in stats):
+            culprits = nonfinite_inputs(self.train_base, self.train_idx)
+            searched = "the training split"
+        where = "validation" if validation else "training"
+        return nonfinite_loss_error(_loss_value(sums, self.alpha), epoch + 1,
+                                    None if step is None else step + 1, culprits, where,
+                                    searched)
 
     def _finish(self, epochs_done: int, stopped_early: bool = False) -> None:
         """Last checkpoint (live weights), then the final weights into the

@@ -379,6 +379,9 @@ def train_model(job: ModelJob) -> dict:
         return ema.average_parameters() if ema is not None else contextlib.nullcontext()
 
     max_grad = cfg["max_grad_norm"]
+    # a non-finite loss stops training: every step is checked on the CPU (free); on a
+    # GPU once per epoch, so that steps need no host synchronisation
+    check_each_step = device.type == "cpu"
     epochs = range(start_epoch, cfg["max_epochs"])
     if job.show_progress:
         from tqdm.auto import tqdm
@@ -393,6 +396,8 @@ def train_model(job: ModelJob) -> dict:
         for step, (inputs, targets) in enumerate(
                 iter_batches(packed, batches[first:], dtype, device, workers), start=first):
             loss = optimizer_step(model, loss_fn, optimizer, params, inputs, targets, max_grad)
+            if check_each_step and not bool(torch.isfinite(loss)):
+                raise _nonfinite(job, float(loss), epoch, step, batches[step])
             schedule.step()
             if ema is not None:
                 ema.update()
@@ -409,6 +414,8 @@ def train_model(job: ModelJob) -> dict:
                     f"{paths['model_last.pt']}; continue with: {job.command} --resume",
                     job.interrupt.signal_name or "SIGTERM", [paths["model_last.pt"]])
         train_loss = float(epoch_loss) / max(epoch_count, 1)
+        if not math.isfinite(train_loss):  # (on the GPU the steps are not checked one by one)
+            raise _nonfinite(job, train_loss, epoch, None, train_idx)
         row = {"epoch": epoch + 1, "lr": lr_used, "train_loss": train_loss}
         score = None
         if len(val_idx):
@@ -416,6 +423,8 @@ def train_model(job: ModelJob) -> dict:
                 values = validation_metrics(model, packed, val_idx, fields, bs, dtype, device,
                                             workers)
             score = MetricAccumulator.score(values, metric_terms)
+            if not math.isfinite(score):
+                raise _nonfinite(job, score, epoch, None, val_idx, "validation")
             row["val_loss"] = MetricAccumulator.score(values, entry["loss"])
             row["val_score"] = score
             for kind, weights in metric_terms.items():
@@ -451,6 +460,18 @@ def train_model(job: ModelJob) -> dict:
             break
     checkpoint(len(history), 0, finished=True)
     return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device, history)
+
+
+def _nonfinite(job: ModelJob, value: float, epoch: int, step: int | None, indices,
+               where: str = "training") -> Exception:
+    """The error for a non-finite loss at ``epoch``/``step`` (0-based), naming the
+    structures among ``indices`` with non-finite inputs."""
+    from .finite import nonfinite_loss_error, nonfinite_structures
+    structures = job.data.structures()
+    culprits = nonfinite_structures(structures[int(i)] for i in indices)
+    searched = "the batch" if step is not None else f"the {where} split"
+    return nonfinite_loss_error(value, epoch + 1, None if step is None else step + 1, culprits,
+                                f"{job.name} ({where})", searched)
 
 
 def _finish(job, model, packed, test_idx, terms, paths, dtype, device, history) -> dict:

@@ -223,12 +223,21 @@ class TorchANNPotential:
     def from_payload(cls, payload: Mapping[str, Any], device: str | torch.device = "cpu"
                      ) -> "TorchANNPotential":
         from ..descriptors import ChebyshevDescriptor
+        from ..models.model_checks import (check_ann_numbers, check_descriptor_fingerprint,
+                                           check_state_dict, expected_shapes)
         try:
+            # (models.model_checks: everything is checked before a weight is allocated)
+            check_descriptor_fingerprint(payload)
             descriptor = ChebyshevDescriptor.from_config(payload["descriptor"], device=device)
-            pot = cls({s: [tuple(layer) for layer in layers]
-                       for s, layers in payload["architecture"].items()}, descriptor)
+            arch = {s: [tuple(layer) for layer in layers]
+                    for s, layers in payload["architecture"].items()}
+            check_state_dict(payload["state_dict"], expected_shapes(
+                lambda: AtomicNetworks(descriptor.species, descriptor.n_features,
+                                       parse_architecture(arch, descriptor.species))))
+            check_ann_numbers(payload, list(descriptor.species))
+            pot = cls(arch, descriptor)
             pot.load_payload_state(payload)
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise SchemaError(f"malformed ANN potential ({type(exc).__name__}: {exc})") from None
         return pot.to(device=device)
 

@@ -101,6 +101,17 @@ def dataset_identity(dataset: Any) -> dict:
     return out
 
 
+def training_identity(potential: Any, config: TorchTrainingConfig, train: Any,
+                      validation: Any) -> dict:
+    """What a checkpoint of training ``potential`` on ``train`` (monitoring
+    ``validation``) with ``config`` records as its identity, and a resume compares."""
+    has_val = validation is not None and len(validation) > 0
+    return {"config": config.identity(), "architecture": potential.architecture_json(),
+            "descriptor": potential.descriptor.config(),
+            "data": {"training": dataset_identity(train),
+                     "validation": dataset_identity(validation) if has_val else None}}
+
+
 def _identity_collate(item):
     return item
 
@@ -291,6 +302,7 @@ class ANNTrainer:
 
     def __init__(self, potential, config: TorchTrainingConfig, train: Any, validation: Any,
                  *, resume_from: str | Path | None = None, force_resume: bool = False,
+                 resume_may_change: tuple[str, ...] = (),
                  on_step: Callable[[int, int], None] | None = None):
         self.potential = potential
         self.config = config
@@ -298,6 +310,7 @@ class ANNTrainer:
         self.val_set = validation if validation is not None and len(validation) else None
         self.resume_from = None if resume_from is None else Path(resume_from)
         self.force_resume = force_resume
+        self.resume_may_change = tuple(resume_may_change)
         self.on_step = on_step
         self.rank, self.world = distributed.rank_and_world()
         self.train_base, self.train_idx = subset_indices(train)
@@ -395,13 +408,7 @@ class ANNTrainer:
         self.table: EnergyTable | None = None
         if has_val:
             self.val_batches = BatchSource(self.val_base, self.val_forces, cfg)
-        self.identity = {
-            "config": cfg.identity(),
-            "architecture": pot.architecture_json(),
-            "descriptor": pot.descriptor.config(),
-            "data": {"training": dataset_identity(self.train_set),
-                     "validation": (dataset_identity(self.val_set) if has_val else None)},
-        }
+        self.identity = training_identity(pot, cfg, self.train_set, self.val_set)
 
     # ------------------------------------------------------ checkpoints
     def _state(self, epoch: int, step: int, finished: bool) -> dict:
@@ -446,7 +453,7 @@ class ANNTrainer:
             raise ConfigError(f"resume_from: {path} does not exist")
         state = load_checkpoint(path, map_location=self.device)
         changes = check_resume(state["identity"], self.identity, force=self.force_resume,
-                               source=str(path))
+                               ignore=self.resume_may_change, source=str(path))
         if changes:
             log.warning("resuming from %s despite changes (forced): %s", path, "; ".join(changes))
         pot = self.potential

@@ -251,20 +251,42 @@ def _check_targets(job: ModelJob, model: LayerStack, terms: dict, where: str) ->
                                   f"(it predicts {', '.join(model.outputs)})")
 
 
-def _prepare_output(job: ModelJob) -> dict[str, Path]:
+#: identity entries a ``--resume`` may change: a larger ``max_epochs`` continues training
+#: (the learning-rate schedule is stretched to the new length)
+RESUME_MAY_CHANGE = ("Trainer.max_epochs",)
+
+
+def check_job(job: ModelJob, with_data: bool = True) -> None:
+    """Refuse ``job`` before anything is written (``nnpflow train`` checks every active
+    model first, so that a refused run changes nothing in DIR but its log): results
+    present without ``--resume``/``--force``, ``--resume`` without ``model_last.pt``,
+    or ``--resume`` with changed settings or data (:func:`check_resume`; only
+    ``max_epochs`` may change).  Reads, never writes; needs the data's hash only
+    (``with_data`` is for the interface of :mod:`~nnpflow.training.modelhub`)."""
     paths = {name: job.out_dir / name for name in OUTPUT_FILES}
     if job.resume:
         if not paths["model_last.pt"].exists():
             raise ConfigError(f"--resume: {paths['model_last.pt']} does not exist, so there is "
                               "nothing to resume; run without --resume")
+        state = load_checkpoint(paths["model_last.pt"])
+        check_resume(state["identity"], job.identity(), force=job.force,
+                     ignore=RESUME_MAY_CHANGE, source=str(paths["model_last.pt"]))
+        return
+    existing = [p.name for p in paths.values() if p.exists()]
+    if existing and not job.force:
+        raise ConfigError(
+            f"{job.out_dir} already holds results ({', '.join(existing)}); nnpflow never "
+            "continues training silently: pass --resume to continue from model_last.pt, "
+            "or --force to start over (the old files are replaced)")
+
+
+def _prepare_output(job: ModelJob) -> dict[str, Path]:
+    paths = {name: job.out_dir / name for name in OUTPUT_FILES}
+    check_job(job)
+    if job.resume:
         return paths
     existing = [p.name for p in paths.values() if p.exists()]
     if existing:
-        if not job.force:
-            raise ConfigError(
-                f"{job.out_dir} already holds results ({', '.join(existing)}); nnpflow never "
-                "continues training silently: pass --resume to continue from model_last.pt, "
-                "or --force to start over (the old files are replaced)")
         for name in existing:
             paths[name].unlink()
         job.logger.info("%s: --force: removed the previous %s", job.name, ", ".join(existing))
@@ -297,9 +319,12 @@ def train_model(job: ModelJob) -> dict:
     fields = sorted(set(term_fields(entry["loss"])) | set(term_fields(metric_terms))
                     | ({"E", "Fa"} & set(job.data.targets) & set(model.outputs)))
     t0 = time.perf_counter()
-    packed = packed_for_model(job.data.structures(), model, targets=fields,
-                              total_charge="Q" in job.data.features,
-                              show_progress=job.show_progress)
+    # SIGTERM while the pair lists are made stops at once: there is nothing to save yet
+    with (job.interrupt.immediate("making pair lists") if job.interrupt is not None
+          else contextlib.nullcontext()):
+        packed = packed_for_model(job.data.structures(), model, targets=fields,
+                                  total_charge="Q" in job.data.features,
+                                  show_progress=job.show_progress)
     log.info("%s: pair lists for %d structures in %.1f s (%s pairs)", job.name, len(packed),
              time.perf_counter() - t0, packed.n_pairs)
 
@@ -328,7 +353,8 @@ def train_model(job: ModelJob) -> dict:
     if job.resume:
         state = load_checkpoint(paths["model_last.pt"], map_location=device)
         changes = check_resume(state["identity"], identity, force=job.force,
-                               source=str(paths["model_last.pt"]))
+                               ignore=RESUME_MAY_CHANGE, source=str(paths["model_last.pt"]))
+        old_epochs = state["identity"].get("Trainer", {}).get("max_epochs")
         if changes:
             log.warning("%s: resuming despite changes (--force): %s", job.name, "; ".join(changes))
         try:
@@ -339,9 +365,14 @@ def train_model(job: ModelJob) -> dict:
                                       f"does not fit the model ({str(exc).splitlines()[0]})"
                                       ) from None
         schedule.load_state_dict(state["scheduler"])
-        if changes:  # the new settings win
-            total = cfg["max_epochs"] * steps_per_epoch
+        total = cfg["max_epochs"] * steps_per_epoch
+        if changes or total != schedule.total_steps:  # the new settings win
             schedule.reconfigure(cfg["learning_rate"], total, round(cfg["warmup_ratio"] * total))
+        if old_epochs is not None and old_epochs != cfg["max_epochs"]:
+            log.info("%s: max_epochs %s -> %s: training continues to epoch %d%s", job.name,
+                     old_epochs, cfg["max_epochs"], cfg["max_epochs"],
+                     "" if cfg["schedule"] in ("constant", "plateau") and not cfg["warmup_ratio"]
+                     else f" (the {cfg['schedule']} schedule is stretched to the new length)")
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         stopper.load_state_dict(state["early_stopping"])
@@ -356,7 +387,8 @@ def train_model(job: ModelJob) -> dict:
         restore_rng_state(state["rng"])
         log.info("%s: resumed from %s at epoch %d, step %d", job.name, paths["model_last.pt"].name,
                  start_epoch + 1, start_step)
-        if progress.get("finished") and not changes:
+        if progress.get("finished") and not changes and (
+                start_epoch >= cfg["max_epochs"] or stopper.should_stop):
             log.info("%s: training had already finished; nothing to do", job.name)
             if paths["test_metrics.json"].exists():
                 return json.loads(paths["test_metrics.json"].read_text(encoding="utf-8"))

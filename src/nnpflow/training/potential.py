@@ -271,6 +271,7 @@ class TorchANNPotential:
     def train(self, structures: Any = None, dataset: Any = None, train_dataset: Any = None,
               test_dataset: Any = None, config: Any = None,
               resume_from: str | os.PathLike | None = None, *, force_resume: bool = False,
+              resume_may_change: Sequence[str] = (),
               on_step: Callable[[int, int], None] | None = None) -> list[dict]:
         """Train the networks; returns the history (one dict per epoch).
 
@@ -282,7 +283,9 @@ class TorchANNPotential:
         ``StructureDataset`` (with ``config.max_energy`` and
         ``config.atomic_energies``).  ``resume_from``: a checkpoint to continue
         (refused when the configuration or data changed unless
-        ``force_resume``).  ``on_step(epoch, step)`` runs after every step.
+        ``force_resume``; identity paths in ``resume_may_change``, e.g.
+        ``"config.iterations"``, may differ).  ``on_step(epoch, step)`` runs after
+        every step.
         """
         from .ann_trainer import ANNTrainer
         from .config import TorchTrainingConfig
@@ -292,7 +295,8 @@ class TorchANNPotential:
         train, validation = self._training_data(structures, dataset, train_dataset, test_dataset,
                                                 cfg)
         trainer = ANNTrainer(self, cfg, train, validation, resume_from=resume_from,
-                             force_resume=force_resume, on_step=on_step)
+                             force_resume=force_resume,
+                             resume_may_change=tuple(resume_may_change), on_step=on_step)
         return trainer.run()
 
     def _training_data(self, structures, dataset, train_dataset, test_dataset, cfg):

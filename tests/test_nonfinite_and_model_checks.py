@@ -118,20 +118,27 @@ def test_json_outputs_are_strict(tmp_path):
     json.loads((tmp_path / "x.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
 
-def test_evaluation_of_a_structure_without_forces_writes_strict_json(data, tmp_path):
-    """metrics.json of a part whose structures have no forces: force errors are null."""
+def test_an_evaluation_with_non_finite_errors_writes_strict_json(data, tmp_path):
+    """A test structure whose persisted features hold a NaN gives a NaN prediction;
+    metrics.json says null for the errors it spoils, never the bare token NaN."""
     from nnpflow.evaluation.model_evaluation import evaluate_models, write_evaluation
     pot = TorchANNPotential(ARCH, small_descriptor())
+    pot.net.init_weights(torch.Generator().manual_seed(0))
     pot.save(tmp_path / "m.pt")
-    db = tmp_path / "noforces.h5"
-    write_database(db, [s.copy(forces=None) for s in emt_cells(3, seed=2)],
-                   descriptor=small_descriptor(), persist_features=True)
-    ev = evaluate_models([tmp_path / "m.pt"], db, {"all": [0, 1, 2]})
+    db = tmp_path / "nan.h5"
+    shutil.copy(data["db"], db)
+    with h5py.File(db, "r+") as h5:
+        offsets = h5["parts/0/structures/atom_offset"][...]
+        values = h5["parts/0/features/values"]
+        row = values[offsets[2]]
+        row[0] = np.nan
+        values[offsets[2]] = row
+    ev = evaluate_models([tmp_path / "m.pt"], db, {"test": [2], "train": [0, 1]})
     write_evaluation(ev, metrics=str(tmp_path / "metrics.json"))
     text = (tmp_path / "metrics.json").read_text()
     metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
-    assert metrics["all"]["force_rmse"] is None
-    assert math.isfinite(metrics["all"]["energy_rmse_per_atom"])
+    assert metrics["test"]["energy_rmse_per_atom"] is None
+    assert math.isfinite(metrics["train"]["energy_rmse_per_atom"])
 
 
 # ------------------------------------------------------------ model files

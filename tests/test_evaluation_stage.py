@@ -265,11 +265,12 @@ def _tick_overlaps(fig) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("centre,spread", [(-1604.3, 3.0), (-1604.3, 0.05), (-5.3, 0.2),
+@pytest.mark.parametrize("centre,spread", [(-1604.3, 4.0), (-1604.3, 0.05), (-5.3, 0.2),
                                            (-21345.6789, 0.02), (-21345.6789, 40.0)])
 def test_energy_parity_plot_ticks_are_readable(tmp_path, monkeypatch, centre, spread):
     """Absolute energies per atom (DFT totals: -1604 eV/atom with a spread of a few eV)
-    give tick labels that do not overlap and carry no offset to add in one's head."""
+    give tick labels that do not overlap and carry no offset to add in one's head (the
+    old plots overlapped, or wrote -0.45 with an offset of -1.604e3)."""
     from nnpflow.evaluation import plots
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))

@@ -140,3 +140,24 @@ def test_sigterm_of_the_train_job_of_a_changed_configuration_is_resumed(scenario
     assert "resumed from" in text and "epoch 1/60" not in text, text[-3000:]
     check_evaluation_is_of_the_current_model(scenario, 0.02)
     assert planned_jobs(scenario) == []
+
+
+#: an intermediate file (what a failed job of its rule leaves missing) and the jobs a
+#: rerun must plan: its producer and everything computed from it
+MISSING = {
+    "results/database/shard_1.h5": {("build", 1): 1, ("merge", None): 1, **MODEL_JOBS,
+                                    ("all", None): 1},
+    "results/ingest/shard_2.h5": {("ingest", 2): 1, ("manifest", None): 1, ("build", 2): 1,
+                                  ("merge", None): 1, ("split", None): 1, **MODEL_JOBS,
+                                  ("all", None): 1},
+    "results/models/ann/member_0/history.csv": {**MODEL_JOBS, ("all", None): 1},
+}
+
+
+@pytest.mark.parametrize("missing", list(MISSING))
+def test_a_missing_intermediate_file_is_made_again_with_everything_after_it(scenario,
+                                                                            missing):
+    """Whatever job failed (its outputs removed by Snakemake), the rerun plans it and
+    every job downstream of it, so nothing downstream outlives it."""
+    (scenario / missing).unlink()
+    assert job_set(planned_jobs(scenario)) == MISSING[missing]

@@ -184,7 +184,8 @@ def train_ann_job(job) -> dict:
              descriptor.n_features, alpha)
     pot.train(train_dataset=train, test_dataset=validation, config=config,
               resume_from=paths["checkpoint_last.pt"] if job.resume else None,
-              force_resume=job.force, resume_may_change=RESUME_MAY_CHANGE, on_step=job.on_step)
+              force_resume=job.force, resume_may_change=RESUME_MAY_CHANGE, on_step=job.on_step,
+              interrupt=job.interrupt)
     pot.save(paths["model_best.pt"])
     pot.export_history(csv_path=paths["history.csv"])
     test_idx = np.asarray(job.split.get("test", []), dtype=np.int64)

@@ -303,7 +303,8 @@ class ANNTrainer:
     def __init__(self, potential, config: TorchTrainingConfig, train: Any, validation: Any,
                  *, resume_from: str | Path | None = None, force_resume: bool = False,
                  resume_may_change: tuple[str, ...] = (),
-                 on_step: Callable[[int, int], None] | None = None):
+                 on_step: Callable[[int, int], None] | None = None,
+                 interrupt: GracefulInterrupt | None = None):
         self.potential = potential
         self.config = config
         self.train_set = train
@@ -311,6 +312,7 @@ class ANNTrainer:
         self.resume_from = None if resume_from is None else Path(resume_from)
         self.force_resume = force_resume
         self.resume_may_change = tuple(resume_may_change)
+        self.interrupt = interrupt
         self.on_step = on_step
         self.rank, self.world = distributed.rank_and_world()
         self.train_base, self.train_idx = subset_indices(train)
@@ -605,10 +607,16 @@ class ANNTrainer:
             log.info("training had already finished; nothing to do")
             self._finish(len(self.history))
             return self.history
-        if self.resume_from is None:
-            self._warm_caches(0)
         use_interrupt = cfg.checkpoint_dir is not None
-        interrupt = GracefulInterrupt() if use_interrupt else contextlib.nullcontext()
+        if self.interrupt is not None:  # the caller's, already listening (nnpflow train)
+            interrupt = contextlib.nullcontext(self.interrupt)
+        else:
+            interrupt = GracefulInterrupt() if use_interrupt else contextlib.nullcontext()
+        if self.resume_from is None:
+            # a signal while the caches are filled (minutes for large sets) stops at once
+            with (self.interrupt.immediate("computing the features") if self.interrupt
+                  is not None else contextlib.nullcontext()):
+                self._warm_caches(0)
         selection = self.train_base.force_selection
         try:
             with interrupt as stop:

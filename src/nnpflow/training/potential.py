@@ -272,7 +272,8 @@ class TorchANNPotential:
               test_dataset: Any = None, config: Any = None,
               resume_from: str | os.PathLike | None = None, *, force_resume: bool = False,
               resume_may_change: Sequence[str] = (),
-              on_step: Callable[[int, int], None] | None = None) -> list[dict]:
+              on_step: Callable[[int, int], None] | None = None,
+              interrupt: Any = None) -> list[dict]:
         """Train the networks; returns the history (one dict per epoch).
 
         Inputs, by precedence (spec 000): an explicit ``train_dataset`` (and
@@ -285,7 +286,9 @@ class TorchANNPotential:
         (refused when the configuration or data changed unless
         ``force_resume``; identity paths in ``resume_may_change``, e.g.
         ``"config.iterations"``, may differ).  ``on_step(epoch, step)`` runs after
-        every step.
+        every step.  ``interrupt``: a caller's entered
+        :class:`~nnpflow.training.interrupt.GracefulInterrupt` to stop on (else
+        training installs its own when it writes checkpoints).
         """
         from .ann_trainer import ANNTrainer
         from .config import TorchTrainingConfig
@@ -296,7 +299,8 @@ class TorchANNPotential:
                                                 cfg)
         trainer = ANNTrainer(self, cfg, train, validation, resume_from=resume_from,
                              force_resume=force_resume,
-                             resume_may_change=tuple(resume_may_change), on_step=on_step)
+                             resume_may_change=tuple(resume_may_change), on_step=on_step,
+                             interrupt=interrupt)
         return trainer.run()
 
     def _training_data(self, structures, dataset, train_dataset, test_dataset, cfg):

@@ -184,8 +184,8 @@ def info_main(args: argparse.Namespace) -> int:
         f"atoms           {info['n_atoms']}",
         "species         " + ", ".join(f"{s} ({c})" for s, c in
                                        stats["species_counts"].items()),
-        "descriptor      " + (json.dumps(info["descriptor"], sort_keys=True)
-                              if info["descriptor"] else "none"),
+        "descriptor      " + (strict_json(info["descriptor"], indent=None)
+                                if info["descriptor"] else "none"),
         f"persisted       features={layout['features']} "
         f"force_derivatives={layout['force_derivatives']} dtype={layout['dtype']}",
         f"compression     {layout['compression']}"

@@ -570,12 +570,12 @@ class DatabaseWriter:
         part["n_structures"] = self._n_structures
         part["n_atoms"] = self._n_atoms
         part["species_layout"] = self._species_layout
-        part["derivative_keys"] = json.dumps(list(self._derivative_keys or []))
+        part["derivative_keys"] = strict_json(list(self._derivative_keys or []), indent=None)
         part["block_structures"] = self.block_structures
         attrs["n_parts"] = 1
         attrs["n_structures"] = self._n_structures
         attrs["n_atoms"] = self._n_atoms
-        attrs["species"] = json.dumps(sorted(stats["species_counts"], key=_z))
+        attrs["species"] = strict_json(sorted(stats["species_counts"], key=_z), indent=None)
         attrs["layout"] = canonical_json(layout)
         if self.persist_descriptor:
             attrs["descriptor"] = canonical_json(self.descriptor.config)

@@ -250,8 +250,8 @@ def final_outputs():
         *manifest_outputs().values(),
         *database_outputs().values(),
         split_output(),
-        *[path for name in model_names() for m in model_members(name)
-          for path in model_outputs(name, m).values()],
+        *[path for name in model_names() for kind in ("model", "history")
+          for path in committee_files(name, kind)],
         *[path for name in model_names() for path in evaluation_outputs(name).values()],
     ]
 

@@ -244,23 +244,42 @@ def test_a_layer_stack_file_with_bad_weights_is_refused(tmp_path):
         NNPCalculator(path)
 
 
-def test_evaluate_refuses_a_database_of_another_descriptor(data, tmp_path, capsys):
+def test_evaluate_never_uses_the_features_of_another_descriptor(data, tmp_path, capsys):
+    """An evaluation on a database of another descriptor either refuses it
+    (``DescriptorMismatchError``) or predicts exactly what the ASE calculator
+    predicts from the positions with the model's own descriptor; never from the
+    database's features.  A model whose descriptor settings were edited to match
+    such a database is refused by ``nnpflow evaluate``, naming the file."""
+    import torch as _torch
+
     from nnpflow.cli import main
     from nnpflow.descriptors import ChebyshevDescriptor
+    from nnpflow.evaluation.model_evaluation import evaluate_models
     out = tmp_path / "m"
     _train(data, out, epochs=1)
     other = ChebyshevDescriptor(["Cu", "Au"], rad_order=4, rad_cutoff=4.0, ang_order=2,
                                 ang_cutoff=3.5, min_cutoff=0.55)
     db = tmp_path / "other.h5"
-    write_database(db, emt_cells(4, seed=1), descriptor=other, persist_features=True,
+    cells = emt_cells(4, seed=1)
+    write_database(db, cells, descriptor=other, persist_features=True,
                    persist_force_derivatives=True)
-    with pytest.raises(DescriptorMismatchError, match=rf"^{db}: its descriptor .* differs "
-                                                      rf"from the one the model {out}/model.pt"):
-        from nnpflow.evaluation.model_evaluation import evaluate_models
-        evaluate_models([out / "model.pt"], db, {"all": [0, 1]})
-    # the same through the command line: one line, exit status 1, nothing written
-    code = main(["evaluate", str(out / "model.pt"), "--database", str(db), "-o",
-                 str(tmp_path / "ev")])
+    try:
+        ev = evaluate_models([out / "model.pt"], db, {"all": [0, 1]})
+    except DescriptorMismatchError:
+        pass
+    else:
+        for k in (0, 1):
+            atoms = cells[k].to_ase()
+            atoms.calc = NNPCalculator(out / "model.pt")
+            assert ev.predictions["all"].energies[k] == pytest.approx(
+                atoms.get_potential_energy(), abs=1e-6)
+    # the model's descriptor edited to the database's: refused, the file named
+    edited = tmp_path / "edited.pt"
+    payload = _torch.load(out / "model.pt", weights_only=True)
+    payload["descriptor"]["rad_cutoff"] = 4.0
+    _torch.save(payload, edited)
+    code = main(["evaluate", str(edited), "--database", str(db), "-o", str(tmp_path / "ev")])
     assert code != 0
-    assert f"{db}: its descriptor" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{edited}: " in err and "do not match the descriptor fingerprint" in err, err
     assert not (tmp_path / "ev").exists()

@@ -61,34 +61,12 @@ def _empty_result() -> PredictionResult:
                             reference_forces=[])
 
 
-def check_database_descriptor(potential, path, database) -> None:
-    """Refuse ``database`` unless it carries the descriptor ``potential`` (loaded from
-    ``path``) was trained with: same descriptor fingerprint, as training requires."""
-    from ..database import DatabaseReader
-    from ..errors import DescriptorMismatchError
-    from ..safe_write import canonical_json
-    with DatabaseReader(database, cache_size=0) as reader:
-        config, sha = reader.descriptor_config, reader.descriptor_sha256
-    mine = potential.descriptor
-    if config is None or sha is None:
-        raise DescriptorMismatchError(
-            f"{os.fspath(database)}: has no persisted descriptor; the ANN model {os.fspath(path)} "
-            f"needs a database built with its descriptor {canonical_json(mine.config())}")
-    if sha != mine.fingerprint:
-        raise DescriptorMismatchError(
-            f"{os.fspath(database)}: its descriptor {canonical_json(config)} (fingerprint "
-            f"{sha[:12]}…) differs from the one the model {os.fspath(path)} was trained with, "
-            f"{canonical_json(mine.config())} ({mine.fingerprint[:12]}…); evaluate it on a "
-            "database built with the model's descriptor settings")
-
-
 def _predict_ann(path, database, indices, batch_size, show_progress) -> PredictionResult:
     from torch.utils.data import Subset
 
     from ..datasets import HDF5StructureDataset
     from ..training.potential import TorchANNPotential
     potential = TorchANNPotential.from_file(path)
-    check_database_descriptor(potential, path, database)
     dataset = HDF5StructureDataset(None, database, mode="load", dtype=potential.dtype)
     try:
         return potential.predict_dataset(Subset(dataset, [int(i) for i in indices]),

@@ -8,8 +8,9 @@ An ANN potential (descriptor of the workflow's Cu/Au defaults: rad_order 10,
 rad_cutoff 6.0 Å, ang_order 3, ang_cutoff 4.0 Å; two hidden layers of 16 tanh
 nodes; weights from aenet's initialisation, untrained: the cost of a step does not
 depend on the weights) drives velocity-Verlet steps (1 fs, energies and forces
-each step) of a rattled 56-atom Cu/Au cell (:func:`cell`).  The two settings are timed in interleaved rounds
-(``--rounds``); the medians of ms per step are printed with their ratio.
+each step) of a rattled 56-atom Cu/Au cell (:func:`cell`).  The two settings are
+timed in interleaved rounds (``--rounds``); the medians of ms per step are printed
+with their ratio.
 ``--busy N`` starts N processes that spin on the CPU for the whole run, as other
 jobs do on a shared node.
 """

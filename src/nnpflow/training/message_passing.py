@@ -92,6 +92,9 @@ class ModelJob:
     interrupt: GracefulInterrupt | None = None
     on_step: Callable[[int, int], None] | None = None
     command: str = "nnpflow train"
+    #: identity entries a resume may change (``nnpflow train --resume``:
+    #: :data:`RESUME_MAY_CHANGE`; the workflow's stage: none, it starts over instead)
+    resume_may_change: tuple = ()
 
     def identity(self) -> dict:
         """What the resume guard compares."""
@@ -251,8 +254,8 @@ def _check_targets(job: ModelJob, model: LayerStack, terms: dict, where: str) ->
                                   f"(it predicts {', '.join(model.outputs)})")
 
 
-#: identity entries a ``--resume`` may change: a larger ``max_epochs`` continues training
-#: (the learning-rate schedule is stretched to the new length)
+#: identity entries ``nnpflow train --resume`` may change: a larger ``max_epochs``
+#: continues training (the learning-rate schedule is stretched to the new length)
 RESUME_MAY_CHANGE = ("Trainer.max_epochs",)
 
 
@@ -260,9 +263,10 @@ def check_job(job: ModelJob, with_data: bool = True) -> None:
     """Refuse ``job`` before anything is written (``nnpflow train`` checks every active
     model first, so that a refused run changes nothing in DIR but its log): results
     present without ``--resume``/``--force``, ``--resume`` without ``model_last.pt``,
-    or ``--resume`` with changed settings or data (:func:`check_resume`; only
-    ``max_epochs`` may change).  Reads, never writes; needs the data's hash only
-    (``with_data`` is for the interface of :mod:`~nnpflow.training.modelhub`)."""
+    or ``--resume`` with changed settings or data (:func:`check_resume`; the
+    entries of ``job.resume_may_change`` may differ).  Reads, never writes; needs
+    the data's hash only (``with_data`` is for the interface of
+    :mod:`~nnpflow.training.modelhub`)."""
     paths = {name: job.out_dir / name for name in OUTPUT_FILES}
     if job.resume:
         if not paths["model_last.pt"].exists():
@@ -270,7 +274,7 @@ def check_job(job: ModelJob, with_data: bool = True) -> None:
                               "nothing to resume; run without --resume")
         state = load_checkpoint(paths["model_last.pt"])
         check_resume(state["identity"], job.identity(), force=job.force,
-                     ignore=RESUME_MAY_CHANGE, source=str(paths["model_last.pt"]))
+                     ignore=job.resume_may_change, source=str(paths["model_last.pt"]))
         return
     existing = [p.name for p in paths.values() if p.exists()]
     if existing and not job.force:
@@ -353,7 +357,7 @@ def train_model(job: ModelJob) -> dict:
     if job.resume:
         state = load_checkpoint(paths["model_last.pt"], map_location=device)
         changes = check_resume(state["identity"], identity, force=job.force,
-                               ignore=RESUME_MAY_CHANGE, source=str(paths["model_last.pt"]))
+                               ignore=job.resume_may_change, source=str(paths["model_last.pt"]))
         old_epochs = state["identity"].get("Trainer", {}).get("max_epochs")
         if changes:
             log.warning("%s: resuming despite changes (--force): %s", job.name, "; ".join(changes))

@@ -32,7 +32,7 @@ from ..provenance import versions
 from ..safe_write import write_text
 from .datahub import ProcessedData, datahub_hash, prepare_data
 from .interrupt import GracefulInterrupt
-from .message_passing import ModelJob
+from .message_passing import RESUME_MAY_CHANGE, ModelJob
 from .modelhub import checker_for, model_dir_name, trainer_for
 from .splitter import load_or_make_split, split_key
 from .yaml_config import dump_config, load_config
@@ -99,7 +99,8 @@ def run_train(config_path: str | os.PathLike, out_dir: str | os.PathLike, *, res
                              split_key=key, out_dir=out / model_dir_name(name, entry),
                              resume=resume, force=force, show_progress=show_progress,
                              logger=logger, interrupt=interrupt, on_step=on_step,
-                             command=command) for name, entry in active]
+                             command=command, resume_may_change=RESUME_MAY_CHANGE)
+                    for name, entry in active]
 
         before_training = (interrupt.immediate("checking and processing the data set")
                            if interrupt is not None else contextlib.nullcontext())

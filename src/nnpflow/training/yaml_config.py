@@ -31,8 +31,8 @@ Sections
     ``learning_rate`` 0.001, ``max_epochs`` 100, ``num_workers`` 0,
     ``patience`` 50 (null: no early stopping), ``seed`` 42, ``warmup_ratio``
     0.01 (0 with ``schedule: constant``: a constant rate warms up only when
-    ``warmup_ratio`` is given), ``ema_decay`` 0.99 (null: no weight averaging), ``max_grad_norm`` null
-    (gradient clipping by total norm).
+    ``warmup_ratio`` is given), ``ema_decay`` 0.99 (null: no weight averaging),
+    ``max_grad_norm`` null (gradient clipping by total norm).
 ``Metrics``
     Term table (``rmse: {E: 1, Fa: 10}``) for the validation score (early
     stopping, best model) and the test metrics; default: each model's loss.

@@ -130,3 +130,31 @@ def test_foreign_files_are_refused(tmp_path):
         NNPCalculator(tmp_path / "y.pt")
     with pytest.raises(FileNotFoundError):
         NNPCalculator(tmp_path / "missing.pt")
+
+
+def test_calculator_threads_default_to_one_and_restore_the_callers(ann_files, monkeypatch):
+    """Issue 13: each calculation runs with ``threads`` torch threads (default 1) and
+    leaves the caller's setting as it was."""
+    from nnpflow import calculator as calc_module
+    seen = []
+    original = calc_module._ANNModel.__call__
+
+    def spy(self, structure, forces):
+        seen.append(torch.get_num_threads())
+        return original(self, structure, forces)
+    monkeypatch.setattr(calc_module._ANNModel, "__call__", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        atoms = cu_au_atoms()
+        atoms.calc = NNPCalculator(ann_files[0])
+        atoms.get_forces()
+        assert seen == [1] and torch.get_num_threads() == 2
+        atoms = cu_au_atoms()
+        atoms.calc = NNPCalculator(ann_files, threads=3)
+        atoms.get_potential_energy()
+        assert seen[1:] == [3, 3] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        NNPCalculator(ann_files[0], threads=0)

@@ -218,3 +218,70 @@ def test_schnet_predictions_match_the_ase_calculator(trained, tmp_path):
         assert result.names[k] == s.name and result.reference_energies[k] == s.energy
     both = committee_mean([result, result])
     assert np.allclose(both.energies, result.energies) and np.all(both.energy_std == 0)
+
+
+# ---------------------------------------------------------------- issue 13 (part A)
+
+def test_no_plots_removes_the_plots_of_an_earlier_evaluation(trained, tmp_path, capsys):
+    """``nnpflow evaluate --no-plots`` into a folder with old plots removes them (no
+    stale plot next to new metrics); so does the evaluate stage without plots."""
+    out = tmp_path / "ev"
+    assert cli_main(["evaluate", trained["models"][0], "--database", trained["db"],
+                     "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{n}.png" for n in PNGS)
+    (out / "notes.png").write_bytes(b"the user's own file")
+    assert cli_main(["evaluate", trained["models"][1], "--database", trained["db"],
+                     "-o", str(out), "--no-plots"]) == 0
+    assert "a plot of an earlier evaluation" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == ["notes.png"]
+    assert json.loads((out / "metrics.json").read_text())["model"]["files"] == \
+        [trained["models"][1]]
+    # the stage (evaluate.plots: false) does the same in its output folder
+    stage = tmp_path / "stage"
+    kwargs = dict(metrics=str(stage / "metrics.json"), per_species=str(stage / "s.csv"),
+                  worst_structures=str(stage / "w.csv"), model_name="one", splits=["test"])
+    evaluate_stage.run(trained["db"], trained["split"], trained["models"][:1],
+                       trained["histories"][:1],
+                       **{name: str(stage / f"{name}.png") for name in PNGS}, **kwargs)
+    assert len(list(stage.glob("*.png"))) == 3
+    evaluate_stage.run(trained["db"], trained["split"], trained["models"][:1],
+                       trained["histories"][:1], **kwargs)
+    assert list(stage.glob("*.png")) == []
+
+
+def _tick_overlaps(fig) -> list[str]:
+    """Tick labels of the figure's axes whose boxes overlap a neighbour's."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    bad = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            boxes = [t.get_window_extent(renderer) for t in labels]
+            bad += [f"{a.get_text()} / {b.get_text()}" for (a, ba), (b, bb) in
+                    zip(zip(labels, boxes), list(zip(labels, boxes))[1:]) if ba.overlaps(bb)]
+    return bad
+
+
+@pytest.mark.parametrize("centre,spread", [(-1604.3, 4.0), (-1604.3, 0.05), (-5.3, 0.2),
+                                           (-21345.6789, 0.02), (-21345.6789, 40.0)])
+def test_energy_parity_plot_ticks_are_readable(tmp_path, monkeypatch, centre, spread):
+    """Absolute energies per atom (DFT totals: -1604 eV/atom with a spread of a few eV)
+    give tick labels that do not overlap and carry no offset to add in one's head (the
+    old plots overlapped, or wrote -0.45 with an offset of -1.604e3)."""
+    from nnpflow.evaluation import plots
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    rng = np.random.default_rng(0)
+    ref = centre + spread * rng.normal(size=200)
+    plots.parity_plot(tmp_path / "p.png", {"test": (ref, ref + 0.01 * rng.normal(size=200))},
+                      title="energy per atom", unit="eV/atom")
+    [fig] = figures
+    assert _tick_overlaps(fig) == []
+    ax = fig.axes[0]
+    assert ax.xaxis.get_offset_text().get_text() == ""
+    labels = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_xticklabels()
+              if t.get_text()]
+    assert min(labels) < centre < max(labels)   # full values, not offsets from centre

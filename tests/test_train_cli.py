@@ -156,13 +156,14 @@ def test_rerun_reuses_data_and_split_and_never_warm_starts(workdir):
     last_bytes = last.read_bytes()
     assert main(["train", "-c", str(config), "-o", "out"]) == 2  # refused
     second = logs(workdir)[-1]
-    assert "data: reusing processed_dataset_" in second and "split: reused split_" in second
     assert "never continues training silently" in second and "--resume" in second
     assert (split_file.stat().st_mtime_ns, split_file.read_text()) == before
     assert last.read_bytes() == last_bytes  # nothing touched
     # --force starts over
     assert main(["train", "-c", str(config), "-o", "out", "--force"]) == 0
-    assert "--force: removed the previous" in logs(workdir)[-1]
+    third = logs(workdir)[-1]
+    assert "data: reusing processed_dataset_" in third and "split: reused split_" in third
+    assert "--force: removed the previous" in third
 
 
 def test_resume_guard_names_changes(workdir):
@@ -174,7 +175,7 @@ def test_resume_guard_names_changes(workdir):
     with pytest.raises(ResumeMismatchError) as info:
         run_train(changed, "out", resume=True)
     assert "Trainer.learning_rate: 0.001 -> 0.002" in str(info.value)
-    assert "Trainer.max_epochs: 2 -> 3" in str(info.value)
+    assert "max_epochs" not in str(info.value)  # a --resume may train longer
     # forced: resumes with the new settings and trains the third epoch
     run_train(changed, "out", resume=True, force=True)
     history = (workdir / "out" / MODEL_DIR / "history.csv").read_text().splitlines()
@@ -524,3 +525,146 @@ def test_cuda_without_a_device_is_a_clear_error(workdir, capsys):
     assert main(["train", "-c", str(config), "-o", "out"]) == 2
     assert "Trainer.cuda is true but torch" in capsys.readouterr().err
     assert not (workdir / "out").exists()
+
+
+# ---------------------------------------------------------------- issue 13 (part A)
+
+def _folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` except the logs: modification time and content."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file() and "logs" not in p.parts}
+
+
+@pytest.mark.parametrize("how", ["changed", "changed-data", "resume-changed",
+                                 "resume-changed-data", "resume-missing"])
+def test_a_refused_run_changes_nothing_but_its_log(workdir, how):
+    """A refused ``nnpflow train`` (results present without --resume; --resume with
+    changed settings or data; --resume of another model without a checkpoint) leaves
+    every file in DIR as it was, config.yaml and the data cache included; it only
+    adds its log."""
+    assert main(["train", "-c", str(write_config(workdir)), "-o", "out"]) == 0
+    before = _folder_state(workdir / "out")
+    n_logs = len(logs(workdir))
+    if how.endswith("changed-data"):
+        make_dataset(workdir, seed=5)  # another data file: another processed data set
+    changes = {"Trainer__learning_rate": 0.002} if how.endswith("changed") else {}
+    if how == "resume-missing":
+        changes = {"Modelhub__FF02__active": True}
+    changed = write_config(workdir, name="changed.yaml", **changes)
+    args = ["train", "-c", str(changed), "-o", "out"] + (["--resume"]
+                                                          if how.startswith("resume") else [])
+    assert main(args) == 2
+    assert _folder_state(workdir / "out") == before
+    assert len(logs(workdir)) == n_logs + 1
+    refusal = logs(workdir)[-1]
+    assert ("never continues training silently" in refusal or "cannot resume" in refusal
+            or "nothing to resume" in refusal), refusal
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_resume_with_more_epochs_continues_training(workdir, schedule):
+    """--resume with a larger max_epochs trains the extra epochs (the workflow's train
+    stage does the same) instead of being refused; nothing else may change."""
+    assert main(["train", "-c", str(write_config(workdir, Trainer__schedule=schedule)),
+                 "-o", "out"]) == 0
+    longer = write_config(workdir, name="longer.yaml", Trainer__schedule=schedule,
+                          Trainer__max_epochs=4)
+    assert main(["train", "-c", str(longer), "-o", "out", "--resume"]) == 0
+    text = logs(workdir)[-1]
+    assert "max_epochs 2 -> 4: training continues to epoch 4" in text, text
+    assert "FF01 epoch 3/4" in text and "FF01 epoch 4/4" in text and "epoch 1/4" not in text
+    rows = (workdir / "out" / MODEL_DIR / "history.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
+    lrs = [float(r.split(",")[1]) for r in rows]
+    assert all(lr > 0 for lr in lrs)          # the stretched schedule stays positive
+    if schedule == "constant":
+        assert lrs == [0.001] * 4
+
+
+def test_constant_schedule_does_not_warm_up_unless_asked(workdir):
+    config = copy.deepcopy(CONFIG)
+    del config["Trainer"]["warmup_ratio"]       # the default
+    config["Trainer"]["schedule"] = "constant"
+    assert main(["train", "-c", str(write_config(workdir, config)), "-o", "out"]) == 0
+    rows = (workdir / "out" / MODEL_DIR / "history.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[1]) for r in rows] == [0.001, 0.001]
+    resolved = yaml.safe_load((workdir / "out" / "config.yaml").read_text())
+    assert resolved["Trainer"]["warmup_ratio"] == 0.0
+    # asked for: it warms up
+    config["Trainer"]["warmup_ratio"] = 0.5
+    assert main(["train", "-c", str(write_config(workdir, config)), "-o", "out2"]) == 0
+    rows = (workdir / "out2" / MODEL_DIR / "history.csv").read_text().splitlines()[1:]
+    assert float(rows[0].split(",")[1]) < 0.001
+
+
+ANN_CONFIG = {**CONFIG, "Modelhub": {"FF03": {
+    "architecture": "ANN", "hidden": [[4, "tanh"]],
+    "descriptor": {"rad_order": 3, "rad_cutoff": 4.0, "ang_order": 1, "ang_cutoff": 3.0},
+    "loss": {"rmse": {"E": 1, "Fa": 1}}}}}
+
+
+@pytest.mark.parametrize("how", ["resume-changed", "resume-changed-data"])
+def test_a_refused_ann_resume_changes_nothing_but_its_log(workdir, how):
+    """The ANN resume guard needs the processed structures: a refusal there takes
+    back the data folder and split this run made; config.yaml stays as it was."""
+    assert main(["train", "-c", str(write_config(workdir, ANN_CONFIG)), "-o", "out"]) == 0
+    before = _folder_state(workdir / "out")
+    if how == "resume-changed-data":
+        make_dataset(workdir, seed=5)
+    changes = {"Trainer__learning_rate": 0.002} if how == "resume-changed" else {}
+    changed = write_config(workdir, ANN_CONFIG, name="changed.yaml", **changes)
+    assert main(["train", "-c", str(changed), "-o", "out", "--resume"]) == 2
+    assert "cannot resume" in logs(workdir)[-1]
+    assert _folder_state(workdir / "out") == before
+    # a larger max_epochs alone continues
+    longer = write_config(workdir, ANN_CONFIG, name="longer.yaml", Trainer__max_epochs=3)
+    if how == "resume-changed-data":
+        make_dataset(workdir, seed=0)
+    assert main(["train", "-c", str(longer), "-o", "out", "--resume"]) == 0
+    rows = (workdir / "out" / "FF03-ANN" / "history.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3]
+
+
+def _train_with_slow_data(config: str, folder: str) -> None:
+    """``nnpflow train`` in a forked child whose data reader takes 1 s per structure."""
+    import nnpflow.training.datahub as datahub
+    original = datahub.read_source
+
+    def slow(hub):
+        for s in original(hub):
+            time.sleep(1.0)
+            yield s
+    datahub.read_source = slow
+    os.chdir(folder)
+    os._exit(main(["train", "-c", config, "-o", "out", "--threads", "1"]))
+
+
+def test_sigterm_while_processing_the_data_stops_within_seconds(workdir):
+    """SIGTERM during data processing (before the first training step) takes effect
+    at once: exit status 143 within seconds, a message saying nothing was trained,
+    and no processed data folder (its temporary folder is removed)."""
+    import multiprocessing as mp
+    config = write_config(workdir)
+    proc = mp.get_context("fork").Process(target=_train_with_slow_data,
+                                          args=(str(config), str(workdir)))
+    proc.start()
+    deadline = time.time() + 60
+    log_dir = workdir / "out" / "logs"
+    while time.time() < deadline:
+        texts = [p.read_text() for p in log_dir.glob("*.log")] if log_dir.exists() else []
+        if any("data: processing" in t for t in texts):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the reader
+    start = time.time()
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(30)
+    took = time.time() - start
+    if proc.exitcode is None:  # pragma: no cover - a hang is a failure
+        proc.kill()
+        proc.join()
+    assert proc.exitcode == 128 + signal.SIGTERM
+    assert took < 5, f"SIGTERM took {took:.1f} s to stop the data processing"
+    text = logs(workdir)[-1]
+    assert "stopped by SIGTERM while checking and processing the data set" in text, text
+    assert list((workdir / "out").glob("*processed_dataset_*")) == []

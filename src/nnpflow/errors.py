@@ -115,3 +115,8 @@ class ResumeMismatchError(NNPFlowError):
 
 class SplitMismatchError(NNPFlowError, ValueError):
     """A split file does not belong to the structures it is used with."""
+
+
+class NonFiniteError(NNPFlowError, ValueError):
+    """Training met a non-finite loss (NaN or ±inf): the message names the epoch and,
+    where they can be found, the structures with non-finite inputs."""

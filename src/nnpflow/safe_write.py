@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .errors import OutputError
 
@@ -119,9 +120,31 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite number (NaN, ±inf) replaced by ``None`` and numpy
+    scalars and arrays as Python numbers and lists: what strict JSON can hold."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if type(obj).__module__ == "numpy":  # numpy scalar or array, without importing numpy
+        return json_safe(obj.tolist())
+    return obj
+
+
+def strict_json(obj: Any, indent: int | None = 2, sort_keys: bool = True) -> str:
+    """The one JSON writer of nnpflow's outputs: strict JSON (RFC 8259), where a
+    non-finite number is written as ``null``, never as the ``NaN``/``Infinity``
+    tokens Python's ``json`` writes by default (other JSON readers reject them)."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (keys sorted, trailing newline)."""
-    write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+    """Write ``obj`` as strict JSON (:func:`strict_json`: keys sorted, non-finite
+    numbers as ``null``) to ``path`` atomically, with a trailing newline."""
+    write_text(path, strict_json(obj, indent=indent) + "\n")
 
 
 def canonical_json(obj: Any) -> str:

@@ -237,13 +237,40 @@ def split_output():
     return results("split", "split.json")
 
 
-def final_outputs():
-    """Everything rule all asks for: the data stages' outputs and the evaluation of
-    every active model (which pulls in its training)."""
+def shard_outputs():
+    """The per-shard files of the ingest and build jobs (the rules' output paths)."""
     return [
+        path
+        for k in SHARDS
+        for path in (
+            results("manifest", f"shard_{k}.tsv"),
+            results("manifest", f"shard_{k}.rejected.tsv"),
+            results("ingest", f"shard_{k}.h5"),
+            results("database", f"shard_{k}.h5"),
+        )
+    ]
+
+
+def final_outputs():
+    """Everything rule all asks for: every file the workflow keeps (the example's
+    files, the shards, the merged data, the split, every member's model and history
+    and every active model's evaluation), not only the last ones.
+
+    Asking for all of them is what makes a failed or killed job's work come back:
+    Snakemake removes the outputs of a job that fails, and it does not remake a
+    missing file that no target asks for when the files computed from it are
+    present (it treats it like a consumed temporary file).  With every file a
+    target, a missing one (a failed job's, or one deleted by hand) is made again on
+    the next run, and every job downstream of it reruns with it, so no evaluation,
+    database or manifest outlives the files it was computed from."""
+    return [
+        *EXAMPLE_FILES,
+        *shard_outputs(),
         *manifest_outputs().values(),
         *database_outputs().values(),
         split_output(),
+        *[path for name in model_names() for kind in ("model", "history")
+          for path in committee_files(name, kind)],
         *[path for name in model_names() for path in evaluation_outputs(name).values()],
     ]
 

@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..safe_write import strict_json
 
 
 def register(subparsers) -> None:
@@ -166,7 +167,7 @@ def build_main(args: argparse.Namespace) -> int:
         "rejected": [{"label": r.label, "reason": r.reason} for r in result.rejected],
         "filtered": [{"label": r.label, "reason": r.reason} for r in result.filtered],
     }
-    print(json.dumps(summary, indent=2))
+    print(strict_json(summary, sort_keys=False))
     return 0
 
 
@@ -178,7 +179,7 @@ def info_main(args: argparse.Namespace) -> int:
     from ..database import database_info
     info = database_info(args.database, check=args.check)
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        print(strict_json(info))
         return 0
     layout = info["layout"]
     stats = info["statistics"]
@@ -190,8 +191,8 @@ def info_main(args: argparse.Namespace) -> int:
         f"atoms           {info['n_atoms']}",
         "species         " + ", ".join(f"{s} ({c})" for s, c in
                                        stats["species_counts"].items()),
-        "descriptor      " + (json.dumps(info["descriptor"], sort_keys=True)
-                              if info["descriptor"] else "none"),
+        "descriptor      " + (strict_json(info["descriptor"], indent=None)
+                                if info["descriptor"] else "none"),
         f"persisted       features={layout['features']} "
         f"force_derivatives={layout['force_derivatives']} dtype={layout['dtype']}",
         f"compression     {layout['compression']}"
@@ -226,6 +227,6 @@ def merge_main(args: argparse.Namespace) -> int:
     from ..database import database_info, merge_databases
     merge_databases(args.shards, args.output)
     info = database_info(args.output)
-    print(json.dumps({"database": args.output, "n_structures": info["n_structures"],
-                      "fingerprint": info["fingerprint"]}, indent=2))
+    print(strict_json({"database": args.output, "n_structures": info["n_structures"],
+                       "fingerprint": info["fingerprint"]}, sort_keys=False))
     return 0

@@ -14,7 +14,9 @@ structures of the database form one part, ``all``.  DIR receives the files of
 the workflow's evaluate stage: ``metrics.json``, ``per_species.csv``,
 ``worst_structures.csv`` and, unless ``--no-plots``, ``parity_energy.png``,
 ``parity_forces.png`` and ``learning_curve.png`` (from ``--history`` files, or
-the ``history.csv`` next to each model file when every model has one).
+the ``history.csv`` next to each model file when every model has one).  Plots of
+an earlier evaluation in DIR that this one does not write (``--no-plots``, no
+histories) are removed, so no stale plot sits next to new metrics.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--history: {len(args.history)} files for {len(args.models)} models")
 
     from ..database import DatabaseReader
-    from ..evaluation.model_evaluation import evaluate_models, write_evaluation
+    from ..evaluation.model_evaluation import (PLOT_FILES, evaluate_models, remove_stale_plots,
+                                              write_evaluation)
     from ..splitting import load_split
 
     with DatabaseReader(args.database, cache_size=0) as reader:
@@ -106,13 +109,16 @@ def run(args: argparse.Namespace) -> int:
         found = [Path(m).parent / "history.csv" for m in args.models]
         histories = [str(h) for h in found] if all(h.is_file() for h in found) else None
     plots = not args.no_plots
+    files = {"parity_energy": str(out / PLOT_FILES["parity_energy"]) if plots else None,
+             "parity_forces": str(out / PLOT_FILES["parity_forces"]) if plots else None,
+             "learning_curve": (str(out / PLOT_FILES["learning_curve"])
+                                if plots and histories else None)}
     write_evaluation(
         evaluation, metrics=str(out / "metrics.json"), per_species=str(out / "per_species.csv"),
-        worst_structures_csv=str(out / "worst_structures.csv"),
-        parity_energy=str(out / "parity_energy.png") if plots else None,
-        parity_forces=str(out / "parity_forces.png") if plots else None,
-        learning_curve=str(out / "learning_curve.png") if plots and histories else None,
+        worst_structures_csv=str(out / "worst_structures.csv"), **files,
         histories=histories, worst=args.worst, max_points=args.max_points)
+    for path in remove_stale_plots(out, list(files.values())):
+        print(f"removed {path} (a plot of an earlier evaluation)", file=sys.stderr)
 
     print(f"{'part':<12}{'structures':>11}{'E RMSE eV/atom':>16}{'E MAE eV/atom':>15}"
           f"{'F RMSE eV/Å':>13}{'F MAE eV/Å':>12}")

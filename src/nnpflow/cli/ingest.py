@@ -17,12 +17,12 @@ member and line.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..energy_reference import EnergyFilter, read_atomic_energy_csv
 from ..errors import ConfigError
+from ..safe_write import strict_json
 from ..structure import element_symbol
 
 
@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     write_manifest(args.output, rows, optional=(COLUMN,))
     info["manifest"] = str(args.output)
     info["rejected"] = str(rejected)
-    json.dump(info, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write(strict_json(info))
     sys.stdout.write("\n")
     if n_rejected:
         print(f"nnpflow ingest: {n_rejected} rejected (see {rejected})", file=sys.stderr)

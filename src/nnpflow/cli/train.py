@@ -16,14 +16,18 @@ def register(subparsers) -> None:
                     "Trainer, Metrics sections).  Outputs in DIR: config.yaml (resolved "
                     "configuration), logs/, processed_dataset_<hash>/ and one folder per model "
                     "with model_best.pt, model_last.pt, history.csv and test_metrics.json.  "
-                    "SIGTERM stops after the current step with a checkpoint (exit status 143); "
-                    "continue with --resume.",
+                    "SIGTERM stops after the current step with a checkpoint (exit status 143; "
+                    "before training starts, e.g. while the data set is processed, at once); "
+                    "continue with --resume.  A refused run (results present without --resume "
+                    "or --force, a --resume with changed settings) changes nothing in DIR but "
+                    "adds its log.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="the train.yaml")
     parser.add_argument("-o", "--output", default=".", help="output directory DIR")
     parser.add_argument("--resume", action="store_true",
                         help="continue each model from its model_last.pt (refused when the "
-                             "configuration or data changed, unless --force)")
+                             "configuration or data changed, unless --force; a larger "
+                             "max_epochs trains the extra epochs)")
     parser.add_argument("--force", action="store_true",
                         help="start over where results exist (with --resume: resume despite "
                              "changed settings)")

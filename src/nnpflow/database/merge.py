@@ -11,7 +11,6 @@ order; sources and their content hashes are united.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,7 +19,7 @@ import h5py
 
 from .. import __version__
 from ..errors import ConfigError, DescriptorMismatchError
-from ..safe_write import atomic_path, canonical_json
+from ..safe_write import atomic_path, canonical_json, strict_json
 from ..structure import atomic_number
 from .fingerprint import StructuresFingerprint, database_fingerprint
 from .reader import DatabaseReader
@@ -155,8 +154,8 @@ def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os
                     attrs["n_parts"] = n_parts
                     attrs["n_structures"] = stats.n_structures
                     attrs["n_atoms"] = stats.n_atoms
-                    attrs["species"] = json.dumps(sorted(stats_dict["species_counts"],
-                                                         key=atomic_number))
+                    attrs["species"] = strict_json(sorted(stats_dict["species_counts"],
+                                                           key=atomic_number), indent=None)
                     attrs["layout"] = canonical_json(layout)
                     if first.descriptor_config is not None:
                         attrs["descriptor"] = canonical_json(first.descriptor_config)
@@ -164,11 +163,11 @@ def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os
                     attrs["sources"] = canonical_json(merge_sources_meta([r.sources
                                                                           for r in readers]))
                     attrs["filter"] = canonical_json(first.filter)
-                    attrs["statistics"] = json.dumps(stats_dict, sort_keys=True)
+                    attrs["statistics"] = strict_json(stats_dict, indent=None)
                     attrs["structures_fingerprint"] = structures_fp
                     attrs["fingerprint"] = database_fingerprint(structures_fp, desc_sha, layout)
                     attrs["created_by"] = f"nnpflow {__version__}"
-                    attrs["merged_from"] = json.dumps([str(p) for p in shard_paths])
+                    attrs["merged_from"] = strict_json([str(p) for p in shard_paths], indent=None)
                     attrs["complete"] = True
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, InputError, OutputError
-from ..safe_write import atomic_path, canonical_json
+from ..safe_write import atomic_path, canonical_json, strict_json
 from ..structure import Structure, as_structure, atomic_number
 from ..structure_checks import check_descriptor_species
 from .columns import ColumnBlock, species_lookup, structures_to_columns
@@ -577,19 +577,19 @@ class DatabaseWriter:
         part["n_structures"] = self._n_structures
         part["n_atoms"] = self._n_atoms
         part["species_layout"] = self._species_layout
-        part["derivative_keys"] = json.dumps(list(self._derivative_keys or []))
+        part["derivative_keys"] = strict_json(list(self._derivative_keys or []), indent=None)
         part["block_structures"] = self.block_structures
         attrs["n_parts"] = 1
         attrs["n_structures"] = self._n_structures
         attrs["n_atoms"] = self._n_atoms
-        attrs["species"] = json.dumps(sorted(stats["species_counts"], key=_z))
+        attrs["species"] = strict_json(sorted(stats["species_counts"], key=_z), indent=None)
         attrs["layout"] = canonical_json(layout)
         if self.persist_descriptor:
             attrs["descriptor"] = canonical_json(self.descriptor.config)
             attrs["descriptor_sha256"] = desc_sha
         attrs["sources"] = canonical_json(self.sources_meta)
         attrs["filter"] = canonical_json(self.filter_meta)
-        attrs["statistics"] = json.dumps(stats, sort_keys=True)
+        attrs["statistics"] = strict_json(stats, indent=None)
         attrs["structures_fingerprint"] = structures_fp
         attrs["fingerprint"] = database_fingerprint(structures_fp, desc_sha, layout)
         attrs["created_by"] = f"nnpflow {__version__}"

@@ -34,7 +34,12 @@ from .predictions import committee_mean, model_kind, predict_model
 from .tables import (METRIC_KEYS, PER_SPECIES_COLUMNS, WORST_COLUMNS, part_metrics,
                      per_species_rows, structure_errors, worst_structures, write_csv)
 
-__all__ = ["UNITS", "ModelEvaluation", "evaluate_models", "write_evaluation"]
+__all__ = ["UNITS", "PLOT_FILES", "ModelEvaluation", "evaluate_models", "write_evaluation",
+           "remove_stale_plots"]
+
+#: the plots' file names in an evaluation folder (the workflow's and nnpflow evaluate's)
+PLOT_FILES = {"parity_energy": "parity_energy.png", "parity_forces": "parity_forces.png",
+              "learning_curve": "learning_curve.png"}
 
 #: units of the metrics in metrics.json
 UNITS = {"energy_rmse_per_atom": "eV/atom", "energy_mae_per_atom": "eV/atom",
@@ -162,3 +167,18 @@ def write_evaluation(evaluation: ModelEvaluation, *, metrics: str | None = None,
             learning_curve, [read_history_csv(h) for h in histories],
             title=f"{name}: learning curve" if name else "Learning curve")
     return drawn
+
+
+def remove_stale_plots(folder: str | os.PathLike, written: Sequence[str | os.PathLike | None]
+                       ) -> list[str]:
+    """Remove the plots (:data:`PLOT_FILES`) in ``folder`` that this evaluation did not
+    write (``written``: the paths it wrote, ``None`` for those it did not), so that no
+    plot of an earlier model sits next to new metrics.  Returns the removed paths."""
+    kept = {os.path.abspath(p) for p in written if p is not None}
+    removed = []
+    for name in PLOT_FILES.values():
+        path = os.path.join(os.fspath(folder), name)
+        if os.path.abspath(path) not in kept and os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed

@@ -88,12 +88,27 @@ def parity_plot(path: str | os.PathLike, series: Mapping[str, tuple[Any, Any]], 
     else:
         ax.text(0.5, 0.5, "no labelled values to compare", ha="center", va="center",
                 transform=ax.transAxes)
+    _readable_ticks(ax)
     ax.set_xlabel(f"reference ({unit})")
     ax.set_ylabel(f"predicted ({unit})")
     ax.set_title(title)
     ax.grid(True, linewidth=0.3)
     _save(fig, path)
     return {part: 0 if c is None else int(len(c.get_offsets())) for part, c in drawn.items()}
+
+
+def _readable_ticks(ax) -> None:
+    """At most 5 ticks per axis, written in full (no offset such as "-1.604e3" to add
+    in one's head), x labels slanted: absolute energies like -1604.25 eV/atom stay
+    readable and never overlap."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+        axis.set_major_formatter(ScalarFormatter(useOffset=False))
+    ax.tick_params(axis="x", labelrotation=30)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+        label.set_rotation_mode("anchor")
 
 
 def _energy_series(result) -> tuple[np.ndarray, np.ndarray]:

@@ -93,7 +93,11 @@ def save_layer_stack(path: str | os.PathLike, model: LayerStack,
 
 def model_from_payload(payload: Mapping[str, Any],
                        device: str | torch.device = "cpu") -> LayerStack:
-    """Rebuild a :class:`LayerStack` from a model-file dict."""
+    """Rebuild a :class:`LayerStack` from a model-file dict (its weights' names,
+    shapes and finiteness checked first, :mod:`nnpflow.models.model_checks`)."""
+    from .model_checks import check_state_dict, expected_shapes
+    check_state_dict(payload.get("state_dict"),
+                     expected_shapes(lambda: LayerStack.from_config(payload["config"])))
     model = LayerStack.from_config(payload["config"])
     model.to(dtype=dtype_from_name(payload.get("dtype", "float32")))
     model.load_state_dict(payload["state_dict"])
@@ -104,4 +108,7 @@ def load_layer_stack(path: str | os.PathLike, device: str | torch.device = "cpu"
                      ) -> tuple[LayerStack, dict]:
     """Load a model file: ``(model in eval mode, metadata)``."""
     payload = read_torch_file(path, MODEL_SCHEMA, MODEL_SCHEMA_VERSION)
-    return model_from_payload(payload, device), dict(payload.get("metadata", {}))
+    try:
+        return model_from_payload(payload, device), dict(payload.get("metadata", {}))
+    except SchemaError as exc:
+        raise SchemaError(f"{os.fspath(path)}: {exc}") from None

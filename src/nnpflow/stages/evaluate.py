@@ -13,6 +13,7 @@ and, when the rule asks for them, ``parity_energy``, ``parity_forces`` and
 from __future__ import annotations
 
 import logging
+import os
 from typing import Sequence
 
 from ..errors import ConfigError
@@ -38,7 +39,8 @@ def run(database: str, split: str, models: Sequence[str], histories: Sequence[st
     """Evaluate model ``model_name`` (files ``models``) on the ``splits`` parts of
     ``split``; write the outputs given.  Returns the metrics (``metrics.json``)."""
     from ..database import DatabaseReader
-    from ..evaluation.model_evaluation import evaluate_models, write_evaluation
+    from ..evaluation.model_evaluation import (evaluate_models, remove_stale_plots,
+                                              write_evaluation)
     from ..splitting import load_split
 
     models, histories, splits = list(models), list(histories), list(splits)
@@ -58,6 +60,9 @@ def run(database: str, split: str, models: Sequence[str], histories: Sequence[st
                      worst_structures_csv=worst_structures, parity_energy=parity_energy,
                      parity_forces=parity_forces, learning_curve=learning_curve,
                      histories=histories, worst=WORST, max_points=MAX_POINTS)
+    for path in remove_stale_plots(os.path.dirname(os.path.abspath(metrics)),
+                                   [parity_energy, parity_forces, learning_curve]):
+        log.info("removed %s (a plot of an earlier evaluation; evaluate.plots is false)", path)
     for part in splits:
         m = evaluation.metrics[part]
         log.info("%s %s (%d structures): energy RMSE %s eV/atom, MAE %s eV/atom; "

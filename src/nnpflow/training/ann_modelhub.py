@@ -83,42 +83,45 @@ def _architecture(entry: Mapping, species: list[str], where: str, check_only: bo
     return parse_architecture({s: layers for s in species}, species, f"{where}.hidden")
 
 
-def train_ann_job(job) -> dict:
-    """Train one ANN Modelhub entry (a :class:`~nnpflow.training.message_passing.ModelJob`);
-    returns its test metrics (``{}`` without a test part)."""
-    import numpy as np
-    from torch.utils.data import Subset
+#: identity entries ``--resume`` may change: a larger ``max_epochs`` continues training
+RESUME_MAY_CHANGE = ("config.iterations",)
 
-    from ..datasets import StructureDataset
-    from ..descriptors import ChebyshevDescriptor
-    from ..safe_write import write_json
-    from ..structure import atomic_number
-    from .config import Adam, TorchTrainingConfig
-    from .potential import TorchANNPotential
 
-    entry, trainer, log = job.entry, job.trainer, job.logger
-    where = f"Modelhub.{job.name}"
-    out = Path(job.out_dir)
-    paths = {name: out / name for name in OUTPUTS}
+def _check_outputs(job, paths: dict) -> None:
+    """Refusals that need no data: results present without --resume/--force,
+    --resume without a checkpoint.  Reads, never writes."""
     if job.resume:
         if not paths["checkpoint_last.pt"].is_file():
             raise ConfigError(f"--resume: {paths['checkpoint_last.pt']} does not exist, so there "
                               "is nothing to resume; run without --resume")
-    else:
-        existing = [p.name for p in paths.values() if p.exists()]
-        if existing and not job.force:
-            raise ConfigError(f"{out} already holds results ({', '.join(existing)}); nnpflow "
-                              "never continues training silently: pass --resume to continue, "
-                              "or --force to start over")
-        for p in list(paths.values()) + sorted(out.glob("checkpoint_*.pt")):
-            p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+        return
+    existing = [p.name for p in paths.values() if p.exists()]
+    if existing and not job.force:
+        raise ConfigError(f"{job.out_dir} already holds results ({', '.join(existing)}); nnpflow "
+                          "never continues training silently: pass --resume to continue, "
+                          "or --force to start over")
+
+
+def _setup(job):
+    """Descriptor, networks, datasets and training settings of an ANN job."""
+    import numpy as np
+    import torch
+    from torch.utils.data import Subset
+
+    from ..datasets import StructureDataset
+    from ..descriptors import ChebyshevDescriptor
+    from ..structure import atomic_number
+    from .config import Adam, TorchTrainingConfig
+    from .potential import TorchANNPotential
+
+    entry, trainer = job.entry, job.trainer
+    where = f"Modelhub.{job.name}"
+    out = Path(job.out_dir)
     structures = job.data.structures()
     desc_cfg = dict(entry["descriptor"])
     species = desc_cfg.pop("species") or sorted({x for s in structures for x in s.species},
                                                 key=atomic_number)
     dtype = trainer["dtype"]
-    import torch
     descriptor = ChebyshevDescriptor(species, dtype=getattr(torch, dtype), **desc_cfg)
     arch = _architecture(entry, species, where)
     weights = entry["loss"]["rmse"]
@@ -138,11 +141,51 @@ def train_ann_job(job) -> dict:
         device="cuda" if trainer["cuda"] else "cpu", precision=dtype,
         show_progress=job.show_progress)
     pot = TorchANNPotential(arch, descriptor)
+    return pot, config, dataset, train, validation, alpha
+
+
+def check_ann_job(job, with_data: bool = True) -> None:
+    """Refuse ``job`` before anything is written: :func:`_check_outputs`, and with
+    ``--resume`` and ``with_data`` (the structures are needed) the resume guard
+    (settings and data of ``checkpoint_last.pt``; only ``max_epochs`` may
+    change).  Reads, never writes."""
+    from .ann_trainer import training_identity
+    from .checkpoint import check_resume, load_checkpoint
+    paths = {name: Path(job.out_dir) / name for name in OUTPUTS}
+    _check_outputs(job, paths)
+    if job.resume and with_data:
+        pot, config, _, train, validation, _ = _setup(job)
+        state = load_checkpoint(paths["checkpoint_last.pt"])
+        check_resume(state["identity"], training_identity(pot, config, train, validation),
+                     force=job.force, ignore=RESUME_MAY_CHANGE,
+                     source=str(paths["checkpoint_last.pt"]))
+
+
+def train_ann_job(job) -> dict:
+    """Train one ANN Modelhub entry (a :class:`~nnpflow.training.message_passing.ModelJob`);
+    returns its test metrics (``{}`` without a test part)."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from ..safe_write import write_json
+
+    log = job.logger
+    out = Path(job.out_dir)
+    paths = {name: out / name for name in OUTPUTS}
+    _check_outputs(job, paths)
+    if not job.resume:
+        for p in list(paths.values()) + sorted(out.glob("checkpoint_*.pt")):
+            p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    pot, config, dataset, train, validation, alpha = _setup(job)
+    descriptor = pot.descriptor
+    species = list(descriptor.species)
     log.info("%s: ANN on %s (%d features), loss weight of forces %.3g", job.name, species,
              descriptor.n_features, alpha)
     pot.train(train_dataset=train, test_dataset=validation, config=config,
               resume_from=paths["checkpoint_last.pt"] if job.resume else None,
-              force_resume=job.force, on_step=job.on_step)
+              force_resume=job.force, resume_may_change=RESUME_MAY_CHANGE, on_step=job.on_step,
+              interrupt=job.interrupt)
     pot.save(paths["model_best.pt"])
     pot.export_history(csv_path=paths["history.csv"])
     test_idx = np.asarray(job.split.get("test", []), dtype=np.int64)

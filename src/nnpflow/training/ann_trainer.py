@@ -101,6 +101,17 @@ def dataset_identity(dataset: Any) -> dict:
     return out
 
 
+def training_identity(potential: Any, config: TorchTrainingConfig, train: Any,
+                      validation: Any) -> dict:
+    """What a checkpoint of training ``potential`` on ``train`` (monitoring
+    ``validation``) with ``config`` records as its identity, and a resume compares."""
+    has_val = validation is not None and len(validation) > 0
+    return {"config": config.identity(), "architecture": potential.architecture_json(),
+            "descriptor": potential.descriptor.config(),
+            "data": {"training": dataset_identity(train),
+                     "validation": dataset_identity(validation) if has_val else None}}
+
+
 def _identity_collate(item):
     return item
 
@@ -291,13 +302,17 @@ class ANNTrainer:
 
     def __init__(self, potential, config: TorchTrainingConfig, train: Any, validation: Any,
                  *, resume_from: str | Path | None = None, force_resume: bool = False,
-                 on_step: Callable[[int, int], None] | None = None):
+                 resume_may_change: tuple[str, ...] = (),
+                 on_step: Callable[[int, int], None] | None = None,
+                 interrupt: GracefulInterrupt | None = None):
         self.potential = potential
         self.config = config
         self.train_set = train
         self.val_set = validation if validation is not None and len(validation) else None
         self.resume_from = None if resume_from is None else Path(resume_from)
         self.force_resume = force_resume
+        self.resume_may_change = tuple(resume_may_change)
+        self.interrupt = interrupt
         self.on_step = on_step
         self.rank, self.world = distributed.rank_and_world()
         self.train_base, self.train_idx = subset_indices(train)
@@ -395,13 +410,7 @@ class ANNTrainer:
         self.table: EnergyTable | None = None
         if has_val:
             self.val_batches = BatchSource(self.val_base, self.val_forces, cfg)
-        self.identity = {
-            "config": cfg.identity(),
-            "architecture": pot.architecture_json(),
-            "descriptor": pot.descriptor.config(),
-            "data": {"training": dataset_identity(self.train_set),
-                     "validation": (dataset_identity(self.val_set) if has_val else None)},
-        }
+        self.identity = training_identity(pot, cfg, self.train_set, self.val_set)
 
     # ------------------------------------------------------ checkpoints
     def _state(self, epoch: int, step: int, finished: bool) -> dict:
@@ -446,7 +455,7 @@ class ANNTrainer:
             raise ConfigError(f"resume_from: {path} does not exist")
         state = load_checkpoint(path, map_location=self.device)
         changes = check_resume(state["identity"], self.identity, force=self.force_resume,
-                               source=str(path))
+                               ignore=self.resume_may_change, source=str(path))
         if changes:
             log.warning("resuming from %s despite changes (forced): %s", path, "; ".join(changes))
         pot = self.potential
@@ -598,10 +607,16 @@ class ANNTrainer:
             log.info("training had already finished; nothing to do")
             self._finish(len(self.history))
             return self.history
-        if self.resume_from is None:
-            self._warm_caches(0)
         use_interrupt = cfg.checkpoint_dir is not None
-        interrupt = GracefulInterrupt() if use_interrupt else contextlib.nullcontext()
+        if self.interrupt is not None:  # the caller's, already listening (nnpflow train)
+            interrupt = contextlib.nullcontext(self.interrupt)
+        else:
+            interrupt = GracefulInterrupt() if use_interrupt else contextlib.nullcontext()
+        if self.resume_from is None:
+            # a signal while the caches are filled (minutes for large sets) stops at once
+            with (self.interrupt.immediate("computing the features") if self.interrupt
+                  is not None else contextlib.nullcontext()):
+                self._warm_caches(0)
         selection = self.train_base.force_selection
         try:
             with interrupt as stop:
@@ -638,6 +653,8 @@ class ANNTrainer:
                 source = self.train_batches(shares)
             for step, batch in enumerate(source, start=first):
                 totals = self._step(batch)
+                if not bool(torch.isfinite(totals).all()):
+                    raise self._nonfinite(totals.tolist(), epoch, step, shares[step - first])
                 self.epoch_sums += totals
                 if self.on_step is not None:
                     self.on_step(epoch, step)
@@ -662,6 +679,8 @@ class ANNTrainer:
                 with self._averaged():
                     v = self._validate().tolist()
                 score = _loss_value(v, self.alpha)
+                if not math.isfinite(score):
+                    raise self._nonfinite(v, epoch, None, self.val_idx, validation=True)
                 row.update(val_loss=score,
                            val_energy_rmse=(math.sqrt(v[0] / v[1]) * scale) if v[1] else None,
                            val_force_rmse=(math.sqrt(v[2] / v[3]) * scale) if v[3] else None)
@@ -692,6 +711,27 @@ class ANNTrainer:
                 stopped_early = True
                 break
         self._finish(len(self.history), stopped_early)
+
+    def _nonfinite(self, sums: list, epoch: int, step: int | None, indices,
+                   validation: bool = False) -> Exception:
+        """The error for a non-finite loss (sums ``[sse_e, n_e, sse_f, n_f]``) at
+        ``epoch``/``step`` (0-based): names the structures of ``indices`` (this
+        rank's share of the batch, or the validation split) with non-finite inputs,
+        else of the whole training split when the feature normalisation is not
+        finite (one structure's NaN features poison it for every batch)."""
+        from .finite import nonfinite_inputs, nonfinite_loss_error
+        base = self.val_base if validation else self.train_base
+        culprits = nonfinite_inputs(base, indices)
+        searched = "the validation split" if validation else "the batch"
+        net = self.potential.net
+        stats = list(getattr(net, "feature_mean", [])) + list(getattr(net, "feature_std", []))
+        if not culprits and any(not bool(torch.isfinite(t).all()) for t in stats):
+            culprits = nonfinite_inputs(self.train_base, self.train_idx)
+            searched = "the training split"
+        where = "validation" if validation else "training"
+        return nonfinite_loss_error(_loss_value(sums, self.alpha), epoch + 1,
+                                    None if step is None else step + 1, culprits, where,
+                                    searched)
 
     def _finish(self, epochs_done: int, stopped_early: bool = False) -> None:
         """Last checkpoint (live weights), then the final weights into the

@@ -31,6 +31,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError
+from ..safe_write import strict_json
 from .interrupt import TrainingInterrupted
 
 #: exit status of a worker that stopped gracefully on SIGTERM
@@ -151,7 +152,7 @@ def launch(target: str, args: Sequence, world_size: int, *, device_type: str = "
     spec = {"target": target, "args": list(args), "world_size": int(world_size),
             "device_type": device_type, "threads": int(threads), "init_file": str(init_file)}
     spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    spec_path.write_text(strict_json(spec, indent=None), encoding="utf-8")
     procs, outputs = [], []
     previous = {}
 

@@ -92,6 +92,9 @@ class ModelJob:
     interrupt: GracefulInterrupt | None = None
     on_step: Callable[[int, int], None] | None = None
     command: str = "nnpflow train"
+    #: identity entries a resume may change (``nnpflow train --resume``:
+    #: :data:`RESUME_MAY_CHANGE`; the workflow's stage: none, it starts over instead)
+    resume_may_change: tuple = ()
 
     def identity(self) -> dict:
         """What the resume guard compares."""
@@ -251,20 +254,43 @@ def _check_targets(job: ModelJob, model: LayerStack, terms: dict, where: str) ->
                                   f"(it predicts {', '.join(model.outputs)})")
 
 
-def _prepare_output(job: ModelJob) -> dict[str, Path]:
+#: identity entries ``nnpflow train --resume`` may change: a larger ``max_epochs``
+#: continues training (the learning-rate schedule is stretched to the new length)
+RESUME_MAY_CHANGE = ("Trainer.max_epochs",)
+
+
+def check_job(job: ModelJob, with_data: bool = True) -> None:
+    """Refuse ``job`` before anything is written (``nnpflow train`` checks every active
+    model first, so that a refused run changes nothing in DIR but its log): results
+    present without ``--resume``/``--force``, ``--resume`` without ``model_last.pt``,
+    or ``--resume`` with changed settings or data (:func:`check_resume`; the
+    entries of ``job.resume_may_change`` may differ).  Reads, never writes; needs
+    the data's hash only (``with_data`` is for the interface of
+    :mod:`~nnpflow.training.modelhub`)."""
     paths = {name: job.out_dir / name for name in OUTPUT_FILES}
     if job.resume:
         if not paths["model_last.pt"].exists():
             raise ConfigError(f"--resume: {paths['model_last.pt']} does not exist, so there is "
                               "nothing to resume; run without --resume")
+        state = load_checkpoint(paths["model_last.pt"])
+        check_resume(state["identity"], job.identity(), force=job.force,
+                     ignore=job.resume_may_change, source=str(paths["model_last.pt"]))
+        return
+    existing = [p.name for p in paths.values() if p.exists()]
+    if existing and not job.force:
+        raise ConfigError(
+            f"{job.out_dir} already holds results ({', '.join(existing)}); nnpflow never "
+            "continues training silently: pass --resume to continue from model_last.pt, "
+            "or --force to start over (the old files are replaced)")
+
+
+def _prepare_output(job: ModelJob) -> dict[str, Path]:
+    paths = {name: job.out_dir / name for name in OUTPUT_FILES}
+    check_job(job)
+    if job.resume:
         return paths
     existing = [p.name for p in paths.values() if p.exists()]
     if existing:
-        if not job.force:
-            raise ConfigError(
-                f"{job.out_dir} already holds results ({', '.join(existing)}); nnpflow never "
-                "continues training silently: pass --resume to continue from model_last.pt, "
-                "or --force to start over (the old files are replaced)")
         for name in existing:
             paths[name].unlink()
         job.logger.info("%s: --force: removed the previous %s", job.name, ", ".join(existing))
@@ -297,9 +323,12 @@ def train_model(job: ModelJob) -> dict:
     fields = sorted(set(term_fields(entry["loss"])) | set(term_fields(metric_terms))
                     | ({"E", "Fa"} & set(job.data.targets) & set(model.outputs)))
     t0 = time.perf_counter()
-    packed = packed_for_model(job.data.structures(), model, targets=fields,
-                              total_charge="Q" in job.data.features,
-                              show_progress=job.show_progress)
+    # SIGTERM while the pair lists are made stops at once: there is nothing to save yet
+    with (job.interrupt.immediate("making pair lists") if job.interrupt is not None
+          else contextlib.nullcontext()):
+        packed = packed_for_model(job.data.structures(), model, targets=fields,
+                                  total_charge="Q" in job.data.features,
+                                  show_progress=job.show_progress)
     log.info("%s: pair lists for %d structures in %.1f s (%s pairs)", job.name, len(packed),
              time.perf_counter() - t0, packed.n_pairs)
 
@@ -328,7 +357,8 @@ def train_model(job: ModelJob) -> dict:
     if job.resume:
         state = load_checkpoint(paths["model_last.pt"], map_location=device)
         changes = check_resume(state["identity"], identity, force=job.force,
-                               source=str(paths["model_last.pt"]))
+                               ignore=job.resume_may_change, source=str(paths["model_last.pt"]))
+        old_epochs = state["identity"].get("Trainer", {}).get("max_epochs")
         if changes:
             log.warning("%s: resuming despite changes (--force): %s", job.name, "; ".join(changes))
         try:
@@ -339,9 +369,14 @@ def train_model(job: ModelJob) -> dict:
                                       f"does not fit the model ({str(exc).splitlines()[0]})"
                                       ) from None
         schedule.load_state_dict(state["scheduler"])
-        if changes:  # the new settings win
-            total = cfg["max_epochs"] * steps_per_epoch
+        total = cfg["max_epochs"] * steps_per_epoch
+        if changes or total != schedule.total_steps:  # the new settings win
             schedule.reconfigure(cfg["learning_rate"], total, round(cfg["warmup_ratio"] * total))
+        if old_epochs is not None and old_epochs != cfg["max_epochs"]:
+            log.info("%s: max_epochs %s -> %s: training continues to epoch %d%s", job.name,
+                     old_epochs, cfg["max_epochs"], cfg["max_epochs"],
+                     "" if cfg["schedule"] in ("constant", "plateau") and not cfg["warmup_ratio"]
+                     else f" (the {cfg['schedule']} schedule is stretched to the new length)")
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         stopper.load_state_dict(state["early_stopping"])
@@ -356,7 +391,8 @@ def train_model(job: ModelJob) -> dict:
         restore_rng_state(state["rng"])
         log.info("%s: resumed from %s at epoch %d, step %d", job.name, paths["model_last.pt"].name,
                  start_epoch + 1, start_step)
-        if progress.get("finished") and not changes:
+        if progress.get("finished") and not changes and (
+                start_epoch >= cfg["max_epochs"] or stopper.should_stop):
             log.info("%s: training had already finished; nothing to do", job.name)
             if paths["test_metrics.json"].exists():
                 return json.loads(paths["test_metrics.json"].read_text(encoding="utf-8"))
@@ -379,6 +415,9 @@ def train_model(job: ModelJob) -> dict:
         return ema.average_parameters() if ema is not None else contextlib.nullcontext()
 
     max_grad = cfg["max_grad_norm"]
+    # a non-finite loss stops training: every step is checked on the CPU (free); on a
+    # GPU once per epoch, so that steps need no host synchronisation
+    check_each_step = device.type == "cpu"
     epochs = range(start_epoch, cfg["max_epochs"])
     if job.show_progress:
         from tqdm.auto import tqdm
@@ -393,6 +432,8 @@ def train_model(job: ModelJob) -> dict:
         for step, (inputs, targets) in enumerate(
                 iter_batches(packed, batches[first:], dtype, device, workers), start=first):
             loss = optimizer_step(model, loss_fn, optimizer, params, inputs, targets, max_grad)
+            if check_each_step and not bool(torch.isfinite(loss)):
+                raise _nonfinite(job, float(loss), epoch, step, batches[step])
             schedule.step()
             if ema is not None:
                 ema.update()
@@ -409,6 +450,8 @@ def train_model(job: ModelJob) -> dict:
                     f"{paths['model_last.pt']}; continue with: {job.command} --resume",
                     job.interrupt.signal_name or "SIGTERM", [paths["model_last.pt"]])
         train_loss = float(epoch_loss) / max(epoch_count, 1)
+        if not math.isfinite(train_loss):  # (on the GPU the steps are not checked one by one)
+            raise _nonfinite(job, train_loss, epoch, None, train_idx)
         row = {"epoch": epoch + 1, "lr": lr_used, "train_loss": train_loss}
         score = None
         if len(val_idx):
@@ -416,6 +459,8 @@ def train_model(job: ModelJob) -> dict:
                 values = validation_metrics(model, packed, val_idx, fields, bs, dtype, device,
                                             workers)
             score = MetricAccumulator.score(values, metric_terms)
+            if not math.isfinite(score):
+                raise _nonfinite(job, score, epoch, None, val_idx, "validation")
             row["val_loss"] = MetricAccumulator.score(values, entry["loss"])
             row["val_score"] = score
             for kind, weights in metric_terms.items():
@@ -451,6 +496,18 @@ def train_model(job: ModelJob) -> dict:
             break
     checkpoint(len(history), 0, finished=True)
     return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device, history)
+
+
+def _nonfinite(job: ModelJob, value: float, epoch: int, step: int | None, indices,
+               where: str = "training") -> Exception:
+    """The error for a non-finite loss at ``epoch``/``step`` (0-based), naming the
+    structures among ``indices`` with non-finite inputs."""
+    from .finite import nonfinite_loss_error, nonfinite_structures
+    structures = job.data.structures()
+    culprits = nonfinite_structures(structures[int(i)] for i in indices)
+    searched = "the batch" if step is not None else f"the {where} split"
+    return nonfinite_loss_error(value, epoch + 1, None if step is None else step + 1, culprits,
+                                f"{job.name} ({where})", searched)
 
 
 def _finish(job, model, packed, test_idx, terms, paths, dtype, device, history) -> dict:

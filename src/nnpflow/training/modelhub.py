@@ -35,6 +35,9 @@ class Architecture:
 
     resolve: str
     train: str
+    #: ``check(job, with_data)``: refuse the job before anything is written (reads only;
+    #: ``with_data`` False: before the data set is processed, from its hash alone)
+    check: str = ""
 
     @staticmethod
     def _load(target: str) -> Callable:
@@ -47,14 +50,19 @@ class Architecture:
     def trainer(self) -> Callable:
         return self._load(self.train)
 
+    def checker(self) -> Callable:
+        return self._load(self.check) if self.check else (lambda job, with_data: None)
+
 
 _LAYER_STACK = Architecture(resolve="nnpflow.training.modelhub:resolve_layer_stack_entry",
-                            train="nnpflow.training.message_passing:train_model")
+                            train="nnpflow.training.message_passing:train_model",
+                            check="nnpflow.training.message_passing:check_job")
 
 #: architecture name -> Architecture; every layer-stack core is registered
 ARCHITECTURES: dict[str, Architecture] = {name: _LAYER_STACK for name in CORES}
 ARCHITECTURES["ANN"] = Architecture(resolve="nnpflow.training.ann_modelhub:resolve_ann_entry",
-                                    train="nnpflow.training.ann_modelhub:train_ann_job")
+                                    train="nnpflow.training.ann_modelhub:train_ann_job",
+                                    check="nnpflow.training.ann_modelhub:check_ann_job")
 
 
 def resolve_layer_stack_entry(entry: dict, where: str) -> dict:
@@ -137,3 +145,8 @@ def resolve_modelhub(raw: Mapping) -> dict[str, dict]:
 def trainer_for(entry: Mapping[str, Any]) -> Callable:
     """The ``train(job)`` function of a resolved entry's architecture."""
     return ARCHITECTURES[entry["architecture"]].trainer()
+
+
+def checker_for(entry: Mapping[str, Any]) -> Callable:
+    """The ``check(job, with_data)`` function of a resolved entry's architecture."""
+    return ARCHITECTURES[entry["architecture"]].checker()

@@ -223,12 +223,21 @@ class TorchANNPotential:
     def from_payload(cls, payload: Mapping[str, Any], device: str | torch.device = "cpu"
                      ) -> "TorchANNPotential":
         from ..descriptors import ChebyshevDescriptor
+        from ..models.model_checks import (check_ann_numbers, check_descriptor_fingerprint,
+                                           check_state_dict, expected_shapes)
         try:
+            # (models.model_checks: everything is checked before a weight is allocated)
+            check_descriptor_fingerprint(payload)
             descriptor = ChebyshevDescriptor.from_config(payload["descriptor"], device=device)
-            pot = cls({s: [tuple(layer) for layer in layers]
-                       for s, layers in payload["architecture"].items()}, descriptor)
+            arch = {s: [tuple(layer) for layer in layers]
+                    for s, layers in payload["architecture"].items()}
+            check_state_dict(payload["state_dict"], expected_shapes(
+                lambda: AtomicNetworks(descriptor.species, descriptor.n_features,
+                                       parse_architecture(arch, descriptor.species))))
+            check_ann_numbers(payload, list(descriptor.species))
+            pot = cls(arch, descriptor)
             pot.load_payload_state(payload)
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise SchemaError(f"malformed ANN potential ({type(exc).__name__}: {exc})") from None
         return pot.to(device=device)
 
@@ -280,7 +289,9 @@ class TorchANNPotential:
     def train(self, structures: Any = None, dataset: Any = None, train_dataset: Any = None,
               test_dataset: Any = None, config: Any = None,
               resume_from: str | os.PathLike | None = None, *, force_resume: bool = False,
-              on_step: Callable[[int, int], None] | None = None) -> list[dict]:
+              resume_may_change: Sequence[str] = (),
+              on_step: Callable[[int, int], None] | None = None,
+              interrupt: Any = None) -> list[dict]:
         """Train the networks; returns the history (one dict per epoch).
 
         Inputs, by precedence (spec 000): an explicit ``train_dataset`` (and
@@ -291,7 +302,11 @@ class TorchANNPotential:
         ``StructureDataset`` (with ``config.max_energy`` and
         ``config.atomic_energies``).  ``resume_from``: a checkpoint to continue
         (refused when the configuration or data changed unless
-        ``force_resume``).  ``on_step(epoch, step)`` runs after every step.
+        ``force_resume``; identity paths in ``resume_may_change``, e.g.
+        ``"config.iterations"``, may differ).  ``on_step(epoch, step)`` runs after
+        every step.  ``interrupt``: a caller's entered
+        :class:`~nnpflow.training.interrupt.GracefulInterrupt` to stop on (else
+        training installs its own when it writes checkpoints).
         """
         from .ann_trainer import ANNTrainer
         from .config import TorchTrainingConfig
@@ -301,7 +316,9 @@ class TorchANNPotential:
         train, validation = self._training_data(structures, dataset, train_dataset, test_dataset,
                                                 cfg)
         trainer = ANNTrainer(self, cfg, train, validation, resume_from=resume_from,
-                             force_resume=force_resume, on_step=on_step)
+                             force_resume=force_resume,
+                             resume_may_change=tuple(resume_may_change), on_step=on_step,
+                             interrupt=interrupt)
         return trainer.run()
 
     def _training_data(self, structures, dataset, train_dataset, test_dataset, cfg):

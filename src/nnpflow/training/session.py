@@ -1,18 +1,26 @@
 """One ``nnpflow train -c train.yaml -o DIR`` invocation.
 
 Order of work: resolve the configuration (errors before anything is written),
-open ``DIR/logs/train-<YYYYmmdd-HHMMSS.mmm>.log`` (one per invocation), process or reuse
-the data set (:mod:`~nnpflow.training.datahub`), draw or reuse the split
-(:mod:`~nnpflow.training.splitter`), write ``DIR/config.yaml`` (the resolved
-configuration plus a ``Provenance`` section: data hash, split sizes and key,
-versions, command), then train each active Modelhub entry with its
-architecture's trainer (:mod:`~nnpflow.training.modelhub`).
+open ``DIR/logs/train-<YYYYmmdd-HHMMSS.mmm>.log`` (one per invocation), check every
+active model for a refusal (results present without ``--resume``/``--force``, a
+``--resume`` without a checkpoint or with changed settings or data: from the data
+set's hash, before it is processed), process or reuse the data set
+(:mod:`~nnpflow.training.datahub`), draw or reuse the split
+(:mod:`~nnpflow.training.splitter`), repeat the checks that need the data (the
+ANN resume guard; a refusal there removes the data and split files this run
+made), write ``DIR/config.yaml`` (the resolved configuration plus a
+``Provenance`` section: data hash, split sizes and key, versions, command), then
+train each active Modelhub entry with its architecture's trainer
+(:mod:`~nnpflow.training.modelhub`).  So a refused run changes nothing in DIR but
+its own log.  A SIGTERM before training starts stops the work at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,11 +30,11 @@ import torch
 from ..errors import ConfigError
 from ..provenance import versions
 from ..safe_write import write_text
-from .datahub import prepare_data
+from .datahub import ProcessedData, datahub_hash, prepare_data
 from .interrupt import GracefulInterrupt
-from .message_passing import ModelJob
-from .modelhub import model_dir_name, trainer_for
-from .splitter import load_or_make_split
+from .message_passing import RESUME_MAY_CHANGE, ModelJob
+from .modelhub import checker_for, model_dir_name, trainer_for
+from .splitter import load_or_make_split, split_key
 from .yaml_config import dump_config, load_config
 
 LOGGER_NAME = "nnpflow.train"
@@ -77,28 +85,57 @@ def run_train(config_path: str | os.PathLike, out_dir: str | os.PathLike, *, res
         logger.info("%s%s%s (log %s)", command, " --resume" if resume else "",
                     " --force" if force else "", log_path.name)
         logger.info("versions: %s", ", ".join(f"{k} {v}" for k, v in versions().items()))
-        data = prepare_data(config["Datahub"], out, logger, show_progress)
-        splitter = config["Trainer"]["Splitter"]
-        split, key, _ = load_or_make_split(data.directory, data.hash, data.n_structures,
-                                           splitter, logger)
-        provenance = {"data_hash": data.hash, "processed_dataset": data.directory.name,
-                      "n_structures": data.n_structures, "targets": data.targets,
-                      "split_key": key, "split_sizes": {p: len(v) for p, v in split.items()},
-                      "versions": versions(), "command": command + (" --resume" if resume else "")}
-        write_text(out / "config.yaml", dump_config({**config, "Provenance": provenance}))
         active = [(n, e) for n, e in config["Modelhub"].items() if e["active"]]
         for name, entry in config["Modelhub"].items():
             if not entry["active"]:
                 logger.info("%s: inactive (active: false); skipped", name)
         if not active:
             logger.warning("no active model in Modelhub; nothing to train")
-        for name, entry in active:
-            job = ModelJob(name=name, entry=entry, trainer=config["Trainer"],
-                           metrics=config["Metrics"] or {}, data=data, split=split, split_key=key,
-                           out_dir=out / model_dir_name(name, entry), resume=resume, force=force,
-                           show_progress=show_progress, logger=logger, interrupt=interrupt,
-                           on_step=on_step, command=command)
-            results[job.out_dir.name] = trainer_for(entry)(job)
+        splitter = config["Trainer"]["Splitter"]
+
+        def jobs(data, split, key) -> list[ModelJob]:
+            return [ModelJob(name=name, entry=entry, trainer=config["Trainer"],
+                             metrics=config["Metrics"] or {}, data=data, split=split,
+                             split_key=key, out_dir=out / model_dir_name(name, entry),
+                             resume=resume, force=force, show_progress=show_progress,
+                             logger=logger, interrupt=interrupt, on_step=on_step,
+                             command=command, resume_may_change=RESUME_MAY_CHANGE)
+                    for name, entry in active]
+
+        before_training = (interrupt.immediate("checking and processing the data set")
+                           if interrupt is not None else contextlib.nullcontext())
+        with before_training:
+            # every refusal before anything is written (from the data's hash alone) ...
+            digest = datahub_hash(config["Datahub"])
+            key = split_key(digest, splitter)
+            planned = ProcessedData(out / f"processed_dataset_{digest[:16]}", digest, 0, [], [],
+                                    reused=False)
+            for job in jobs(planned, {}, key):
+                checker_for(job.entry)(job, False)
+            data_existed = planned.directory.exists()
+            split_path = planned.directory / f"split_{key[:16]}.json"
+            split_existed = split_path.exists()
+            data = prepare_data(config["Datahub"], out, logger, show_progress)
+            split, key, _ = load_or_make_split(data.directory, data.hash, data.n_structures,
+                                               splitter, logger)
+            # ... and those that need the data (the ANN resume guard): a refusal
+            # there takes back the data and split files this run made
+            try:
+                for job in jobs(data, split, key):
+                    checker_for(job.entry)(job, True)
+            except BaseException:
+                if not data_existed:
+                    shutil.rmtree(data.directory, ignore_errors=True)
+                elif not split_existed:
+                    split_path.unlink(missing_ok=True)
+                raise
+        provenance = {"data_hash": data.hash, "processed_dataset": data.directory.name,
+                      "n_structures": data.n_structures, "targets": data.targets,
+                      "split_key": key, "split_sizes": {p: len(v) for p, v in split.items()},
+                      "versions": versions(), "command": command + (" --resume" if resume else "")}
+        write_text(out / "config.yaml", dump_config({**config, "Provenance": provenance}))
+        for job in jobs(data, split, key):
+            results[job.out_dir.name] = trainer_for(job.entry)(job)
         logger.info("done")
         return results
     except Exception as exc:

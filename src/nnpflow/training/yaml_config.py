@@ -30,8 +30,9 @@ Sections
     ``schedule_params`` (per schedule, see :mod:`nnpflow.training.schedules`),
     ``learning_rate`` 0.001, ``max_epochs`` 100, ``num_workers`` 0,
     ``patience`` 50 (null: no early stopping), ``seed`` 42, ``warmup_ratio``
-    0.01, ``ema_decay`` 0.99 (null: no weight averaging), ``max_grad_norm`` null
-    (gradient clipping by total norm).
+    0.01 (0 with ``schedule: constant``: a constant rate warms up only when
+    ``warmup_ratio`` is given), ``ema_decay`` 0.99 (null: no weight averaging),
+    ``max_grad_norm`` null (gradient clipping by total norm).
 ``Metrics``
     Term table (``rmse: {E: 1, Fa: 10}``) for the validation score (early
     stopping, best model) and the test metrics; default: each model's loss.
@@ -225,6 +226,8 @@ def resolve_trainer(raw: Mapping) -> dict:
     check_keys(raw, TRAINER_DEFAULTS, where)
     out = copy.deepcopy(TRAINER_DEFAULTS)
     out.update({k: v for k, v in raw.items() if k != "Splitter"})
+    if "warmup_ratio" not in raw and out["schedule"] == "constant":
+        out["warmup_ratio"] = 0.0  # a constant rate: no warmup unless one is asked for
     out["seed"] = _int(out["seed"], f"{where}.seed")
     out["Splitter"] = resolve_splitter(_mapping(raw.get("Splitter"), f"{where}.Splitter"),
                                        out["seed"])

@@ -1,11 +1,14 @@
-# rule split: training/validation/test indices drawn from the manifest summary (the
-# structures' count and fingerprint), so the split depends on the structures only:
-# a descriptor or database change keeps it.
+# rule split: training/validation/test indices from the manifest (each structure's label
+# and content hash; split.method stable decides each structure's part from a seeded hash
+# of them, so added files never move the others) and its summary (count and
+# fingerprint): the split depends on the structures only, a descriptor or database
+# change keeps it.
 
 
 rule split:
     input:
         manifest_summary=manifest_outputs()["summary"],
+        manifest=manifest_outputs()["manifest"],
     output:
         split=split_output(),
     params:

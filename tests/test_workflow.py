@@ -269,7 +269,7 @@ DATA_JOBS = {("ingest", 0): 1, ("ingest", 1): 1, ("ingest", 2): 1, ("manifest", 
              ("build", 0): 1, ("build", 1): 1, ("build", 2): 1, ("merge", None): 1,
              ("split", None): 1, ("all", None): 1}
 #: training and evaluation of the tiny configuration's one model
-MODEL_JOBS = {("train", "ann/0"): 1, ("evaluate", "ann"): 1}
+MODEL_JOBS = {("train", "ann/0"): 1, ("evaluate", "ann"): 1, ("summary", None): 1}
 
 #: the tiny model of the workflow tests: trains in about a second
 TINY_MODELS = {"ann": {"architecture": "ann", "hidden": [[4, "tanh"]], "active": True,
@@ -499,8 +499,16 @@ def check_model_outputs(workdir: Path, n_structures: int) -> None:
     assert per_species[0] == "split,species,n_atoms,force_rmse,force_mae"
     worst = (folder / "worst_structures.csv").read_text().splitlines()
     assert len(worst) == 1 + 2 * n_structures      # fewer structures than rows asked for
-    for plot in ("parity_energy", "parity_forces", "learning_curve"):
+    for plot in ("parity_energy", "parity_forces", "learning_curve", "md_check"):
         assert (folder / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
+    # the NVE checks: the smallest test structures (at most 3), 200 steps each
+    checks = metrics["physical_checks"]
+    assert checks["part"] == "test" and checks["settings"]["steps"] == 200
+    assert len(checks["structures"]) == min(3, len(split.test))
+    for run in checks["structures"]:
+        assert run["finite"] and run["n_atoms"] >= 1 and run["energy_drift"] is not None
+    summary = (results / "evaluation" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("model,kind,committee,part") and summary[1].startswith("ann,")
 
 
 @pytest.mark.workflow
@@ -511,7 +519,8 @@ def test_report_holds_the_plots(scenario):
     snakemake(scenario, "--report", "report.html")
     html = (scenario / "report.html").read_text(errors="replace")
     for name in ("parity_energy.png", "parity_forces.png", "learning_curve.png",
-                 "metrics.json", "per_species.csv", "worst_structures.csv", "manifest.tsv"):
+                 "metrics.json", "per_species.csv", "worst_structures.csv", "manifest.tsv",
+                 "md_check.png", "summary.csv"):
         assert name in html, name
     assert "Energy parity plot of model" in html          # a caption, rendered
 
@@ -571,12 +580,13 @@ def test_models_added_or_grown_train_only_what_is_new(scenario):
                                 "active": False}
     edit_config(scenario, add_model)
     assert job_set(planned_jobs(scenario)) == Counter(
-        {("train", "second/0"): 1, ("evaluate", "second"): 1, ("all", None): 1})
+        {("train", "second/0"): 1, ("evaluate", "second"): 1, ("summary", None): 1,
+         ("all", None): 1})
     # a larger committee trains the new member only; the evaluation takes in both
     edit_config(scenario, lambda cfg: cfg["models"]["ann"].update(committee=2))
     assert job_set(planned_jobs(scenario)) == Counter(
         {("train", "second/0"): 1, ("evaluate", "second"): 1, ("train", "ann/1"): 1,
-         ("evaluate", "ann"): 1, ("all", None): 1})
+         ("evaluate", "ann"): 1, ("summary", None): 1, ("all", None): 1})
 
 
 @pytest.mark.workflow
@@ -586,7 +596,11 @@ def test_evaluation_settings_rerun_the_evaluation_only(scenario):
     edit_config(scenario, lambda cfg: cfg["evaluate"].update(plots=False))
     assert planned_jobs(scenario) == []
     edit_config(scenario, lambda cfg: cfg["evaluate"].update(splits=["test"]))
-    assert job_set(planned_jobs(scenario)) == Counter({("evaluate", "ann"): 1, ("all", None): 1})
+    assert job_set(planned_jobs(scenario)) == Counter({("evaluate", "ann"): 1,
+                                                       ("summary", None): 1, ("all", None): 1})
+    edit_config(scenario, lambda cfg: cfg["evaluate"].update(physical_checks={"steps": 50}))
+    assert job_set(planned_jobs(scenario)) == Counter({("evaluate", "ann"): 1,
+                                                       ("summary", None): 1, ("all", None): 1})
 
 
 @pytest.mark.workflow

@@ -38,6 +38,7 @@ the rest.
      "settings": {"validation": 0.1, "test": 0.1, "method": "stable"},
      "counts": {"train": .., "validation": .., "test": ..},
      "fractions": {"train": .., "validation": .., "test": ..},   # reached
+     "atomic_energies_fit": null | {"atomic_energies": {species: eV}, ...},
      "indices": {"train": [...], "validation": [...], "test": [...]}}
 
 Indices are 0-based positions in the manifest's order, which is the database's
@@ -129,6 +130,8 @@ class Split:
     n_structures: int
     seed: int
     settings: dict = field(default_factory=dict)
+    #: reference energies fitted on the training part (``atomic_energies: fit``), else None
+    atomic_energies_fit: dict | None = None
 
     @property
     def train(self) -> np.ndarray:
@@ -159,6 +162,7 @@ class Split:
                 "n_structures": int(self.n_structures), "seed": int(self.seed),
                 "settings": dict(self.settings), "counts": self.counts,
                 "fractions": self.fractions,
+                "atomic_energies_fit": self.atomic_energies_fit,
                 "indices": {p: self.indices[p].tolist() for p in PARTS}}
 
 
@@ -288,8 +292,10 @@ def load_split(path: str | os.PathLike, expected_fingerprint: Any = None,
         fingerprint = str(data["structures_fingerprint"])
         n = int(data["n_structures"])
         indices = {p: np.asarray(data["indices"][p], dtype=np.int64) for p in PARTS}
+        fit = data.get("atomic_energies_fit")
         split = Split(indices=indices, structures_fingerprint=fingerprint, n_structures=n,
-                      seed=int(data["seed"]), settings=dict(data.get("settings") or {}))
+                      seed=int(data["seed"]), settings=dict(data.get("settings") or {}),
+                      atomic_energies_fit=dict(fit) if fit else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise SchemaError(f"{path}: malformed split file ({type(exc).__name__}: {exc})") from None
     every = np.concatenate([indices[p] for p in PARTS])

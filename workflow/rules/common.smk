@@ -140,12 +140,23 @@ def ingest_specs(wildcards):
     return [canonical(s.to_dict()) for s in shard_sources(wildcards.shard)]
 
 
+#: atomic_energies: fit -- references fitted on the training part by the split stage
+FIT_ATOMIC_ENERGIES = config["atomic_energies"] == "fit"
+if FIT_ATOMIC_ENERGIES and config["max_energy"] is not None:
+    raise WorkflowError(
+        "invalid configuration at max_energy: atomic_energies: fit cannot be combined with "
+        "max_energy (the filter runs before the split the references are fitted on); give "
+        "atomic_energies explicitly or set max_energy: null (see config/README.md)"
+    )
+
+
 def filter_settings():
     """The structure filter (max_energy eV/atom, atomic_energies eV): applied by
-    ingest, part of the structures fingerprint the manifest stage computes."""
+    ingest, part of the structures fingerprint the manifest stage computes.  With
+    atomic_energies: fit nothing is referenced before the split (no references)."""
     return canonical(
         dict(
-            atomic_energies=config["atomic_energies"],
+            atomic_energies={} if FIT_ATOMIC_ENERGIES else config["atomic_energies"],
             max_energy=config["max_energy"],
         )
     )

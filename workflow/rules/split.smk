@@ -2,7 +2,8 @@
 # and content hash; split.method stable decides each structure's part from a seeded hash
 # of them, so added files never move the others) and its summary (count and
 # fingerprint): the split depends on the structures only, a descriptor or database
-# change keeps it.
+# change keeps it.  With atomic_energies: fit the split stage also fits the reference
+# energies on the training part (stored in split.json, applied by every train job).
 
 
 rule split:
@@ -15,6 +16,7 @@ rule split:
         stage="split",
         code=stage_code("split"),
         **canonical(config["split"]),
+        fit_atomic_energies=FIT_ATOMIC_ENERGIES,
     threads: 1
     resources:
         mem_mb=1000,

@@ -82,7 +82,8 @@ def run(database: str, split: str, models: Sequence[str], histories: Sequence[st
     evaluation = evaluate_models(models, database, {p: parts.indices[p] for p in splits},
                                  name=model_name)
     evaluation.metrics["split"] = {"path": split, "seed": parts.seed,
-                                   "counts": parts.counts, "settings": parts.settings}
+                                   "counts": parts.counts, "settings": parts.settings,
+                                   "atomic_energies_fit": parts.atomic_energies_fit}
     settings = (MDCheckSettings.from_config(physical_checks) if physical_checks is not None
                 else MDCheckSettings(structures=0))
     runs: list[dict] = []

@@ -565,6 +565,24 @@ def test_max_energy_change_reruns_every_ingest_and_downstream(scenario):
 
 @pytest.mark.workflow
 @pytest.mark.slow
+def test_fitted_atomic_energies_are_fitted_by_the_split_and_reach_the_model(scenario):
+    """atomic_energies: fit (max_energy off): ingest runs again without references, the
+    split fits them on its training part, training uses them."""
+    edit_config(scenario, lambda cfg: cfg.update(atomic_energies="fit", max_energy=None))
+    assert job_set(planned_jobs(scenario)) == Counter({**DATA_JOBS, **MODEL_JOBS})
+    snakemake(scenario, "--cores", "2", "results/split/split.json")
+    from nnpflow.splitting import load_split
+    split = load_split(scenario / "results" / "split" / "split.json")
+    fit = split.atomic_energies_fit
+    assert sorted(fit["atomic_energies"]) == sorted(SPECIES)
+    assert fit["n_structures"] == len(split.train)
+    assert "atomic_energies: fit on" in (scenario / "results/logs/split.log").read_text()
+    # the same settings again: nothing left to do for the data stages
+    assert planned_jobs(scenario, "results/split/split.json") == []
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_learning_rate_change_retrains_and_reevaluates_that_model_only(scenario):
     edit_config(scenario, lambda cfg: cfg["training"].update(learning_rate=0.02))
     assert job_set(planned_jobs(scenario)) == Counter({**MODEL_JOBS, ("all", None): 1})

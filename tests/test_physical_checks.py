@@ -22,8 +22,9 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
 from nnpflow.errors import ConfigError
+from test_evaluation_stage import trained  # noqa: F401  (module fixture)
 from nnpflow.evaluation.physical_checks import (MDCheckSettings, md_check_plot, nve_check,
-                                                physical_checks, pick_structures)
+                                                nve_checks, physical_checks, pick_structures)
 
 
 def copper(repeat=2):
@@ -84,6 +85,45 @@ def test_a_blowing_up_model_is_flagged_and_stops_early():
     assert broken["failure"] == "non-finite energy, forces or positions"
 
 
+def test_smallest_distance_matches_ase_neighbour_list():
+    """The dense minimum-image search (small systems, every step) against ASE's
+    neighbour list on random skewed cells, partly periodic, one to eight atoms."""
+    from ase import Atoms
+
+    from nnpflow.evaluation.physical_checks import _min_distance, _MinDistance
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        n = int(rng.integers(1, 9))
+        cell = np.eye(3) * rng.uniform(2.5, 6) + rng.normal(scale=1.2, size=(3, 3))
+        atoms = Atoms("Cu" * n, cell=cell, pbc=rng.random(3) < 0.7,
+                      scaled_positions=rng.random((n, 3)))
+        dense, reference = _MinDistance(atoms)(atoms), _min_distance(atoms)
+        assert (dense is None) == (reference is None)
+        if dense is not None:
+            assert dense == pytest.approx(reference, abs=1e-9)
+
+
+def test_lockstep_runs_match_runs_one_by_one(trained):
+    """Several runs with an NNPCalculator go in lockstep with one batched prediction
+    per step; each equals the run made alone (to rounding)."""
+    from nnpflow.calculator import NNPCalculator
+    from nnpflow.database import DatabaseReader
+    from nnpflow.evaluation.physical_checks import _Run, _run_alone
+    calc = NNPCalculator(trained["models"])
+    with DatabaseReader(trained["db"]) as reader:
+        atoms = [reader.structure(i).to_ase() for i in (0, 3, 7)]
+    settings = MDCheckSettings(steps=15)
+    together = nve_checks(calc, atoms, settings, ["a", "b", "c"])
+    for a, rec in zip(atoms, together):
+        run = _Run(a, settings, None, True)
+        _run_alone(run, calc)
+        alone = run.result()
+        assert rec["steps_done"] == alone["steps_done"] == 15
+        np.testing.assert_allclose(rec["total_energy"], alone["total_energy"], atol=1e-12)
+        np.testing.assert_allclose(rec["spread_trace"], alone["spread_trace"], atol=1e-12)
+        assert rec["min_distance"] == pytest.approx(alone["min_distance"], abs=1e-12)
+
+
 def test_settings_and_structure_choice():
     assert MDCheckSettings.from_config({}) == MDCheckSettings()
     assert MDCheckSettings().to_dict()["timestep_fs"] == 0.5
@@ -97,8 +137,6 @@ def test_settings_and_structure_choice():
 
 
 # ----------------------------------------------------------- trained nnpflow models
-
-from test_evaluation_stage import trained  # noqa: E402,F401  (module fixture)
 
 
 def test_committee_checks_report_the_members_spread(trained):

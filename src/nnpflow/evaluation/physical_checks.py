@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["MDCheckSettings", "nve_check", "physical_checks", "pick_structures",
+__all__ = ["MDCheckSettings", "nve_check", "nve_checks", "physical_checks", "pick_structures",
            "md_check_plot", "DISTANCE_SEARCH"]
 
 #: neighbour-search radius of the smallest-distance record (Å)
@@ -85,7 +85,8 @@ class MDCheckSettings:
 
 
 def _min_distance(atoms) -> float | None:
-    """Smallest interatomic distance of ``atoms`` (Å, periodic images included)."""
+    """Smallest interatomic distance of ``atoms`` (Å, periodic images included;
+    ``None`` when none is below :data:`DISTANCE_SEARCH`)."""
     from ase.neighborlist import neighbor_list
     if len(atoms) < 2 and not atoms.pbc.any():
         return None
@@ -93,87 +94,308 @@ def _min_distance(atoms) -> float | None:
     return float(d.min()) if len(d) else None
 
 
-def nve_check(calculator: Any, atoms, settings: MDCheckSettings = MDCheckSettings(),
-              label: str | None = None) -> dict:
-    """One NVE run of ``atoms`` (an ``ase.Atoms``, copied) with ``calculator``.
+class _MinDistance:
+    """Smallest interatomic distance (Å) of one system along a run, cheaply.
 
-    Returns the record described in the module docstring, plus ``time_ps``,
-    ``total_energy`` (eV/atom, relative to the start), ``max_force_trace``
-    (eV/Å) and, for a committee, ``spread_trace`` (eV/atom): one entry per step
-    done (for the plot; :func:`physical_checks` drops them from ``metrics.json``).
+    Small systems (at most :data:`DENSE_ATOMS` atoms): every pair's minimum-image
+    vector over the 27 neighbouring images of the Minkowski-reduced cell (exact for
+    a reduced cell), vectorised; larger ones: ASE's neighbour list.  Distances
+    above :data:`DISTANCE_SEARCH` are reported as ``None``, as by the neighbour list.
     """
-    from ase import units
-    from ase.md import velocitydistribution as vd
-    from ase.md.verlet import VelocityVerlet
 
-    atoms = atoms.copy()
-    atoms.calc = calculator
-    n = len(atoms)
-    # Maxwell-Boltzmann momenta (ASE >= 3.26 names the function thermalize_momenta)
-    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
-    thermalize(atoms, temperature_K=settings.temperature,
-               rng=np.random.default_rng(settings.seed))
-    if n > 1:
-        vd.Stationary(atoms)
-    dyn = VelocityVerlet(atoms, timestep=settings.timestep * units.fs)
-    committee = bool(getattr(calculator, "committee", False))
-    times, totals, fmax, spreads = [], [], [], []
-    min_d: float | None = None
-    failure = None
+    def __init__(self, atoms):
+        from ase.geometry import minkowski_reduce
+        self.pbc = np.asarray(atoms.pbc, dtype=bool)
+        self.n = len(atoms)
+        self.dense = self.n <= DENSE_ATOMS and (
+            not self.pbc.any() or abs(np.linalg.det(atoms.cell[:])) > 1e-9)
+        if self.dense and self.pbc.any():
+            cell, _ = minkowski_reduce(atoms.cell[:], self.pbc)
+            self.cell = np.asarray(cell, dtype=np.float64)
+            self.inv = np.linalg.inv(self.cell)
+            ranges = [(-1, 0, 1) if p else (0,) for p in self.pbc]
+            shifts = np.array([(i, j, k) for i in ranges[0] for j in ranges[1]
+                               for k in ranges[2]], dtype=np.float64)
+            self.images = shifts @ self.cell                       # (M, 3)
+            self.zero = int(np.flatnonzero(~shifts.any(axis=1))[0])
 
-    def record(step: int) -> str | None:
-        nonlocal min_d
-        epot = atoms.get_potential_energy()
-        forces = atoms.get_forces()
-        etot = epot + atoms.get_kinetic_energy()
-        pos = atoms.get_positions()
+    def __call__(self, atoms) -> float | None:
+        if not self.dense:
+            return _min_distance(atoms)
+        pos = atoms.positions
+        i, j = np.triu_indices(self.n, 1)
+        d = pos[j] - pos[i]                                        # (P, 3), each pair once
+        if not self.pbc.any():
+            best2 = float(np.einsum("ij,ij->i", d, d).min()) if len(d) else math.inf
+        else:
+            f = d @ self.inv
+            f[:, self.pbc] -= np.round(f[:, self.pbc])
+            d = (f @ self.cell)[:, None, :] + self.images[None]    # (P, M, 3)
+            best2 = float(np.einsum("pmk,pmk->pm", d, d).min()) if len(d) else math.inf
+            # an atom and its own periodic images: the shortest lattice vector
+            own = np.delete(self.images, self.zero, axis=0)
+            if len(own):
+                best2 = min(best2, float(np.einsum("mk,mk->m", own, own).min()))
+        best = math.sqrt(best2)
+        return best if best <= DISTANCE_SEARCH else None
+
+
+#: systems up to this many atoms get the dense distance search
+DENSE_ATOMS = 128
+
+
+class _Run:
+    """State and records of one NVE run (see :func:`nve_checks`)."""
+
+    def __init__(self, atoms, settings: MDCheckSettings, label: str | None, committee: bool):
+        from ase import units
+        from ase.md import velocitydistribution as vd
+        from ase.md.verlet import VelocityVerlet
+        self.atoms = atoms.copy()
+        self.n = len(self.atoms)
+        self.settings, self.label, self.committee = settings, label, committee
+        # Maxwell-Boltzmann momenta (ASE >= 3.26 names the function thermalize_momenta)
+        thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+        thermalize(self.atoms, temperature_K=settings.temperature,
+                   rng=np.random.default_rng(settings.seed))
+        if self.n > 1:
+            vd.Stationary(self.atoms)
+        self.dyn = VelocityVerlet(self.atoms, timestep=settings.timestep * units.fs)
+        self.distance = _MinDistance(self.atoms)
+        self.times: list[float] = []
+        self.totals: list[float] = []
+        self.fmax: list[float] = []
+        self.spreads: list[float] = []
+        self.min_d: float | None = None
+        self.failure: str | None = None
+        self.steps_done = 0
+        self.seconds = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.failure is None and self.steps_done < self.settings.steps
+
+    def record(self, epot: float, forces: np.ndarray, committee_energies=None) -> None:
+        """Record the state after ``steps_done`` steps; sets ``failure`` when it blew up."""
+        step, st = self.steps_done, self.settings
+        etot = float(epot) + self.atoms.get_kinetic_energy()
+        pos = self.atoms.positions
         if not (math.isfinite(etot) and np.isfinite(forces).all() and np.isfinite(pos).all()):
-            return "non-finite energy, forces or positions"
-        times.append(step * settings.timestep / 1000.0)
-        totals.append(etot / n)
-        f = float(np.linalg.norm(forces, axis=1).max()) if n else 0.0
-        fmax.append(f)
-        if committee:
-            spreads.append(float(np.std(calculator.results["committee_energies"])) / n)
-        d = _min_distance(atoms)
+            self.failure = "non-finite energy, forces or positions"
+            return
+        self.times.append(step * st.timestep / 1000.0)
+        self.totals.append(etot / self.n)
+        f = math.sqrt(float(np.einsum("ij,ij->i", forces, forces).max())) if self.n else 0.0
+        self.fmax.append(f)
+        if self.committee and committee_energies is not None:
+            self.spreads.append(float(np.std(committee_energies)) / self.n)
+        d = self.distance(self.atoms)
         if d is not None:
-            min_d = d if min_d is None else min(min_d, d)
-        if min_d is not None and min_d < settings.min_distance_limit:
-            return (f"atoms {min_d:.3g} Å apart (limit {settings.min_distance_limit:g} Å) "
-                    f"at step {step}")
-        if f > settings.max_force_limit:
-            return f"force {f:.3g} eV/Å (limit {settings.max_force_limit:g} eV/Å) at step {step}"
-        return None
+            self.min_d = d if self.min_d is None else min(self.min_d, d)
+        if self.min_d is not None and self.min_d < st.min_distance_limit:
+            self.failure = (f"atoms {self.min_d:.3g} Å apart (limit {st.min_distance_limit:g} Å) "
+                            f"at step {step}")
+        elif f > st.max_force_limit:
+            self.failure = (f"force {f:.3g} eV/Å (limit {st.max_force_limit:g} eV/Å) "
+                            f"at step {step}")
+
+    def next_positions(self, forces: np.ndarray) -> np.ndarray:
+        """The positions ``VelocityVerlet.step(forces)`` is about to move to (the same
+        arithmetic, so the same numbers)."""
+        p = self.atoms.get_momenta()
+        p += 0.5 * self.dyn.dt * forces
+        masses = self.atoms.get_masses()[:, None]
+        return self.atoms.get_positions() + self.dyn.dt * p / masses
+
+    def fail(self, exc: BaseException) -> None:
+        self.failure = f"{type(exc).__name__} at step {self.steps_done + 1}: {exc}"
+
+    def result(self) -> dict:
+        st = self.settings
+        t = np.asarray(self.times)
+        e = np.asarray(self.totals) - (self.totals[0] if self.totals else 0.0)
+        drift = float(np.polyfit(t, e, 1)[0]) if len(t) >= 2 else None
+        finite = self.failure is None or not self.failure.startswith(
+            ("non-finite", "FloatingPoint", "Overflow"))
+        out = {"label": self.label, "n_atoms": int(self.n), "steps": int(st.steps),
+               "steps_done": int(self.steps_done), "stable": self.failure is None,
+               "finite": bool(finite), "failure": self.failure, "energy_drift": drift,
+               "max_energy_deviation": float(np.abs(e).max()) if len(e) else None,
+               "max_force": float(max(self.fmax)) if self.fmax else None,
+               "min_distance": self.min_d, "seconds": round(self.seconds, 3),
+               "time_ps": t.tolist(), "total_energy": e.tolist(),
+               "max_force_trace": list(self.fmax)}
+        if self.committee:
+            out["committee_spread_mean"] = float(np.mean(self.spreads)) if self.spreads else None
+            out["committee_spread_max"] = float(np.max(self.spreads)) if self.spreads else None
+            out["spread_trace"] = list(self.spreads)
+        return out
+
+
+_RUN_ERRORS = (FloatingPointError, ValueError, RuntimeError, OverflowError)
+
+
+def _run_alone(run: _Run, calculator: Any) -> None:
+    """One run with any ASE calculator: ``VelocityVerlet.step`` asks it for forces."""
+    run.atoms.calc = calculator
+    start = time.perf_counter()
+    try:
+        forces = run.atoms.get_forces()
+        run.record(run.atoms.get_potential_energy(), forces,
+                   calculator.results.get("committee_energies"))
+        while run.active:
+            forces = run.dyn.step(forces)
+            run.steps_done += 1
+            run.record(run.atoms.get_potential_energy(), forces,
+                       calculator.results.get("committee_energies"))
+    except _RUN_ERRORS as exc:
+        run.fail(exc)
+    run.seconds = time.perf_counter() - start
+
+
+class _Prepared:
+    """ASE calculator handing ``VelocityVerlet.step`` the results computed for its
+    new positions in a batch (:func:`_run_batched`); any other positions go to
+    ``fallback`` (the committee's own calculator)."""
+
+    def __init__(self, fallback: Any):
+        from ase.calculators.calculator import Calculator
+
+        class _Calc(Calculator):
+            implemented_properties = ["energy", "free_energy", "forces"]
+
+            def calculate(calc, atoms=None, properties=("energy",), system_changes=()):
+                Calculator.calculate(calc, atoms, properties, system_changes)
+                pos = calc.atoms.get_positions()
+                if self.positions is not None and pos.shape == self.positions.shape \
+                        and np.array_equal(pos, self.positions):
+                    calc.results = dict(self.results)
+                else:
+                    fallback.calculate(calc.atoms, ["energy", "forces"], system_changes)
+                    calc.results = dict(fallback.results)
+        self.calc = _Calc()
+        self.positions: np.ndarray | None = None
+        self.results: dict = {}
+
+
+def _committee_predict(calculator: Any, structures: list) -> list[dict]:
+    """Energy (eV), forces (N, 3) eV/Å and the members' energies of each structure,
+    from every member of an :class:`~nnpflow.calculator.NNPCalculator` at once
+    (ANN members predict the whole batch in one call)."""
+    per_member = []
+    for model in calculator.models:
+        pot = getattr(model, "potential", None)
+        if pot is not None:
+            r = pot._predict_structures(structures, True, max(len(structures), 1))
+            per_member.append([(float(e), np.asarray(f, dtype=np.float64))
+                               for e, f in zip(r.energies, r.forces)])
+        else:
+            per_member.append([model(s, True) for s in structures])
+    out = []
+    for k in range(len(structures)):
+        e = np.array([m[k][0] for m in per_member], dtype=np.float64)
+        f = np.stack([np.asarray(m[k][1], dtype=np.float64) for m in per_member])
+        out.append({"energy": float(e.mean()), "free_energy": float(e.mean()),
+                    "forces": f.mean(axis=0), "committee_energies": e})
+    return out
+
+
+def _run_batched(runs: list[_Run], calculator: Any) -> None:
+    """The runs in lockstep with one committee prediction per step for all of them.
+
+    Each run keeps ASE's ``VelocityVerlet.step``; its calculator hands out the
+    forces predicted, together with every other run's, for the positions the step
+    moves to (computed beforehand by the same arithmetic).
+    """
+    from ..structure import Structure
+    prepared = [_Prepared(calculator) for _ in runs]
+    for run, prep in zip(runs, prepared):
+        run.atoms.calc = prep.calc
+    forces: dict[int, np.ndarray] = {}
+
+    def predict(items: list[tuple[int, np.ndarray]]) -> list[dict]:
+        structs = []
+        for k, pos in items:
+            a = runs[k].atoms.copy()
+            a.set_positions(pos)
+            structs.append(Structure.from_ase(a))
+        return _committee_predict(calculator, structs)
 
     start = time.perf_counter()
-    steps_done = 0
     try:
-        failure = record(0)
-        while failure is None and steps_done < settings.steps:
-            dyn.run(1)
-            steps_done += 1
-            failure = record(steps_done)
-    except (FloatingPointError, ValueError, RuntimeError, OverflowError) as exc:
-        failure = f"{type(exc).__name__} at step {steps_done + 1}: {exc}"
+        first = predict([(k, r.atoms.get_positions()) for k, r in enumerate(runs)])
+    except _RUN_ERRORS:
+        first = None
+    for k, run in enumerate(runs):
+        try:
+            res = first[k] if first is not None else None
+            if res is None:
+                run.atoms.calc = calculator
+                run.atoms.get_forces()
+                res = dict(calculator.results)
+                run.atoms.calc = prepared[k].calc
+            forces[k] = res["forces"]
+            run.record(res["energy"], res["forces"], res.get("committee_energies"))
+        except _RUN_ERRORS as exc:
+            run.fail(exc)
+    while True:
+        active = [k for k, r in enumerate(runs) if r.active]
+        if not active:
+            break
+        items = []
+        for k in active:
+            try:
+                items.append((k, runs[k].next_positions(forces[k])))
+            except _RUN_ERRORS as exc:
+                runs[k].fail(exc)
+        try:
+            results = predict(items)
+        except _RUN_ERRORS:
+            results = [None] * len(items)          # each run computes its own, and fails alone
+        for (k, pos), res in zip(items, results):
+            run, prep = runs[k], prepared[k]
+            prep.positions, prep.results = (pos, res) if res is not None else (None, {})
+            try:
+                forces[k] = run.dyn.step(forces[k])
+                run.steps_done += 1
+                r = prep.calc.results
+                run.record(r["energy"], forces[k], r.get("committee_energies"))
+            except _RUN_ERRORS as exc:
+                run.fail(exc)
     seconds = time.perf_counter() - start
-    t = np.asarray(times)
-    e = np.asarray(totals) - (totals[0] if totals else 0.0)
-    drift = float(np.polyfit(t, e, 1)[0]) if len(t) >= 2 else None
-    finite = failure is None or not failure.startswith(("non-finite", "FloatingPoint",
-                                                        "Overflow"))
-    out = {"label": label, "n_atoms": int(n), "steps": int(settings.steps),
-           "steps_done": int(steps_done), "stable": failure is None, "finite": bool(finite),
-           "failure": failure,
-           "energy_drift": drift,
-           "max_energy_deviation": float(np.abs(e).max()) if len(e) else None,
-           "max_force": float(max(fmax)) if fmax else None,
-           "min_distance": min_d, "seconds": round(seconds, 3),
-           "time_ps": t.tolist(), "total_energy": e.tolist(), "max_force_trace": fmax}
-    if committee:
-        out["committee_spread_mean"] = float(np.mean(spreads)) if spreads else None
-        out["committee_spread_max"] = float(np.max(spreads)) if spreads else None
-        out["spread_trace"] = spreads
-    return out
+    for run in runs:
+        run.seconds = seconds / max(len(runs), 1)
+
+
+def nve_checks(calculator: Any, atoms_list: Sequence, settings: MDCheckSettings =
+               MDCheckSettings(), labels: Sequence[str | None] | None = None) -> list[dict]:
+    """NVE runs of each ``ase.Atoms`` of ``atoms_list`` (copied) with ``calculator``.
+
+    With an :class:`~nnpflow.calculator.NNPCalculator` the runs go in lockstep
+    and each step predicts every run's forces in one call per committee member
+    (:func:`_run_batched`, ~2-3x faster for small structures); any other ASE
+    calculator runs them one after the other.  Returns one record per run (the
+    module docstring), plus ``time_ps``, ``total_energy`` (eV/atom, relative to
+    the start), ``max_force_trace`` (eV/Å) and, for a committee,
+    ``spread_trace`` (eV/atom): one entry per step done (for the plot;
+    :func:`physical_checks` leaves them out of ``metrics.json``).
+    """
+    from ..calculator import NNPCalculator
+    labels = list(labels) if labels is not None else [None] * len(atoms_list)
+    committee = bool(getattr(calculator, "committee", False))
+    runs = [_Run(a, settings, lab, committee) for a, lab in zip(atoms_list, labels)]
+    if isinstance(calculator, NNPCalculator) and runs:
+        _run_batched(runs, calculator)
+    else:
+        for run in runs:
+            _run_alone(run, calculator)
+    return [run.result() for run in runs]
+
+
+def nve_check(calculator: Any, atoms, settings: MDCheckSettings = MDCheckSettings(),
+              label: str | None = None) -> dict:
+    """One NVE run of ``atoms`` with ``calculator`` (see :func:`nve_checks`)."""
+    return nve_checks(calculator, [atoms], settings, [label])[0]
 
 
 def pick_structures(n_atoms: np.ndarray, indices: Sequence[int], count: int) -> list[int]:
@@ -202,14 +424,13 @@ def physical_checks(model_files: Sequence[str | os.PathLike], database: str | os
     from ..database import DatabaseReader
     start = time.perf_counter()
     calc = NNPCalculator(list(model_files))
-    runs = []
     with DatabaseReader(database, cache_size=0) as reader:
         chosen = pick_structures(reader.n_atoms, indices, settings.structures)
         structures = [(i, reader.structure(i)) for i in chosen]
-    for i, s in structures:
-        rec = nve_check(calc, s.to_ase(), settings, label=s.name)
+    runs = nve_checks(calc, [s.to_ase() for _, s in structures], settings,
+                      [s.name for _, s in structures])
+    for (i, _), rec in zip(structures, runs):
         rec["index"] = int(i)
-        runs.append(rec)
     records = [{k: v for k, v in r.items() if k not in TRACES} for r in runs]
 
     def worst(key, pick):

@@ -145,8 +145,9 @@ def main() -> None:
               f"{'fit ' if fit else 'none'}: test RMSE {rmse:.1f} meV/atom, MAE {mae:.1f} "
               f"meV/atom")
     refs = results[True][0]["references"]
-    print("fitted references (first seed) vs true: " + ", ".join(
-        f"{s} {refs[s]:.3f} ({TRUE_REFERENCES[s]:.3f})" for s in SPECIES))
+    print("fitted references (first seed; true isolated-atom values in brackets -- the fit "
+          "also absorbs each species' mean bond energy): " + ", ".join(
+              f"{s} {refs[s]:.3f} ({TRUE_REFERENCES[s]:.3f})" for s in SPECIES))
 
 
 if __name__ == "__main__":

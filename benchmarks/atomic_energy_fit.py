@@ -20,6 +20,12 @@ and the fitted references against the true ones.
 
     OMP_NUM_THREADS=1 python benchmarks/atomic_energy_fit.py [--structures 400]
         [--epochs 150] [--seeds 0 1 2]
+
+Measured (shared 2-core VM, medians over seeds 0-2, test RMSE / MAE in meV/atom):
+5 epochs: raw 117.1 / 84.8, fit 30.0 / 22.6; 20 epochs: raw 44.7 / 32.6, fit 25.3 /
+19.0; 150 epochs: raw 24.9 / 19.0, fit 23.6 / 17.9.  The per-species networks can
+learn the offsets themselves, so the fit mainly buys convergence: the error of a
+short training falls 2-4x, the converged error a few per cent.
 """
 
 from __future__ import annotations

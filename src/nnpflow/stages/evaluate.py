@@ -66,9 +66,10 @@ def run(database: str, split: str, models: Sequence[str], histories: Sequence[st
     ``split``; write the outputs given.  Returns the metrics (``metrics.json``)."""
     from ..database import DatabaseReader
     from ..evaluation.model_evaluation import evaluate_models, write_evaluation
+    from ..splitting import load_split
+
     from ..evaluation.physical_checks import MDCheckSettings, md_check_plot
     from ..evaluation.physical_checks import physical_checks as run_physical_checks
-    from ..splitting import load_split
 
     models, histories, splits = list(models), list(histories), list(splits)
     unknown = [s for s in splits if s not in PARTS]

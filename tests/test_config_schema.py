@@ -46,14 +46,18 @@ def test_defaults_are_filled():
     assert cfg["database"] == {"shards": 4, "persist_features": True,
                                "persist_force_derivatives": True,
                                "compression": "gzip", "dtype": "float32", "threads": 1}
-    assert cfg["split"] == {"validation": 0.1, "test": 0.1, "seed": 42}
+    assert cfg["split"] == {"validation": 0.1, "test": 0.1, "seed": 42, "method": "stable"}
     assert cfg["models"] == {"ann": {"architecture": "ann", "active": True, "committee": 1,
                                      "hidden": [[16, "tanh"], [16, "tanh"]]}}
     assert set(cfg["training"]) == {"epochs", "batch_size", "learning_rate", "schedule",
                                     "force_weight", "force_fraction", "force_sampling",
                                     "patience", "ema_decay", "device", "devices", "seed"}
     assert cfg["training"]["device"] == "auto" and cfg["training"]["devices"] == 1
-    assert cfg["evaluate"] == {"splits": ["train", "validation", "test"], "plots": True}
+    assert cfg["evaluate"] == {"splits": ["train", "validation", "test"], "plots": True,
+                               "physical_checks": {
+                                   "structures": 3, "steps": 200, "timestep": 0.5,
+                                   "temperature": 300, "seed": 0, "min_distance_limit": 0.5,
+                                   "max_force_limit": 50}}
 
 
 def test_partial_blocks_keep_given_values_and_fill_the_rest():
@@ -96,6 +100,9 @@ def test_unknown_keys_are_rejected_by_name(cfg, key):
     ({"models": {"bad name": {"architecture": "ann", "hidden": [[8, "tanh"]]}}},
      "'bad name' does not match"),
     ({"training": {"device": "gpu"}}, "'gpu' is not one of ['auto', 'cpu', 'cuda']"),
+    ({"atomic_energies": "fitted"}, "'fitted' is not valid under any of the given schemas"),
+    ({"split": {"method": "random"}}, "'random' is not one of ['stable', 'permutation']"),
+    ({"evaluate": {"physical_checks": {"steps": 0}}}, "0 is less than the minimum of 1"),
 ])
 def test_invalid_values_are_rejected(cfg, message):
     text = error_of(cfg)
@@ -104,6 +111,24 @@ def test_invalid_values_are_rejected(cfg, message):
 
 def test_split_sizes_accept_fractions_and_counts():
     assert filled({"split": {"validation": 0.25, "test": 7}})["split"]["test"] == 7
+
+
+def test_atomic_energies_take_a_table_or_fit():
+    assert filled({"atomic_energies": "fit"})["atomic_energies"] == "fit"
+    assert filled({"atomic_energies": {"Cu": -0.5}})["atomic_energies"] == {"Cu": -0.5}
+
+
+@pytest.mark.workflow
+def test_fitted_references_and_max_energy_are_refused(tmp_path, copy_workflow):
+    copy_workflow(tmp_path, ("Snakefile", "workflow", "config"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config",
+         "atomic_energies=fit", "max_energy=1.0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert ("invalid configuration at max_energy: atomic_energies: fit cannot be combined "
+            "with max_energy") in out, out[-3000:]
 
 
 def test_shipped_config_is_valid():

@@ -205,7 +205,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> str:
     return out
 
 
-_JOB_HEAD = re.compile(r"^(?:local)?rule (\w+):$")
+_JOB_HEAD = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 
 
 def _job_key(wildcards: str):
@@ -225,6 +225,13 @@ def planned_jobs(workdir: Path, *args: str) -> list[dict]:
     out = snakemake(workdir, "--dry-run", "--cores", "2", *args)
     if "Nothing to be done" in out:
         return []
+    jobs = jobs_in(out)
+    assert jobs, f"could not read the planned jobs from:\n{out[-3000:]}"
+    return jobs
+
+
+def jobs_in(out: str) -> list[dict]:
+    """The jobs a snakemake output (a dry run's or a real run's) lists, in order."""
     jobs: list[dict] = []
     for line in out.splitlines():
         head = _JOB_HEAD.match(line.strip())
@@ -240,7 +247,6 @@ def planned_jobs(workdir: Path, *args: str) -> list[dict]:
             jobs[-1]["reason"] = line.split(":", 1)[1].strip()
         elif jobs and line.strip().startswith("input:"):
             jobs[-1]["input"] = [p.strip() for p in line.split(":", 1)[1].split(",")]
-    assert jobs, f"could not read the planned jobs from:\n{out[-3000:]}"
     return jobs
 
 
@@ -263,7 +269,7 @@ DATA_JOBS = {("ingest", 0): 1, ("ingest", 1): 1, ("ingest", 2): 1, ("manifest", 
              ("build", 0): 1, ("build", 1): 1, ("build", 2): 1, ("merge", None): 1,
              ("split", None): 1, ("all", None): 1}
 #: training and evaluation of the tiny configuration's one model
-MODEL_JOBS = {("train", "ann/0"): 1, ("evaluate", "ann"): 1}
+MODEL_JOBS = {("train", "ann/0"): 1, ("evaluate", "ann"): 1, ("summary", None): 1}
 
 #: the tiny model of the workflow tests: trains in about a second
 TINY_MODELS = {"ann": {"architecture": "ann", "hidden": [[4, "tanh"]], "active": True,
@@ -281,7 +287,8 @@ def tiny_training(cfg: dict) -> None:
 @pytest.mark.workflow
 def test_dry_run_plans_every_stage_and_assigns_files_to_shards(workdir):
     jobs = planned_jobs(workdir)
-    assert job_set(jobs) == Counter({("example", None): 1, **DATA_JOBS, **MODEL_JOBS})
+    assert job_set(jobs) == Counter({("example", None): 1, ("species", None): 1, **DATA_JOBS,
+                                     **MODEL_JOBS})
     plain = [f"extra/cell-{i}.xsf" for i in range(3)] + \
         [f"results/example/xsf/example-{i:04d}.xsf" for i in range(3)]
     archive = "results/example/archive.tar.bz2"
@@ -292,11 +299,14 @@ def test_dry_run_plans_every_stage_and_assigns_files_to_shards(workdir):
             assert sorted(job["input"]) == sorted(
                 [p for p in plain if shard_of(p, 3) == k] + [archive]), job
         elif job["rule"] == "build":
-            # species: null -> inferred from the manifest, an input of every build job
-            assert job["input"] == [f"results/ingest/shard_{k}.h5",
-                                    "results/manifest/manifest.json"], job
-        elif job["rule"] == "split":
+            # species: null -> the species checkpoint's file, an input of every build job
+            # (before the first run Snakemake shows only that checkpoint target)
+            assert job["input"] == ["results/manifest/species.txt (update)"], job
+        elif job["rule"] == "species":
             assert job["input"] == ["results/manifest/manifest.json"], job
+        elif job["rule"] == "split":
+            assert job["input"] == ["results/manifest/manifest.json",
+                                    "results/manifest/manifest.tsv"], job
         elif job["rule"] == "train":
             assert job["input"] == ["results/database/database.h5",
                                     "results/split/split.json"], job
@@ -372,29 +382,45 @@ def edit_config(workdir: Path, change) -> None:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-def check_data_outputs(workdir: Path, n_structures: int) -> None:
+def check_data_outputs(workdir: Path, n_structures: int, atomic_energies=ATOMIC_ENERGIES,
+                       max_energy=MAX_ENERGY, species=SPECIES) -> None:
     """The data DAG's outputs agree with each other: database order = manifest order,
-    one structures fingerprint in manifest.json, database.json and split.json."""
+    one structures fingerprint in manifest.json, database.json and split.json, and
+    the split is the stable split of the manifest's structures."""
     from nnpflow.database import DatabaseReader
     from nnpflow.io.manifest import read_manifest
-    from nnpflow.splitting import load_split
+    from nnpflow.splitting import load_split, make_stable_split
     results = workdir / "results"
-    labels = [row["label"] for row in read_manifest(results / "manifest" / "manifest.tsv")]
+    rows = read_manifest(results / "manifest" / "manifest.tsv")
+    labels = [row["label"] for row in rows]
     assert len(labels) == n_structures
     summary = json.loads((results / "manifest" / "manifest.json").read_text())
     db_info = json.loads((results / "database" / "database.json").read_text())
     fp = summary["structures_fingerprint"]
     assert db_info["structures_fingerprint"] == fp
-    assert summary["filter"] == db_info["filter"] == {"max_energy": MAX_ENERGY,
-                                                      "atomic_energies": ATOMIC_ENERGIES}
+    assert summary["filter"] == db_info["filter"] == {"max_energy": max_energy,
+                                                      "atomic_energies": atomic_energies}
     with DatabaseReader(results / "database" / "database.h5") as db:
         assert db.names() == labels
         assert db.structures_fingerprint == fp and db.fingerprint == db_info["fingerprint"]
         assert db.has_features and db.has_force_derivatives
-        assert db.layout["feature_species"] == SPECIES
+        if species is not None:
+            assert db.layout["feature_species"] == species
         split = load_split(results / "split" / "split.json", db, n_structures=len(db))
-    assert split.counts == {"train": n_structures - round(0.2 * n_structures) - 1,
-                            "validation": round(0.2 * n_structures), "test": 1}
+    cfg = yaml.safe_load((workdir / "config" / "config.yaml").read_text())["split"]
+    want = make_stable_split(labels, [r["content_hash"] for r in rows], cfg["validation"],
+                             cfg["test"], cfg["seed"], fp)
+    assert split.counts == want.counts and sum(split.counts.values()) == n_structures
+    assert all(split.counts[p] >= 1 for p in ("train", "validation", "test"))
+
+
+def split_parts(workdir: Path) -> dict[str, str]:
+    """{label: part} of the run's split.json."""
+    from nnpflow.io.manifest import read_manifest
+    results = workdir / "results"
+    labels = [r["label"] for r in read_manifest(results / "manifest" / "manifest.tsv")]
+    split = json.loads((results / "split" / "split.json").read_text())
+    return {labels[i]: part for part, idx in split["indices"].items() for i in idx}
 
 
 @pytest.mark.workflow
@@ -473,8 +499,16 @@ def check_model_outputs(workdir: Path, n_structures: int) -> None:
     assert per_species[0] == "split,species,n_atoms,force_rmse,force_mae"
     worst = (folder / "worst_structures.csv").read_text().splitlines()
     assert len(worst) == 1 + 2 * n_structures      # fewer structures than rows asked for
-    for plot in ("parity_energy", "parity_forces", "learning_curve"):
+    for plot in ("parity_energy", "parity_forces", "learning_curve", "md_check"):
         assert (folder / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
+    # the NVE checks: the smallest test structures (at most 3), 200 steps each
+    checks = metrics["physical_checks"]
+    assert checks["part"] == "test" and checks["settings"]["steps"] == 200
+    assert len(checks["structures"]) == min(3, len(split.test))
+    for run in checks["structures"]:
+        assert run["finite"] and run["n_atoms"] >= 1 and run["energy_drift"] is not None
+    summary = (results / "evaluation" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("model,kind,committee,part") and summary[1].startswith("ann,")
 
 
 @pytest.mark.workflow
@@ -485,7 +519,8 @@ def test_report_holds_the_plots(scenario):
     snakemake(scenario, "--report", "report.html")
     html = (scenario / "report.html").read_text(errors="replace")
     for name in ("parity_energy.png", "parity_forces.png", "learning_curve.png",
-                 "metrics.json", "per_species.csv", "worst_structures.csv", "manifest.tsv"):
+                 "metrics.json", "per_species.csv", "worst_structures.csv", "manifest.tsv",
+                 "md_check.png", "summary.csv"):
         assert name in html, name
     assert "Energy parity plot of model" in html          # a caption, rendered
 
@@ -530,6 +565,24 @@ def test_max_energy_change_reruns_every_ingest_and_downstream(scenario):
 
 @pytest.mark.workflow
 @pytest.mark.slow
+def test_fitted_atomic_energies_are_fitted_by_the_split_and_reach_the_model(scenario):
+    """atomic_energies: fit (max_energy off): ingest runs again without references, the
+    split fits them on its training part, training uses them."""
+    edit_config(scenario, lambda cfg: cfg.update(atomic_energies="fit", max_energy=None))
+    assert job_set(planned_jobs(scenario)) == Counter({**DATA_JOBS, **MODEL_JOBS})
+    snakemake(scenario, "--cores", "2", "results/split/split.json")
+    from nnpflow.splitting import load_split
+    split = load_split(scenario / "results" / "split" / "split.json")
+    fit = split.atomic_energies_fit
+    assert sorted(fit["atomic_energies"]) == sorted(SPECIES)
+    assert fit["n_structures"] == len(split.train)
+    assert "atomic_energies: fit on" in (scenario / "results/logs/split.log").read_text()
+    # the same settings again: nothing left to do for the data stages
+    assert planned_jobs(scenario, "results/split/split.json") == []
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_learning_rate_change_retrains_and_reevaluates_that_model_only(scenario):
     edit_config(scenario, lambda cfg: cfg["training"].update(learning_rate=0.02))
     assert job_set(planned_jobs(scenario)) == Counter({**MODEL_JOBS, ("all", None): 1})
@@ -545,12 +598,13 @@ def test_models_added_or_grown_train_only_what_is_new(scenario):
                                 "active": False}
     edit_config(scenario, add_model)
     assert job_set(planned_jobs(scenario)) == Counter(
-        {("train", "second/0"): 1, ("evaluate", "second"): 1, ("all", None): 1})
+        {("train", "second/0"): 1, ("evaluate", "second"): 1, ("summary", None): 1,
+         ("all", None): 1})
     # a larger committee trains the new member only; the evaluation takes in both
     edit_config(scenario, lambda cfg: cfg["models"]["ann"].update(committee=2))
     assert job_set(planned_jobs(scenario)) == Counter(
         {("train", "second/0"): 1, ("evaluate", "second"): 1, ("train", "ann/1"): 1,
-         ("evaluate", "ann"): 1, ("all", None): 1})
+         ("evaluate", "ann"): 1, ("summary", None): 1, ("all", None): 1})
 
 
 @pytest.mark.workflow
@@ -560,7 +614,11 @@ def test_evaluation_settings_rerun_the_evaluation_only(scenario):
     edit_config(scenario, lambda cfg: cfg["evaluate"].update(plots=False))
     assert planned_jobs(scenario) == []
     edit_config(scenario, lambda cfg: cfg["evaluate"].update(splits=["test"]))
-    assert job_set(planned_jobs(scenario)) == Counter({("evaluate", "ann"): 1, ("all", None): 1})
+    assert job_set(planned_jobs(scenario)) == Counter({("evaluate", "ann"): 1,
+                                                       ("summary", None): 1, ("all", None): 1})
+    edit_config(scenario, lambda cfg: cfg["evaluate"].update(physical_checks={"steps": 50}))
+    assert job_set(planned_jobs(scenario)) == Counter({("evaluate", "ann"): 1,
+                                                       ("summary", None): 1, ("all", None): 1})
 
 
 @pytest.mark.workflow
@@ -588,6 +646,7 @@ def test_new_file_reruns_its_shard_and_the_merges_only(scenario):
     assert build["input"] == [f"results/ingest/shard_{k}.h5"]
     untouched = [scenario / "results" / "database" / f"shard_{j}.h5" for j in range(3) if j != k]
     before = [p.stat().st_mtime_ns for p in untouched]
+    parts_before = split_parts(scenario)
 
     # run the data stages (the end-to-end test covers training and evaluation)
     snakemake(scenario, "--cores", "2", "results/database/database.json",
@@ -596,8 +655,89 @@ def test_new_file_reruns_its_shard_and_the_merges_only(scenario):
     labels = (scenario / "results" / "manifest" / "manifest.tsv").read_text()
     assert f"\n{new}\t" in labels
     assert [p.stat().st_mtime_ns for p in untouched] == before
+    # the stable split: every old structure keeps its part
+    parts_after = split_parts(scenario)
+    assert {lab: parts_after[lab] for lab in parts_before} == parts_before
+    assert set(parts_after) - set(parts_before) == {new}
     # what is left: the model, trained on the new split, and its evaluation
     assert job_set(planned_jobs(scenario)) == Counter({**MODEL_JOBS, ("all", None): 1})
+
+
+# ------------------------------------------- species inferred (species: null): incremental
+
+XSF_OF = XSF.replace("Au  1.80", "{species}  1.80")
+
+
+@pytest.fixture(scope="module")
+def inferred_species_run(tmp_path_factory, copy_workflow):
+    """The data stages (manifest to database and split) run once with species: null:
+    6 example structures, 3 files in ``extra/``, 3 shards."""
+    root = tmp_path_factory.mktemp("inferred")
+    cfg = copy_workflow(root)
+    cfg["example"].update(n_structures=6, archive_fraction=0.5, seed=3)
+    cfg["database"]["shards"] = 3
+    cfg["sources"] = [{"path": "extra"}]
+    tiny_training(cfg)
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for i in range(3):
+        write_xsf(root / "extra" / f"cell-{i}.xsf", energy=-7.0 - 0.1 * i, z=0.1 * i)
+    snakemake(root, "--cores", "2", *DATA_TARGETS)
+    return root
+
+
+DATA_TARGETS = ("results/database/database.json", "results/split/split.json")
+
+
+def _run_data_stages(workdir: Path) -> tuple[JobSet, str]:
+    out = snakemake(workdir, "--cores", "2", *DATA_TARGETS)
+    return job_set(jobs_in(out)), out
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_inferred_species_new_file_rebuilds_its_shard_only(inferred_species_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(inferred_species_run, run, symlinks=True, copy_function=shutil.copy2)
+    species = run / "results" / "manifest" / "species.txt"
+    assert species.read_text() == "Cu\nPt\nAu\n"        # by atomic number
+    shards = [run / "results" / "database" / f"shard_{j}.h5" for j in range(3)]
+    before = [p.stat().st_mtime_ns for p in shards]
+    new = "extra/cell-new.xsf"
+    (run / new).write_text(XSF_OF.format(energy=-6.5, z=0.05, species="Au"))
+    k = shard_of(new, 3)
+    ran, _ = _run_data_stages(run)
+    assert ran == Counter({("ingest", k): 1, ("manifest", None): 1, ("species", None): 1,
+                           ("build", k): 1, ("merge", None): 1, ("split", None): 1}), ran
+    after = [p.stat().st_mtime_ns for p in shards]
+    assert [a == b for a, b in zip(after, before)] == [j != k for j in range(3)]
+    assert species.read_text() == "Cu\nPt\nAu\n"
+    assert "species unchanged (Cu Pt Au)" in (run / "results/logs/species.log").read_text()
+    check_data_outputs(run, 10, atomic_energies={}, max_energy=None)
+    assert planned_jobs(run, *DATA_TARGETS) == []
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_inferred_species_new_species_rebuilds_every_shard_and_says_why(inferred_species_run,
+                                                                        tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(inferred_species_run, run, symlinks=True, copy_function=shutil.copy2)
+    new = "extra/cell-silver.xsf"
+    (run / new).write_text(XSF_OF.format(energy=-6.5, z=0.05, species="Ag"))
+    k = shard_of(new, 3)
+    ran, out = _run_data_stages(run)
+    assert ran == Counter({("ingest", k): 1, ("manifest", None): 1, ("species", None): 1,
+                           ("build", 0): 1, ("build", 1): 1, ("build", 2): 1,
+                           ("merge", None): 1, ("split", None): 1}), ran
+    why = "the species changed from Cu Pt Au to Cu Ag Pt Au (new: Ag): every database shard " \
+          "is rebuilt"
+    assert why in (run / "results/logs/species.log").read_text()
+    assert why in out                                  # a warning: Snakemake's output shows it
+    assert (run / "results/manifest/species.txt").read_text() == "Cu\nAg\nPt\nAu\n"
+    from nnpflow.database import DatabaseReader
+    with DatabaseReader(run / "results/database/database.h5") as db:
+        assert db.layout["feature_species"] == ["Cu", "Ag", "Pt", "Au"]
+        assert len(db) == 10
 
 
 # ---------------------------------------------------------------- the train rule's checkpoints

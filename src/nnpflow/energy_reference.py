@@ -3,6 +3,8 @@
 The referenced (cohesive or formation) energy per atom of a structure is
 ``(E - sum_i E_ref[species_i]) / N`` in eV/atom.  Without ``atomic_energies``
 all references are zero, so the filter applies to ``E / N`` as given.
+:func:`fit_atomic_energies` fits the references by least squares on total
+energies (``atomic_energies: fit``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import csv
 import math
 import os
 from typing import Mapping
+
+import numpy as np
 
 from .errors import ConfigError, InputError
 from .structure import Structure, element_symbol
@@ -136,3 +140,52 @@ def read_atomic_energy_csv(path: str | os.PathLike) -> dict[str, float]:
     if not out:
         raise InputError("no rows", source=path)
     return out
+
+
+# ------------------------------------------------------------------ fitted references
+
+#: the value of ``atomic_energies`` (workflow and ``TorchTrainingConfig``) that asks
+#: for references fitted on the training structures
+FIT = "fit"
+
+
+def fit_atomic_energies(composition, energies, species) -> dict:
+    """Per-species reference energies by least squares (eV).
+
+    ``composition``: (S, T) atom counts of the ``species`` (T names) in S
+    structures; ``energies``: (S,) total energies in eV (NaN entries are left
+    out).  Solves ``min_e sum_i (E_i - sum_t n_it e_t)^2`` -- the composition
+    matrix against the total energies, as MACE estimates its E0s -- with
+    ``numpy.linalg.lstsq`` (the minimum-norm solution when the compositions do
+    not determine every reference, e.g. one stoichiometry only).
+
+    Returns ``{"atomic_energies": {species: eV}, "n_structures", "rank",
+    "rmse_per_atom"}`` (the per-atom RMSE of ``E - sum n e`` over the fitted
+    structures: what a model still has to learn).  Raises ``ConfigError`` when a
+    species occurs in none of the structures, or there are none.
+    """
+    comp = np.asarray(composition, dtype=np.float64)
+    e = np.asarray(energies, dtype=np.float64).reshape(-1)
+    species = [str(s) for s in species]
+    if comp.ndim != 2 or comp.shape != (len(e), len(species)):
+        raise ValueError(f"composition of shape {comp.shape} for {len(e)} energies and "
+                         f"{len(species)} species")
+    keep = np.isfinite(e)
+    comp, e = comp[keep], e[keep]
+    if not len(e):
+        raise ConfigError("atomic_energies: fit needs training structures with energies")
+    absent = [s for s, n in zip(species, comp.sum(axis=0)) if n == 0]
+    if absent:
+        raise ConfigError(f"atomic_energies: fit cannot determine the reference of "
+                          f"{', '.join(absent)}: no training structure with an energy "
+                          "contains it; give atomic_energies explicitly")
+    solution, _, rank, _ = np.linalg.lstsq(comp, e, rcond=None)
+    residual = (e - comp @ solution) / comp.sum(axis=1)
+    return {"atomic_energies": {s: float(v) for s, v in zip(species, solution)},
+            "n_structures": int(len(e)), "rank": int(rank),
+            "rmse_per_atom": float(np.sqrt(np.mean(residual ** 2)))}
+
+
+def is_fit(atomic_energies) -> bool:
+    """Whether an ``atomic_energies`` setting asks for fitted references."""
+    return isinstance(atomic_energies, str) and atomic_energies == FIT

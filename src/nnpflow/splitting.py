@@ -7,19 +7,38 @@ by part, in the order the parts are given.  It is the one partition routine of
 nnpflow; :mod:`nnpflow.training.splitter` (Enerzyme-style ``Trainer.Splitter``)
 uses it too.
 
-The workflow's split (:func:`make_split`, rule ``split``) draws the parts in the
-order ``test``, ``validation``, ``train``: the test part depends only on its own
-size and the seed, so changing the validation size leaves it unchanged.  Sizes
-are fractions of the structures (a number in [0, 1), rounded to the nearest
-count) or counts (an integer >= 1); ``train`` takes the rest.
+Two splits of the workflow (rule ``split``, ``split.method``):
+
+* ``stable`` (the default, :func:`make_stable_split`): each structure's part is
+  decided by itself alone -- a seeded SHA-256 of its label and content hash
+  (:func:`structure_draw`, a number in [0, 1)) against the part fractions
+  (test below ``f_test``, validation below ``f_test + f_validation``, train the
+  rest).  Adding or removing structures never moves another structure to another
+  part, the same seed and data give the same split on any machine, and the parts
+  hold their fractions approximately (the split file reports the sizes reached).
+  A count (an integer >= 1) is taken as that fraction of the current structures,
+  so with counts the parts move a little when the data grow.  A part asked for
+  (>= 1 structure by its fraction) that the draws leave empty -- only possible
+  for a handful of structures -- gets the training structure with the smallest
+  draw (a pure function of the data and the seed, like every other assignment);
+  likewise an empty training part gets the structure with the largest draw.
+* ``permutation`` (:func:`make_split`): one seeded permutation of all
+  structures, drawn in the order ``test``, ``validation``, ``train``, with exact
+  sizes; any added or removed structure redraws every part.
+
+Either way a new ``seed`` redraws everything.  Sizes are fractions of the
+structures (a number in [0, 1)) or counts (an integer >= 1); ``train`` takes
+the rest.
 
 ``split.json`` (:func:`write_split` / :func:`load_split`)::
 
     {"format": "nnpflow-split", "schema_version": 1,
      "structures_fingerprint": "<sha256>",   # the manifest's and database's
      "n_structures": N, "seed": 42,
-     "settings": {"validation": 0.1, "test": 0.1},
+     "settings": {"validation": 0.1, "test": 0.1, "method": "stable"},
      "counts": {"train": .., "validation": .., "test": ..},
+     "fractions": {"train": .., "validation": .., "test": ..},   # reached
+     "atomic_energies_fit": null | {"atomic_energies": {species: eV}, ...},
      "indices": {"train": [...], "validation": [...], "test": [...]}}
 
 Indices are 0-based positions in the manifest's order, which is the database's
@@ -31,6 +50,7 @@ different data set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -44,8 +64,8 @@ from .errors import ConfigError, SchemaError, SplitMismatchError
 from .safe_write import write_json
 
 __all__ = ["PARTS", "SPLIT_FORMAT", "SPLIT_SCHEMA_VERSION", "Split", "SplitMismatchError",
-           "partition", "part_size", "make_split", "write_split", "load_split",
-           "sizes_summary"]
+           "partition", "part_size", "make_split", "make_stable_split",
+           "structure_draw", "SPLIT_METHODS", "write_split", "load_split", "sizes_summary"]
 
 #: the workflow's parts, in the order they are stored
 PARTS = ("train", "validation", "test")
@@ -53,6 +73,8 @@ PARTS = ("train", "validation", "test")
 DRAW_ORDER = ("test", "validation", "train")
 SPLIT_FORMAT = "nnpflow-split"
 SPLIT_SCHEMA_VERSION = 1
+#: ``split.method`` values: per-structure hash (stable) or one permutation
+SPLIT_METHODS = ("stable", "permutation")
 
 
 def partition(n: int, sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
@@ -108,6 +130,8 @@ class Split:
     n_structures: int
     seed: int
     settings: dict = field(default_factory=dict)
+    #: reference energies fitted on the training part (``atomic_energies: fit``), else None
+    atomic_energies_fit: dict | None = None
 
     @property
     def train(self) -> np.ndarray:
@@ -125,12 +149,20 @@ class Split:
     def counts(self) -> dict[str, int]:
         return {p: int(len(v)) for p, v in self.indices.items()}
 
+    @property
+    def fractions(self) -> dict[str, float]:
+        """The fraction of the structures in each part (what the split reached)."""
+        n = max(int(self.n_structures), 1)
+        return {p: round(len(v) / n, 6) for p, v in self.indices.items()}
+
     def to_dict(self) -> dict:
         """The JSON form written to ``split.json``."""
         return {"format": SPLIT_FORMAT, "schema_version": SPLIT_SCHEMA_VERSION,
                 "structures_fingerprint": self.structures_fingerprint,
                 "n_structures": int(self.n_structures), "seed": int(self.seed),
                 "settings": dict(self.settings), "counts": self.counts,
+                "fractions": self.fractions,
+                "atomic_energies_fit": self.atomic_energies_fit,
                 "indices": {p: self.indices[p].tolist() for p in PARTS}}
 
 
@@ -152,7 +184,68 @@ def make_split(n_structures: int, validation: Any, test: Any, seed: int,
     drawn = partition(n, {"test": n_test, "validation": n_val, "train": n_train}, seed)
     return Split(indices={p: drawn[p] for p in PARTS},
                  structures_fingerprint=str(structures_fingerprint), n_structures=n,
-                 seed=int(seed), settings={"validation": validation, "test": test})
+                 seed=int(seed), settings={"validation": validation, "test": test,
+                                           "method": "permutation"})
+
+
+def structure_draw(label: str, content_hash: str, seed: int) -> float:
+    """The stable split's draw of one structure: a number in [0, 1).
+
+    The first 8 bytes (big-endian) of the SHA-256 of ``seed``, ``label`` and
+    ``content_hash`` (UTF-8), divided by 2**64: the same on every machine and
+    independent of every other structure.
+    """
+    key = f"nnpflow-split\0{int(seed)}\0{label}\0{content_hash}".encode("utf-8")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0 ** 64
+
+
+def _fraction(value: Any, n: int, name: str) -> float:
+    """A part's fraction: a fraction as is, a count as count / n."""
+    k = part_size(value, n, name)  # validates
+    v = float(value)
+    return v if v < 1 else k / max(n, 1)
+
+
+def make_stable_split(labels: list[str], content_hashes: list[str], validation: Any,
+                      test: Any, seed: int, structures_fingerprint: str) -> Split:
+    """The stable split of the structures ``labels`` (with their ``content_hashes``,
+    in the manifest's order; see the module docstring).
+
+    ``validation`` and ``test``: fractions in [0, 1) or counts (taken as fractions
+    of ``len(labels)``); ``train`` gets the rest and must not be empty.
+    """
+    n = len(labels)
+    if len(content_hashes) != n:
+        raise ConfigError(f"{n} labels but {len(content_hashes)} content hashes")
+    f_test = _fraction(test, n, "test")
+    f_val = _fraction(validation, n, "validation")
+    if f_test + f_val >= 1:
+        raise ConfigError(f"split: validation ({validation!r}) and test ({test!r}) leave "
+                          f"nothing of {n} structures for training; make them smaller")
+    draws = np.array([structure_draw(lab, h, seed) for lab, h in zip(labels, content_hashes)],
+                     dtype=np.float64)
+    part = np.full(n, 2, dtype=np.int8)              # 0 test, 1 validation, 2 train
+    part[draws < f_test + f_val] = 1
+    part[draws < f_test] = 0
+    # a part asked for but left empty by the draws (a handful of structures only)
+    for code, (lo, hi), value in ((0, (0.0, f_test), test),
+                                  (1, (f_test, f_test + f_val), validation)):
+        if int(round(hi * n - lo * n)) >= 1 and not (part == code).any():
+            spare = np.flatnonzero(part == 2)
+            if len(spare) > 1:
+                part[spare[np.argmin(draws[spare])]] = code
+    if not (part == 2).any() and n:
+        top = int(np.argmax(draws))                   # the draw nearest the training interval
+        if (part == part[top]).sum() > 1:
+            part[top] = 2
+    if not (part == 2).any():
+        raise ConfigError(f"split: validation ({validation!r}) and test ({test!r}) leave no "
+                          f"training structure of {n}; make them smaller or add structures")
+    indices = {p: np.flatnonzero(part == code).astype(np.int64)
+               for code, p in ((2, "train"), (1, "validation"), (0, "test"))}
+    return Split(indices=indices, structures_fingerprint=str(structures_fingerprint),
+                 n_structures=n, seed=int(seed),
+                 settings={"validation": validation, "test": test, "method": "stable"})
 
 
 def write_split(path: str | os.PathLike, split: Split) -> None:
@@ -199,8 +292,10 @@ def load_split(path: str | os.PathLike, expected_fingerprint: Any = None,
         fingerprint = str(data["structures_fingerprint"])
         n = int(data["n_structures"])
         indices = {p: np.asarray(data["indices"][p], dtype=np.int64) for p in PARTS}
+        fit = data.get("atomic_energies_fit")
         split = Split(indices=indices, structures_fingerprint=fingerprint, n_structures=n,
-                      seed=int(data["seed"]), settings=dict(data.get("settings") or {}))
+                      seed=int(data["seed"]), settings=dict(data.get("settings") or {}),
+                      atomic_energies_fit=dict(fit) if fit else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise SchemaError(f"{path}: malformed split file ({type(exc).__name__}: {exc})") from None
     every = np.concatenate([indices[p] for p in PARTS])
@@ -220,5 +315,7 @@ def load_split(path: str | os.PathLike, expected_fingerprint: Any = None,
 
 
 def sizes_summary(split: Split) -> str:
-    """``train 8, validation 1, test 1`` for logs."""
-    return ", ".join(f"{p} {len(split.indices[p])}" for p in PARTS)
+    """``train 8 (80.0 %), validation 1 (10.0 %), test 1 (10.0 %)`` for logs."""
+    n = max(int(split.n_structures), 1)
+    return ", ".join(f"{p} {len(split.indices[p])} ({100.0 * len(split.indices[p]) / n:.1f} %)"
+                     for p in PARTS)

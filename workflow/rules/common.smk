@@ -87,6 +87,7 @@ def canonical(obj):
 NOT_RUN = {
     "ingest": ("nnpflow.descriptors", "nnpflow.database.featurize"),
     "manifest": ("nnpflow.descriptors", "nnpflow.database.featurize"),
+    "species": ("nnpflow.descriptors", "nnpflow.database.featurize"),
 }
 
 
@@ -158,12 +159,23 @@ def ingest_specs(wildcards):
     return [canonical(s.to_dict()) for s in shard_sources(wildcards.shard)]
 
 
+#: atomic_energies: fit -- references fitted on the training part by the split stage
+FIT_ATOMIC_ENERGIES = config["atomic_energies"] == "fit"
+if FIT_ATOMIC_ENERGIES and config["max_energy"] is not None:
+    raise WorkflowError(
+        "invalid configuration at max_energy: atomic_energies: fit cannot be combined with "
+        "max_energy (the filter runs before the split the references are fitted on); give "
+        "atomic_energies explicitly or set max_energy: null (see config/README.md)"
+    )
+
+
 def filter_settings():
     """The structure filter (max_energy eV/atom, atomic_energies eV): applied by
-    ingest, part of the structures fingerprint the manifest stage computes."""
+    ingest, part of the structures fingerprint the manifest stage computes.  With
+    atomic_energies: fit nothing is referenced before the split (no references)."""
     return canonical(
         dict(
-            atomic_energies=config["atomic_energies"],
+            atomic_energies={} if FIT_ATOMIC_ENERGIES else config["atomic_energies"],
             max_energy=config["max_energy"],
         )
     )
@@ -203,13 +215,34 @@ def database_settings():
     )
 
 
+def species_file():
+    """The inferred species list (species: null): one symbol a line, by atomic number."""
+    return results("manifest", "species.txt")
+
+
 def build_inputs(wildcards):
-    """The raw shard and, only when species are inferred, the manifest summary:
-    inference makes every shard's build depend on the whole manifest."""
+    """The raw shard and, only when species are inferred, the species file.
+
+    The file is the output of checkpoint ``species``, rewritten only when the
+    species change, and it is ``ancient``: that the species job runs (after any
+    new file) does not by itself rerun a build.  What does is the build's
+    ``species`` param (:func:`build_species`), read from the file when the job is
+    planned and again, after the checkpoint, when Snakemake re-plans: a new
+    species changes it for every shard and so rebuilds them all.
+    """
     inputs = dict(structures=results("ingest", f"shard_{wildcards.shard}.h5"))
     if SPECIES is None:
-        inputs["manifest_summary"] = manifest_outputs()["summary"]
+        inputs["species_file"] = ancient(str(checkpoints.species.get().output["species"]))
     return inputs
+
+
+def build_species(wildcards):
+    """The species a build job featurises with: the config's, or the species file's."""
+    if SPECIES is not None:
+        return SPECIES
+    from nnpflow.stages.species import read_species_file
+
+    return read_species_file(checkpoints.species.get().output["species"])
 
 
 # ---------------------------------------------------------------- targets
@@ -272,6 +305,7 @@ def final_outputs():
         *[path for name in model_names() for kind in ("model", "history")
           for path in committee_files(name, kind)],
         *[path for name in model_names() for path in evaluation_outputs(name).values()],
+        summary_output(),
     ]
 
 
@@ -374,7 +408,18 @@ def evaluation_outputs(name):
     )
     if config["evaluate"]["plots"]:
         out.update({plot: f"{folder}/{plot}.png" for plot in EVALUATION_PLOTS})
+        if PHYSICAL_CHECKS:
+            out["md_check"] = f"{folder}/md_check.png"
     return out
+
+
+#: whether the evaluation runs NVE checks (evaluate.physical_checks.structures > 0)
+PHYSICAL_CHECKS = int(config["evaluate"]["physical_checks"]["structures"]) > 0
+
+
+def summary_output():
+    """The table of every model's test errors and NVE-check verdict (report: Summary)."""
+    return results("evaluation", "summary.csv")
 
 
 def evaluate_settings():

@@ -2,8 +2,12 @@
 # split (nnpflow.stages.evaluate -> nnpflow.evaluation): metrics.json (errors of the
 # committee's mean prediction per part, the committee spread, each member's errors),
 # per_species.csv, worst_structures.csv and, with evaluate.plots, energy and force
-# parity plots and the learning curve.  The final artefacts go into the report
-# (snakemake --report report.html) with the captions in workflow/report/.
+# parity plots and the learning curve; with evaluate.physical_checks, short NVE runs
+# of the smallest test structures (metrics.json "physical_checks", md_check.png).
+# The final artefacts go into the report (snakemake --report report.html) with the
+# captions in workflow/report/.
+# rule summary: every model's test errors and NVE-check verdict in one table, shown
+# first in the report (category "Summary"), so a model that blew up is flagged there.
 
 
 def _evaluation_report(name, caption, label):
@@ -33,6 +37,8 @@ def _evaluate_outputs():
                 "learning_curve", "learning_curve", "learning curve"
             ),
         )
+        if PHYSICAL_CHECKS:
+            outputs["md_check"] = _evaluation_report("md_check", "md_check", "NVE checks")
     return outputs
 
 
@@ -57,6 +63,34 @@ rule evaluate:
         log_file("evaluate", "{model}.log"),
     benchmark:
         benchmark_file("evaluate", "{model}.tsv")
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/stage.py"
+
+
+rule summary:
+    input:
+        metrics=[evaluation_outputs(name)["metrics"] for name in model_names()],
+    output:
+        summary=report(
+            summary_output(),
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"output": "models"},
+        ),
+    params:
+        stage="summary",
+        code=stage_code("summary"),
+        model_names=model_names(),
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    log:
+        log_file("summary.log"),
+    benchmark:
+        benchmark_file("summary.tsv")
     conda:
         CONDA_ENV
     script:

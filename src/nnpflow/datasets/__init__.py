@@ -23,11 +23,11 @@ from .cached import CachedStructureDataset
 from .collate import Batch, BatchView, batch_loader, collate_samples
 from .hdf5 import HDF5StructureDataset
 from .runtime_cache import RuntimeCaches, configure_runtime_caches
-from .split import (feature_statistics, split_indices, subset_indices, train_test_split,
-                    train_test_split_dataset)
+from .split import (feature_statistics, fit_reference_energies, split_indices,
+                    subset_indices, train_test_split, train_test_split_dataset)
 from .structure_dataset import StructureDataset
 
 __all__ = ["StructureDataset", "CachedStructureDataset", "HDF5StructureDataset",
            "FeatureDataset", "train_test_split", "train_test_split_dataset", "split_indices",
-           "subset_indices", "feature_statistics", "collate_samples", "Batch", "BatchView", "batch_loader",
+           "subset_indices", "feature_statistics", "fit_reference_energies", "collate_samples", "Batch", "BatchView", "batch_loader",
            "configure_runtime_caches", "RuntimeCaches"]

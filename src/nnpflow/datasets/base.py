@@ -185,6 +185,28 @@ class FeatureDataset(torch.utils.data.Dataset):
         """(len,) sum of ``atomic_energies`` over each structure's atoms, eV."""
         raise NotImplementedError
 
+    def compositions(self, species: Sequence[str]) -> np.ndarray:
+        """(len, T) atom counts of each of ``species`` in every structure."""
+        raise NotImplementedError
+
+    def set_atomic_energies(self, atomic_energies: dict[str, float]) -> None:
+        """Use ``atomic_energies`` (eV per species) as the references from now on
+        (e.g. fitted ones): ``reference_energies()`` and the samples' reference
+        energies follow.  Raises ``ConfigError`` when a species of the dataset
+        has none.  Call it before creating DataLoaders (workers copy the dataset)."""
+        from ..errors import ConfigError
+        refs = {str(k): float(v) for k, v in dict(atomic_energies).items()}
+        species = sorted(refs)
+        comp = self.compositions(species)
+        uncovered = comp.sum(axis=1) != self.n_atoms()
+        if uncovered.any():
+            i = int(np.argmax(uncovered))
+            raise ConfigError(f"atomic_energies has no entry for a species of structure {i} "
+                              f"(given: {', '.join(species)})")
+        self.atomic_energies = refs
+        self._refs = comp @ np.array([refs[s] for s in species], dtype=np.float64) \
+            if species else np.zeros(len(self))
+
     def referenced_energies_per_atom(self) -> np.ndarray:
         """(len,) ``(E - sum E_ref) / N`` in eV/atom (NaN where missing)."""
         return (self.energies() - self.reference_energies()) / self.n_atoms()

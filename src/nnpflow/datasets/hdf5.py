@@ -353,6 +353,10 @@ class HDF5StructureDataset(FeatureDataset):
         self._require()
         return self._refs
 
+    def compositions(self, species) -> np.ndarray:
+        comp = self._require().composition(list(species))
+        return comp if self._db_index is None else comp[self._db_index]
+
     def structure(self, i: int):
         """Structure ``i`` as a ``nnpflow.Structure``."""
         return self._require().structure(int(self.db_index(i)))

@@ -62,6 +62,32 @@ def subset_indices(dataset: Any) -> tuple[Any, np.ndarray]:
     return dataset, idx
 
 
+def fit_reference_energies(train: Any, *others: Any) -> dict:
+    """Fit per-species reference energies on ``train`` (a dataset or ``Subset``)
+    by least squares (:func:`nnpflow.energy_reference.fit_atomic_energies`) and
+    apply them to the base datasets of ``train`` and ``others`` (``None``
+    entries skipped).  Returns the fit (``atomic_energies``, ``n_structures``,
+    ``rank``, ``rmse_per_atom``).  Species of the descriptor that no training
+    structure contains get no reference; data holding them raise ``ConfigError``.
+    """
+    from ..energy_reference import fit_atomic_energies
+    base, idx = subset_indices(train)
+    species = list(base.descriptor.species)
+    comp = base.compositions(species)[idx]
+    present = comp.sum(axis=0) > 0
+    fit = fit_atomic_energies(comp[:, present], base.energies()[idx],
+                              [s for s, p in zip(species, present) if p])
+    done = set()
+    for ds in (train, *others):
+        if ds is None:
+            continue
+        b, _ = subset_indices(ds)
+        if id(b) not in done:
+            b.set_atomic_energies(fit["atomic_energies"])
+            done.add(id(b))
+    return fit
+
+
 def feature_statistics(dataset: Any) -> dict[str, dict[str, Any]]:
     """Exact per-species raw-feature statistics of ``dataset`` (a dataset or a
     ``Subset``, e.g. the training split): ``{species: {"count", "mean", "std"}}``."""

@@ -101,6 +101,15 @@ class StructureDataset(FeatureDataset):
     def reference_energies(self) -> np.ndarray:
         return self._refs
 
+    def compositions(self, species) -> np.ndarray:
+        col = {s: t for t, s in enumerate(species)}
+        out = np.zeros((len(self), len(col)), dtype=np.int64)
+        for i, st in enumerate(self.structures):
+            for sym, n in st.composition().items():
+                if sym in col:
+                    out[i, col[sym]] = n
+        return out
+
     def species_index(self, i: int) -> np.ndarray:
         return np.array([self._lookup[x] for x in self.structures[i].species], dtype=np.int64)
 

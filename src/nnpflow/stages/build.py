@@ -80,19 +80,30 @@ def inferred_species(manifest_summary: str) -> list[str]:
 
 def run(structures: str, database: str, descriptor: dict, database_cfg: dict,
         species: list[str] | None = None, threads: int = 1,
-        manifest_summary: str | None = None) -> dict:
+        manifest_summary: str | None = None, species_file: str | None = None) -> dict:
     """Featurise the raw shard ``structures`` into ``database``.
 
     ``descriptor``: ``{rad_order, rad_cutoff, ang_order, ang_cutoff, min_cutoff}``
     (Å); ``species``: the descriptor's species in order, or ``None`` to take
     them from ``manifest_summary`` (the manifest stage's ``manifest.json``, every
     species of the whole data set by atomic number -- shards must agree);
+    ``species_file``: the species stage's ``species.txt``, which ``species`` (the
+    workflow reads it when it plans the job) must equal;
     ``database_cfg``: the ``database`` config block (persist_features,
     persist_force_derivatives, compression, compression_level, dtype; ``shards``
     is ignored here); ``threads``: torch threads.  Returns
     ``{"n_structures", "seconds", "species"}``.
     """
     configure_threads(threads)
+    if species_file is not None:
+        from .species import read_species_file
+        listed = read_species_file(species_file)
+        if species is None:
+            species = listed
+        elif list(species) != listed:
+            raise ConfigError(f"the build job was planned with species {list(species)} but "
+                              f"{species_file} lists {listed}; run snakemake again")
+        log.info("species from %s: %s", species_file, " ".join(species))
     if species is None:
         if manifest_summary is None:
             raise ConfigError("the build stage needs species or the manifest summary to "

@@ -8,6 +8,14 @@ Outputs (each written atomically, by :mod:`nnpflow.evaluation.model_evaluation`)
 and, when the rule asks for them, ``parity_energy``, ``parity_forces`` and
 ``learning_curve`` (PNG).  ``splits``: the parts evaluated (the workflow's
 ``evaluate.splits``).
+
+``physical_checks`` (the workflow's ``evaluate.physical_checks``,
+:class:`nnpflow.evaluation.physical_checks.MDCheckSettings`): short NVE runs of
+the smallest test structures (validation, then training structures when the
+test part is empty) with the committee's ASE calculator, on this job's torch
+threads (``None``: no checks).  Their summary goes into ``metrics.json`` under ``physical_checks``,
+their traces into ``md_check`` (PNG) when given, and a run that blows up is
+logged as a warning naming the model and the structure.
 """
 
 from __future__ import annotations
@@ -31,17 +39,39 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _log_physical_checks(model_name: str, summary: dict) -> None:
+    for r in summary["structures"]:
+        spread = (f", committee spread up to {r['committee_spread_max'] * 1000:.3g} meV/atom"
+                  if r.get("committee_spread_max") is not None else "")
+        line = (f"{r['label']} ({r['n_atoms']} atoms), {r['steps_done']}/{r['steps']} steps: "
+                f"drift {_fmt(r['energy_drift'])} eV/atom/ps, largest force "
+                f"{_fmt(r['max_force'])} eV/Å, smallest distance {_fmt(r['min_distance'])} Å"
+                f"{spread}")
+        if r["stable"]:
+            log.info("%s NVE check: %s", model_name, line)
+        else:
+            log.warning("%s NVE check UNSTABLE (%s): %s", model_name, r["failure"], line)
+    if summary["unstable"]:
+        log.warning("%s: the model blew up in %d of %d NVE runs (%s); do not use it for MD",
+                    model_name, len(summary["unstable"]), len(summary["structures"]),
+                    ", ".join(summary["unstable"]))
+
+
 def run(database: str, split: str, models: Sequence[str], histories: Sequence[str],
         metrics: str, per_species: str, worst_structures: str, model_name: str,
         splits: Sequence[str] = PARTS, parity_energy: str | None = None,
         parity_forces: str | None = None, learning_curve: str | None = None,
-        threads: int = 1) -> dict:
+        threads: int = 1, physical_checks: dict | None = None,
+        md_check: str | None = None) -> dict:
     """Evaluate model ``model_name`` (files ``models``) on the ``splits`` parts of
     ``split``; write the outputs given.  Returns the metrics (``metrics.json``)."""
     from ..database import DatabaseReader
     from ..evaluation.model_evaluation import (evaluate_models, remove_stale_plots,
                                               write_evaluation)
     from ..splitting import load_split
+
+    from ..evaluation.physical_checks import MDCheckSettings, md_check_plot
+    from ..evaluation.physical_checks import physical_checks as run_physical_checks
 
     models, histories, splits = list(models), list(histories), list(splits)
     unknown = [s for s in splits if s not in PARTS]
@@ -55,7 +85,20 @@ def run(database: str, split: str, models: Sequence[str], histories: Sequence[st
     evaluation = evaluate_models(models, database, {p: parts.indices[p] for p in splits},
                                  name=model_name)
     evaluation.metrics["split"] = {"path": split, "seed": parts.seed,
-                                   "counts": parts.counts, "settings": parts.settings}
+                                   "counts": parts.counts, "settings": parts.settings,
+                                   "atomic_energies_fit": parts.atomic_energies_fit}
+    settings = (MDCheckSettings.from_config(physical_checks) if physical_checks is not None
+                else MDCheckSettings(structures=0))
+    runs: list[dict] = []
+    if settings.structures > 0:
+        part = next((p for p in ("test", "validation", "train") if len(parts.indices[p])),
+                    "train")
+        summary, runs = run_physical_checks(models, database, parts.indices[part], settings,
+                                            part=part)
+        evaluation.metrics["physical_checks"] = summary
+        _log_physical_checks(model_name, summary)
+    if md_check is not None:
+        md_check_plot(md_check, runs, title=f"{model_name}: NVE checks")
     write_evaluation(evaluation, metrics=metrics, per_species=per_species,
                      worst_structures_csv=worst_structures, parity_energy=parity_energy,
                      parity_forces=parity_forces, learning_curve=learning_curve,

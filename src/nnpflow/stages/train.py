@@ -174,6 +174,14 @@ def _train_ann(database: str, split: str, model: str, history: str, model_name: 
         descriptor = reader.descriptor(dtype=cfg.dtype)
     dataset = HDF5StructureDataset(descriptor, database, mode="load", dtype=cfg.dtype)
     parts = load_split(split, dataset.structures_fingerprint, len(dataset))
+    fit = parts.atomic_energies_fit
+    if fit:
+        # fitted on the training part by the split stage: used as if they had been given
+        dataset.set_atomic_energies(fit["atomic_energies"])
+        if rank == 0:
+            log.info("%s member %d: atomic reference energies fitted on the training part "
+                     "(%s): %s", model_name, member, split, ", ".join(
+                         f"{k} {v:.6g} eV" for k, v in fit["atomic_energies"].items()))
     train = Subset(dataset, parts.train.tolist())
     validation = Subset(dataset, parts.validation.tolist()) if len(parts.validation) else None
     hidden = [tuple(layer) for layer in model_cfg["hidden"]]
@@ -199,6 +207,8 @@ def _train_ann(database: str, split: str, model: str, history: str, model_name: 
         pot.train(train_dataset=train, test_dataset=validation, config=cfg)
     dataset.close()
     info = dict(pot.training_info)
+    if fit:
+        pot.atomic_energies_fit = dict(fit)
     if rank == 0:
         pot.save(model)
         write_text(history, pot.history_csv())
@@ -244,6 +254,10 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
         fingerprint = reader.structures_fingerprint
         all_forces = bool(np.all(reader.has_forces))
         all_energies = bool(np.all(np.isfinite(reader.energies)))
+    if parts.atomic_energies_fit:
+        log.info("%s: the split holds fitted atomic reference energies; SchNet models learn "
+                 "their own per-element energy shift (AtomicAffine), so they are not applied",
+                 model_name)
     alpha = float(training["force_weight"])
     if not all_energies:
         raise ConfigError(f"models.{model_name}: the SchNet trainer needs an energy for every "

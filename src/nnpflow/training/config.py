@@ -54,7 +54,13 @@ Fields (units eV, Å, eV/Å)
     Filter threshold on the referenced energy per atom (eV/atom) and reference
     energies (eV) for datasets the trainer builds from ``structures=...``.
     Prebuilt datasets own their filtering and references: both are then
-    ignored with a warning (spec 000).
+    ignored with a warning (spec 000).  ``atomic_energies="fit"`` fits the
+    references by least squares on the training part only
+    (:func:`nnpflow.energy_reference.fit_atomic_energies`), for built and
+    prebuilt datasets alike, applies them to the training and validation data
+    and stores them in the model file (``atomic_energies``, with the fit's
+    details under ``atomic_energies_fit``); ``max_energy`` cannot be combined
+    with it (the filter would need the references before the split).
 ``schedule`` (None), ``use_scheduler`` (False), ``schedule_params`` ({}),
 ``warmup_ratio`` (0.0)
     Learning-rate schedule per optimiser step (:mod:`nnpflow.training.schedules`):
@@ -287,7 +293,7 @@ class TorchTrainingConfig:
     prefetch_factor: int = 2
     persistent_workers: bool = True
     max_energy: float | None = None
-    atomic_energies: dict | None = None
+    atomic_energies: dict | str | None = None
     schedule: str | None = None
     use_scheduler: bool = False
     schedule_params: dict = field(default_factory=dict)
@@ -351,7 +357,12 @@ class TorchTrainingConfig:
             raise ConfigError("prefetch_factor only applies with num_workers > 0")
         if self.max_energy is not None:
             self.max_energy = _number(self.max_energy, "max_energy")
-        if self.atomic_energies is not None:
+        if self.atomic_energies == "fit":
+            if self.max_energy is not None:
+                raise ConfigError("atomic_energies='fit' cannot be combined with max_energy "
+                                  "(the filter needs references before the split); give "
+                                  "atomic_energies explicitly to filter")
+        elif self.atomic_energies is not None:
             if not isinstance(self.atomic_energies, Mapping):
                 raise ConfigError(f"atomic_energies: expected {{species: eV}}, "
                                   f"got {self.atomic_energies!r}")

@@ -21,6 +21,8 @@ tensors and JSON-compatible values, read with ``torch.load(weights_only=True)``:
      "dtype": "float32" | "float64",
      "normalization": {"energy_shift": eV/atom, "energy_scale": eV/atom},
      "atomic_energies": {species: eV},
+     "atomic_energies_fit": None | {"method", "atomic_energies", "n_structures", "rank",
+                                    "rmse_per_atom"},   # when the references were fitted
      "state_dict": {...},        # nets.<t>.<layer>.weight/bias, feature_mean/feature_std (T, F)
      "history": [{epoch, lr, train_loss, ...}, ...],
      "training": {...},          # epochs, best epoch, config, data identity
@@ -151,6 +153,8 @@ class TorchANNPotential:
         self.net = AtomicNetworks(descriptor.species, descriptor.n_features, self.architecture)
         self.energy_normalization = EnergyNormalization()
         self.atomic_energies: dict[str, float] = {}
+        #: how ``atomic_energies`` were fitted (``None`` when given or absent)
+        self.atomic_energies_fit: dict | None = None
         self.history: list[dict] = []
         self.training_info: dict = {}
 
@@ -194,6 +198,8 @@ class TorchANNPotential:
             "normalization": {"energy_shift": float(self.energy_normalization.shift),
                               "energy_scale": float(self.energy_normalization.scale)},
             "atomic_energies": {str(k): float(v) for k, v in self.atomic_energies.items()},
+            "atomic_energies_fit": (None if self.atomic_energies_fit is None
+                                    else dict(self.atomic_energies_fit)),
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
             "history": [dict(r) for r in self.history],
             "training": dict(self.training_info),
@@ -216,6 +222,8 @@ class TorchANNPotential:
                                                         float(norm["energy_scale"]))
         self.atomic_energies = {str(k): float(v) for k, v in
                                 dict(payload.get("atomic_energies") or {}).items()}
+        fit = payload.get("atomic_energies_fit")
+        self.atomic_energies_fit = dict(fit) if fit else None
         self.history = [dict(r) for r in payload.get("history", [])]
         self.training_info = dict(payload.get("training") or {})
 
@@ -315,6 +323,18 @@ class TorchANNPotential:
             raise ConfigError(f"config: expected a TorchTrainingConfig, got {type(cfg).__name__}")
         train, validation = self._training_data(structures, dataset, train_dataset, test_dataset,
                                                 cfg)
+        if cfg.atomic_energies == "fit" and resume_from is None:
+            from ..datasets import fit_reference_energies
+            fit = fit_reference_energies(train, validation)
+            self.atomic_energies_fit = {"method": "least squares on the training part",
+                                        **fit}
+            log.info("atomic_energies: fit on %d training structures (rank %d): %s; per-atom "
+                     "RMSE left %.4g eV/atom", fit["n_structures"], fit["rank"],
+                     ", ".join(f"{k} {v:.6g} eV" for k, v in fit["atomic_energies"].items()),
+                     fit["rmse_per_atom"])
+        elif cfg.atomic_energies == "fit":
+            from ..datasets import fit_reference_energies
+            fit_reference_energies(train, validation)   # the checkpoint's data, same fit
         trainer = ANNTrainer(self, cfg, train, validation, resume_from=resume_from,
                              force_resume=force_resume,
                              resume_may_change=tuple(resume_may_change), on_step=on_step,
@@ -335,9 +355,11 @@ class TorchANNPotential:
         if test_dataset is not None and train_dataset is None:
             raise ConfigError("test_dataset needs train_dataset (an explicit split)")
         prebuilt = train_dataset is not None or dataset is not None
+        fit = cfg.atomic_energies == "fit"
         if prebuilt:
             ignored = [n for n, v in (("max_energy", cfg.max_energy),
-                                      ("atomic_energies", cfg.atomic_energies)) if v is not None]
+                                      ("atomic_energies", None if fit else cfg.atomic_energies))
+                       if v is not None]
             if ignored:
                 warnings.warn(f"TorchTrainingConfig.{' and '.join(ignored)} only apply when "
                               "train() builds datasets from structures=...; prebuilt datasets "
@@ -349,8 +371,8 @@ class TorchANNPotential:
                          cfg.testpercent)
             return train_dataset, test_dataset
         if dataset is None:
-            kwargs = dict(max_energy=cfg.max_energy, atomic_energies=cfg.atomic_energies,
-                          dtype=cfg.dtype)
+            kwargs = dict(max_energy=cfg.max_energy,
+                          atomic_energies=None if fit else cfg.atomic_energies, dtype=cfg.dtype)
             if cfg.cache_features and cfg.force_weight == 0:
                 dataset = CachedStructureDataset(structures, self.descriptor,
                                                  show_progress=cfg.show_progress, **kwargs)

@@ -1,0 +1,493 @@
+"""Physical checks of a trained model: short NVE runs with its ASE calculator.
+
+Errors on a test set do not tell whether a model holds in molecular dynamics; a
+model with good RMSEs may still pull atoms together until the run explodes.
+:func:`nve_check` runs one structure for a few hundred femtoseconds with ASE's
+velocity Verlet integrator and :class:`nnpflow.calculator.NNPCalculator`, from a
+Maxwell-Boltzmann start (seeded, zero total momentum), and records
+
+* ``energy_drift`` -- slope of a least-squares line through the total energy
+  (kinetic + potential) per atom against time, in eV/atom/ps, and
+  ``max_energy_deviation``, the largest ``|E_tot(t) - E_tot(0)| / N`` (eV/atom);
+  an NVE run should conserve the total energy;
+* ``max_force`` -- the largest force on any atom along the run (eV/Å);
+* ``min_distance`` -- the smallest interatomic distance along the run (Å,
+  periodic images included; ``None`` when no two atoms come closer than
+  :data:`DISTANCE_SEARCH` Å);
+* ``finite`` -- every energy, force and position stayed finite;
+* for a committee, ``committee_spread_mean`` / ``committee_spread_max``: the
+  population standard deviation of the members' energies per atom along the run
+  (eV/atom) -- a spread that grows means the run leaves the data;
+* ``stable`` -- finite, no atoms closer than ``min_distance_limit`` and no force
+  above ``max_force_limit``.  An unstable run stops at the step it failed
+  (``steps_done``, ``failure`` say which and why).
+
+:func:`physical_checks` runs the check on the smallest few structures of a part
+of a database (the evaluation's test part) and summarises them for
+``metrics.json``; :func:`md_check_plot` draws the runs.  Everything runs in
+the calling process on torch's current threads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["MDCheckSettings", "nve_check", "nve_checks", "physical_checks", "pick_structures",
+           "md_check_plot", "DISTANCE_SEARCH"]
+
+#: neighbour-search radius of the smallest-distance record (Å)
+DISTANCE_SEARCH = 4.0
+
+
+@dataclass(frozen=True)
+class MDCheckSettings:
+    """Settings of the NVE checks (the workflow's ``evaluate.physical_checks``).
+
+    ``structures``: how many structures (smallest first; 0 turns the checks off);
+    ``steps`` of ``timestep`` fs; ``temperature`` (K) of the Maxwell-Boltzmann
+    start; ``seed`` of the velocities; an atom pair closer than
+    ``min_distance_limit`` Å or a force above ``max_force_limit`` eV/Å marks the
+    run unstable.
+    """
+
+    structures: int = 3
+    steps: int = 200
+    timestep: float = 0.5
+    temperature: float = 300.0
+    seed: int = 0
+    min_distance_limit: float = 0.5
+    max_force_limit: float = 50.0
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> "MDCheckSettings":
+        from ..errors import ConfigError
+        cfg = dict(cfg or {})
+        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"evaluate.physical_checks: unknown key(s) {', '.join(unknown)}")
+        out = cls(**cfg)
+        if out.structures < 0 or out.steps < 1 or not out.timestep > 0 or out.temperature < 0:
+            raise ConfigError(f"evaluate.physical_checks: structures >= 0, steps >= 1, "
+                              f"timestep > 0 and temperature >= 0 expected, got {cfg}")
+        return out
+
+    def to_dict(self) -> dict:
+        return {"structures": int(self.structures), "steps": int(self.steps),
+                "timestep_fs": float(self.timestep), "temperature_K": float(self.temperature),
+                "seed": int(self.seed), "min_distance_limit": float(self.min_distance_limit),
+                "max_force_limit": float(self.max_force_limit)}
+
+
+def _min_distance(atoms) -> float | None:
+    """Smallest interatomic distance of ``atoms`` (Å, periodic images included;
+    ``None`` when none is below :data:`DISTANCE_SEARCH`)."""
+    from ase.neighborlist import neighbor_list
+    if len(atoms) < 2 and not atoms.pbc.any():
+        return None
+    d = neighbor_list("d", atoms, DISTANCE_SEARCH, self_interaction=False)
+    return float(d.min()) if len(d) else None
+
+
+class _MinDistance:
+    """Smallest interatomic distance (Å) of one system along a run, cheaply.
+
+    Small systems (at most :data:`DENSE_ATOMS` atoms): every pair's minimum-image
+    vector over the 27 neighbouring images of the Minkowski-reduced cell (exact for
+    a reduced cell), vectorised; larger ones: ASE's neighbour list.  Distances
+    above :data:`DISTANCE_SEARCH` are reported as ``None``, as by the neighbour list.
+    """
+
+    def __init__(self, atoms):
+        from ase.geometry import minkowski_reduce
+        self.pbc = np.asarray(atoms.pbc, dtype=bool)
+        self.n = len(atoms)
+        self.dense = self.n <= DENSE_ATOMS and (
+            not self.pbc.any() or abs(np.linalg.det(atoms.cell[:])) > 1e-9)
+        if self.dense and self.pbc.any():
+            cell, _ = minkowski_reduce(atoms.cell[:], self.pbc)
+            self.cell = np.asarray(cell, dtype=np.float64)
+            self.inv = np.linalg.inv(self.cell)
+            ranges = [(-1, 0, 1) if p else (0,) for p in self.pbc]
+            shifts = np.array([(i, j, k) for i in ranges[0] for j in ranges[1]
+                               for k in ranges[2]], dtype=np.float64)
+            self.images = shifts @ self.cell                       # (M, 3)
+            self.zero = int(np.flatnonzero(~shifts.any(axis=1))[0])
+
+    def __call__(self, atoms) -> float | None:
+        if not self.dense:
+            return _min_distance(atoms)
+        pos = atoms.positions
+        i, j = np.triu_indices(self.n, 1)
+        d = pos[j] - pos[i]                                        # (P, 3), each pair once
+        if not self.pbc.any():
+            best2 = float(np.einsum("ij,ij->i", d, d).min()) if len(d) else math.inf
+        else:
+            f = d @ self.inv
+            f[:, self.pbc] -= np.round(f[:, self.pbc])
+            d = (f @ self.cell)[:, None, :] + self.images[None]    # (P, M, 3)
+            best2 = float(np.einsum("pmk,pmk->pm", d, d).min()) if len(d) else math.inf
+            # an atom and its own periodic images: the shortest lattice vector
+            own = np.delete(self.images, self.zero, axis=0)
+            if len(own):
+                best2 = min(best2, float(np.einsum("mk,mk->m", own, own).min()))
+        best = math.sqrt(best2)
+        return best if best <= DISTANCE_SEARCH else None
+
+
+#: systems up to this many atoms get the dense distance search
+DENSE_ATOMS = 128
+
+
+class _Run:
+    """State and records of one NVE run (see :func:`nve_checks`)."""
+
+    def __init__(self, atoms, settings: MDCheckSettings, label: str | None, committee: bool):
+        from ase import units
+        from ase.md import velocitydistribution as vd
+        from ase.md.verlet import VelocityVerlet
+        self.atoms = atoms.copy()
+        self.n = len(self.atoms)
+        self.settings, self.label, self.committee = settings, label, committee
+        # Maxwell-Boltzmann momenta (ASE >= 3.26 names the function thermalize_momenta)
+        thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+        thermalize(self.atoms, temperature_K=settings.temperature,
+                   rng=np.random.default_rng(settings.seed))
+        if self.n > 1:
+            vd.Stationary(self.atoms)
+        self.dyn = VelocityVerlet(self.atoms, timestep=settings.timestep * units.fs)
+        self.distance = _MinDistance(self.atoms)
+        self.times: list[float] = []
+        self.totals: list[float] = []
+        self.fmax: list[float] = []
+        self.spreads: list[float] = []
+        self.min_d: float | None = None
+        self.failure: str | None = None
+        self.steps_done = 0
+        self.seconds = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.failure is None and self.steps_done < self.settings.steps
+
+    def record(self, epot: float, forces: np.ndarray, committee_energies=None) -> None:
+        """Record the state after ``steps_done`` steps; sets ``failure`` when it blew up."""
+        step, st = self.steps_done, self.settings
+        etot = float(epot) + self.atoms.get_kinetic_energy()
+        pos = self.atoms.positions
+        if not (math.isfinite(etot) and np.isfinite(forces).all() and np.isfinite(pos).all()):
+            self.failure = "non-finite energy, forces or positions"
+            return
+        self.times.append(step * st.timestep / 1000.0)
+        self.totals.append(etot / self.n)
+        f = math.sqrt(float(np.einsum("ij,ij->i", forces, forces).max())) if self.n else 0.0
+        self.fmax.append(f)
+        if self.committee and committee_energies is not None:
+            self.spreads.append(float(np.std(committee_energies)) / self.n)
+        d = self.distance(self.atoms)
+        if d is not None:
+            self.min_d = d if self.min_d is None else min(self.min_d, d)
+        if self.min_d is not None and self.min_d < st.min_distance_limit:
+            self.failure = (f"atoms {self.min_d:.3g} Å apart (limit {st.min_distance_limit:g} Å) "
+                            f"at step {step}")
+        elif f > st.max_force_limit:
+            self.failure = (f"force {f:.3g} eV/Å (limit {st.max_force_limit:g} eV/Å) "
+                            f"at step {step}")
+
+    def next_positions(self, forces: np.ndarray) -> np.ndarray:
+        """The positions ``VelocityVerlet.step(forces)`` is about to move to (the same
+        arithmetic, so the same numbers)."""
+        p = self.atoms.get_momenta()
+        p += 0.5 * self.dyn.dt * forces
+        masses = self.atoms.get_masses()[:, None]
+        return self.atoms.get_positions() + self.dyn.dt * p / masses
+
+    def fail(self, exc: BaseException) -> None:
+        self.failure = f"{type(exc).__name__} at step {self.steps_done + 1}: {exc}"
+
+    def result(self) -> dict:
+        st = self.settings
+        t = np.asarray(self.times)
+        e = np.asarray(self.totals) - (self.totals[0] if self.totals else 0.0)
+        drift = float(np.polyfit(t, e, 1)[0]) if len(t) >= 2 else None
+        finite = self.failure is None or not self.failure.startswith(
+            ("non-finite", "FloatingPoint", "Overflow"))
+        out = {"label": self.label, "n_atoms": int(self.n), "steps": int(st.steps),
+               "steps_done": int(self.steps_done), "stable": self.failure is None,
+               "finite": bool(finite), "failure": self.failure, "energy_drift": drift,
+               "max_energy_deviation": float(np.abs(e).max()) if len(e) else None,
+               "max_force": float(max(self.fmax)) if self.fmax else None,
+               "min_distance": self.min_d, "seconds": round(self.seconds, 3),
+               "time_ps": t.tolist(), "total_energy": e.tolist(),
+               "max_force_trace": list(self.fmax)}
+        if self.committee:
+            out["committee_spread_mean"] = float(np.mean(self.spreads)) if self.spreads else None
+            out["committee_spread_max"] = float(np.max(self.spreads)) if self.spreads else None
+            out["spread_trace"] = list(self.spreads)
+        return out
+
+
+_RUN_ERRORS = (FloatingPointError, ValueError, RuntimeError, OverflowError)
+
+
+def _run_alone(run: _Run, calculator: Any) -> None:
+    """One run with any ASE calculator: ``VelocityVerlet.step`` asks it for forces."""
+    run.atoms.calc = calculator
+    start = time.perf_counter()
+    try:
+        forces = run.atoms.get_forces()
+        run.record(run.atoms.get_potential_energy(), forces,
+                   calculator.results.get("committee_energies"))
+        while run.active:
+            forces = run.dyn.step(forces)
+            run.steps_done += 1
+            run.record(run.atoms.get_potential_energy(), forces,
+                       calculator.results.get("committee_energies"))
+    except _RUN_ERRORS as exc:
+        run.fail(exc)
+    run.seconds = time.perf_counter() - start
+
+
+class _Prepared:
+    """ASE calculator handing ``VelocityVerlet.step`` the results computed for its
+    new positions in a batch (:func:`_run_batched`); any other positions go to
+    ``fallback`` (the committee's own calculator)."""
+
+    def __init__(self, fallback: Any):
+        from ase.calculators.calculator import Calculator
+
+        class _Calc(Calculator):
+            implemented_properties = ["energy", "free_energy", "forces"]
+
+            def calculate(calc, atoms=None, properties=("energy",), system_changes=()):
+                Calculator.calculate(calc, atoms, properties, system_changes)
+                pos = calc.atoms.get_positions()
+                if self.positions is not None and pos.shape == self.positions.shape \
+                        and np.array_equal(pos, self.positions):
+                    calc.results = dict(self.results)
+                else:
+                    fallback.calculate(calc.atoms, ["energy", "forces"], system_changes)
+                    calc.results = dict(fallback.results)
+        self.calc = _Calc()
+        self.positions: np.ndarray | None = None
+        self.results: dict = {}
+
+
+def _committee_predict(calculator: Any, structures: list) -> list[dict]:
+    """Energy (eV), forces (N, 3) eV/Å and the members' energies of each structure,
+    from every member of an :class:`~nnpflow.calculator.NNPCalculator` at once
+    (ANN members predict the whole batch in one call)."""
+    per_member = []
+    for model in calculator.models:
+        pot = getattr(model, "potential", None)
+        if pot is not None:
+            r = pot._predict_structures(structures, True, max(len(structures), 1))
+            per_member.append([(float(e), np.asarray(f, dtype=np.float64))
+                               for e, f in zip(r.energies, r.forces)])
+        else:
+            per_member.append([model(s, True) for s in structures])
+    out = []
+    for k in range(len(structures)):
+        e = np.array([m[k][0] for m in per_member], dtype=np.float64)
+        f = np.stack([np.asarray(m[k][1], dtype=np.float64) for m in per_member])
+        out.append({"energy": float(e.mean()), "free_energy": float(e.mean()),
+                    "forces": f.mean(axis=0), "committee_energies": e})
+    return out
+
+
+def _run_batched(runs: list[_Run], calculator: Any) -> None:
+    """The runs in lockstep with one committee prediction per step for all of them.
+
+    Each run keeps ASE's ``VelocityVerlet.step``; its calculator hands out the
+    forces predicted, together with every other run's, for the positions the step
+    moves to (computed beforehand by the same arithmetic).
+    """
+    from ..structure import Structure
+    prepared = [_Prepared(calculator) for _ in runs]
+    for run, prep in zip(runs, prepared):
+        run.atoms.calc = prep.calc
+    forces: dict[int, np.ndarray] = {}
+
+    def predict(items: list[tuple[int, np.ndarray]]) -> list[dict]:
+        structs = []
+        for k, pos in items:
+            a = runs[k].atoms.copy()
+            a.set_positions(pos)
+            structs.append(Structure.from_ase(a))
+        return _committee_predict(calculator, structs)
+
+    start = time.perf_counter()
+    try:
+        first = predict([(k, r.atoms.get_positions()) for k, r in enumerate(runs)])
+    except _RUN_ERRORS:
+        first = None
+    for k, run in enumerate(runs):
+        try:
+            res = first[k] if first is not None else None
+            if res is None:
+                run.atoms.calc = calculator
+                run.atoms.get_forces()
+                res = dict(calculator.results)
+                run.atoms.calc = prepared[k].calc
+            forces[k] = res["forces"]
+            run.record(res["energy"], res["forces"], res.get("committee_energies"))
+        except _RUN_ERRORS as exc:
+            run.fail(exc)
+    while True:
+        active = [k for k, r in enumerate(runs) if r.active]
+        if not active:
+            break
+        items = []
+        for k in active:
+            try:
+                items.append((k, runs[k].next_positions(forces[k])))
+            except _RUN_ERRORS as exc:
+                runs[k].fail(exc)
+        try:
+            results = predict(items)
+        except _RUN_ERRORS:
+            results = [None] * len(items)          # each run computes its own, and fails alone
+        for (k, pos), res in zip(items, results):
+            run, prep = runs[k], prepared[k]
+            prep.positions, prep.results = (pos, res) if res is not None else (None, {})
+            try:
+                forces[k] = run.dyn.step(forces[k])
+                run.steps_done += 1
+                r = prep.calc.results
+                run.record(r["energy"], forces[k], r.get("committee_energies"))
+            except _RUN_ERRORS as exc:
+                run.fail(exc)
+    seconds = time.perf_counter() - start
+    for run in runs:
+        run.seconds = seconds / max(len(runs), 1)
+
+
+def nve_checks(calculator: Any, atoms_list: Sequence, settings: MDCheckSettings =
+               MDCheckSettings(), labels: Sequence[str | None] | None = None) -> list[dict]:
+    """NVE runs of each ``ase.Atoms`` of ``atoms_list`` (copied) with ``calculator``.
+
+    With an :class:`~nnpflow.calculator.NNPCalculator` the runs go in lockstep
+    and each step predicts every run's forces in one call per committee member
+    (:func:`_run_batched`, ~2-3x faster for small structures); any other ASE
+    calculator runs them one after the other.  Returns one record per run (the
+    module docstring), plus ``time_ps``, ``total_energy`` (eV/atom, relative to
+    the start), ``max_force_trace`` (eV/Å) and, for a committee,
+    ``spread_trace`` (eV/atom): one entry per step done (for the plot;
+    :func:`physical_checks` leaves them out of ``metrics.json``).
+    """
+    from ..calculator import NNPCalculator
+    labels = list(labels) if labels is not None else [None] * len(atoms_list)
+    committee = bool(getattr(calculator, "committee", False))
+    runs = [_Run(a, settings, lab, committee) for a, lab in zip(atoms_list, labels)]
+    if isinstance(calculator, NNPCalculator) and runs:
+        _run_batched(runs, calculator)
+    else:
+        for run in runs:
+            _run_alone(run, calculator)
+    return [run.result() for run in runs]
+
+
+def nve_check(calculator: Any, atoms, settings: MDCheckSettings = MDCheckSettings(),
+              label: str | None = None) -> dict:
+    """One NVE run of ``atoms`` with ``calculator`` (see :func:`nve_checks`)."""
+    return nve_checks(calculator, [atoms], settings, [label])[0]
+
+
+def pick_structures(n_atoms: np.ndarray, indices: Sequence[int], count: int) -> list[int]:
+    """The ``count`` smallest structures of ``indices`` (fewest atoms first, then
+    database order)."""
+    ix = np.asarray(indices, dtype=np.int64)
+    order = np.lexsort((ix, np.asarray(n_atoms)[ix]))
+    return ix[order][:max(int(count), 0)].tolist()
+
+
+TRACES = ("time_ps", "total_energy", "max_force_trace", "spread_trace")
+
+
+def physical_checks(model_files: Sequence[str | os.PathLike], database: str | os.PathLike,
+                    indices: Sequence[int], settings: MDCheckSettings = MDCheckSettings(),
+                    part: str = "test") -> tuple[dict, list[dict]]:
+    """NVE checks of the committee ``model_files`` on the smallest
+    ``settings.structures`` structures among ``indices`` of ``database``.
+
+    Returns ``(summary, runs)``: ``summary`` for ``metrics.json`` (settings, the
+    per-structure records without their traces, ``stable`` and the labels of the
+    unstable runs, the worst drift, force and distance over the runs), and
+    ``runs``, the full records (for :func:`md_check_plot`).
+    """
+    from ..calculator import NNPCalculator
+    from ..database import DatabaseReader
+    start = time.perf_counter()
+    calc = NNPCalculator(list(model_files))
+    with DatabaseReader(database, cache_size=0) as reader:
+        chosen = pick_structures(reader.n_atoms, indices, settings.structures)
+        structures = [(i, reader.structure(i)) for i in chosen]
+    runs = nve_checks(calc, [s.to_ase() for _, s in structures], settings,
+                      [s.name for _, s in structures])
+    for (i, _), rec in zip(structures, runs):
+        rec["index"] = int(i)
+    records = [{k: v for k, v in r.items() if k not in TRACES} for r in runs]
+
+    def worst(key, pick):
+        vals = [r[key] for r in records if r.get(key) is not None]
+        return pick(vals, key=abs) if vals and key == "energy_drift" else (
+            pick(vals) if vals else None)
+
+    summary = {"settings": settings.to_dict(), "part": part, "structures": records,
+               "stable": all(r["stable"] for r in records),
+               "unstable": [r["label"] for r in records if not r["stable"]],
+               "worst_energy_drift": worst("energy_drift", max),
+               "max_force": worst("max_force", max),
+               "min_distance": worst("min_distance", min),
+               "units": {"energy_drift": "eV/atom/ps", "max_energy_deviation": "eV/atom",
+                         "max_force": "eV/Å", "min_distance": "Å",
+                         "committee_spread_mean": "eV/atom", "committee_spread_max": "eV/atom"},
+               "seconds": round(time.perf_counter() - start, 3)}
+    if calc.committee:
+        spreads = [r["committee_spread_max"] for r in records
+                   if r.get("committee_spread_max") is not None]
+        summary["committee_spread_max"] = max(spreads) if spreads else None
+    return summary, runs
+
+
+def md_check_plot(path: str | os.PathLike, runs: list[dict], title: str = "") -> None:
+    """Total-energy drift, largest force and (committee) energy spread along each
+    NVE run, one line per structure; unstable runs are drawn dashed and named."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..safe_write import atomic_path
+    spread = any(r.get("spread_trace") for r in runs)
+    ncols = 3 if spread else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.6), constrained_layout=True)
+    for r in runs:
+        style = "-" if r["stable"] else "--"
+        name = f"{r['label']} ({r['n_atoms']} atoms)" + ("" if r["stable"] else " UNSTABLE")
+        t = r["time_ps"]
+        axes[0].plot(t, np.asarray(r["total_energy"]) * 1000.0, style, label=name)
+        axes[1].plot(t, r["max_force_trace"], style, label=name)
+        if spread and r.get("spread_trace"):
+            axes[2].plot(t, np.asarray(r["spread_trace"]) * 1000.0, style, label=name)
+    axes[0].set(xlabel="time (ps)", ylabel="E_tot - E_tot(0) (meV/atom)",
+                title="total energy (NVE)")
+    axes[1].set(xlabel="time (ps)", ylabel="largest force (eV/Å)", title="largest force")
+    if spread:
+        axes[2].set(xlabel="time (ps)", ylabel="committee std (meV/atom)",
+                    title="committee energy spread")
+    if runs:
+        axes[0].legend(fontsize="x-small")
+    else:
+        title += " -- no NVE checks run (evaluate.physical_checks.structures: 0)"
+    unstable = [r["label"] for r in runs if not r["stable"]]
+    head = title + (f" -- UNSTABLE: {', '.join(unstable)}" if unstable else
+                    " -- all runs stable" if runs else "")
+    fig.suptitle(head, color="red" if unstable else "black")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)

@@ -89,7 +89,8 @@ def test_aenet_model_is_imported_and_evaluated_not_trained(aenet_workdir):
     # a changed aenet file reruns the import and the evaluation, nothing else
     write_aenet_files(aenet_workdir / "aenet", seed=6)
     assert job_set(planned_jobs(aenet_workdir)) == Counter(
-        {("import_aenet", "ref"): 1, ("evaluate", "ref"): 1, ("all", None): 1})
+        {("import_aenet", "ref"): 1, ("evaluate", "ref"): 1, ("summary", None): 1,
+         ("all", None): 1})
 
 
 @pytest.mark.parametrize("model, message", [

@@ -109,7 +109,8 @@ def check_workflow_config(config: Mapping, *, cores: int | None = None,
                     "distance between two atoms, the cutoffs the range of the descriptor")
     for k, symbol in enumerate(config.get("species") or []):
         _element(symbol, f"species[{k}]")
-    for symbol in config.get("atomic_energies") or {}:
+    refs = config.get("atomic_energies")
+    for symbol in refs if isinstance(refs, dict) else {}:  # or "fit"
         _element(symbol, f"atomic_energies.{symbol}")
     if cores is not None:
         base = (config.get("training") or {}).get("devices", 1)

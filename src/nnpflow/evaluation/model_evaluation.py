@@ -39,7 +39,7 @@ __all__ = ["UNITS", "PLOT_FILES", "ModelEvaluation", "evaluate_models", "write_e
 
 #: the plots' file names in an evaluation folder (the workflow's and nnpflow evaluate's)
 PLOT_FILES = {"parity_energy": "parity_energy.png", "parity_forces": "parity_forces.png",
-              "learning_curve": "learning_curve.png"}
+              "learning_curve": "learning_curve.png", "md_check": "md_check.png"}
 
 #: units of the metrics in metrics.json
 UNITS = {"energy_rmse_per_atom": "eV/atom", "energy_mae_per_atom": "eV/atom",

@@ -104,7 +104,8 @@ def run(database: str, split: str, models: Sequence[str], histories: Sequence[st
                      parity_forces=parity_forces, learning_curve=learning_curve,
                      histories=histories, worst=WORST, max_points=MAX_POINTS)
     for path in remove_stale_plots(os.path.dirname(os.path.abspath(metrics)),
-                                   [parity_energy, parity_forces, learning_curve]):
+                                   [parity_energy, parity_forces, learning_curve,
+                                    md_check]):
         log.info("removed %s (a plot of an earlier evaluation; evaluate.plots is false)", path)
     for part in splits:
         m = evaluation.metrics[part]

@@ -146,3 +146,15 @@ def test_merge_stage_writes_an_index(tmp_path):
         assert own == []
     assert DatabaseReader(folder / "database.h5").names()[:2] == ["set4/c00.xsf",
                                                                    "set4/c01.xsf"]
+
+
+def test_merge_into_the_first_shard_equals_the_copy(tmp_path):
+    paths = shards(tmp_path, seeds=(1, 2, 3))
+    copy = merge_databases(paths, tmp_path / "copy.h5")
+    expected = content(copy)
+    merged = merge_databases(paths, tmp_path / "merged.h5", into_first=True)
+    assert not paths[0].exists() and paths[1].exists()      # the first shard became it
+    assert content(merged) == expected
+    with h5py.File(merged) as h5:
+        assert sorted(h5["parts"]) == ["0", "1", "2"] and h5.attrs["complete"]
+        assert json.loads(h5.attrs["merged_from"])[0] == str(paths[0])

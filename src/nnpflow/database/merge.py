@@ -96,7 +96,8 @@ def _check_compatible(readers: Sequence[DatabaseReader]) -> None:
 
 
 def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, *,
-                    show_progress: bool = False, link: bool = False) -> Path:
+                    show_progress: bool = False, link: bool = False,
+                    into_first: bool = False) -> Path:
     """Merge ``shard_paths`` (in this order) into a new database ``out_path``.
 
     The shards must share the descriptor, persisted content, dtype and filter
@@ -110,6 +111,12 @@ def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os
     to ``out_path``'s folder, no data copied; :mod:`nnpflow.database.links`):
     the shards must stay beside it, and a reader refuses the index once a shard
     is missing or rebuilt with other content.
+
+    ``into_first=True`` (copying merge of temporary shards, as in
+    ``build_sharded``): the first shard's file is moved to become the output
+    and only the other shards' parts are copied into it, so the first shard's
+    path is gone afterwards (also when the merge fails).  It must be on the
+    same file system as ``out_path``.
     """
     if not shard_paths:
         raise ConfigError("merge_databases needs at least one shard")
@@ -140,17 +147,32 @@ def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os
         compressions: set[tuple] = set()
         derivative_keys: list[str] = []
         links: list[dict] = []
+        # the first shard's file becomes the output: only the others are copied
+        reuse = (into_first and not link and len(readers) > 1
+                 and [p.n > 0 for p in first._load_parts()] == [True]
+                 and linked_parts(first._file()) is None)
         try:
             with atomic_path(out_path) as tmp:
-                with h5py.File(tmp, "w", libver="latest") as out:
+                if reuse:
+                    first.close()
+                    os.replace(first.path, tmp)
+                with h5py.File(tmp, "a" if reuse else "w", libver="latest") as out:
                     out.attrs["format"] = FORMAT
                     out.attrs["schema_version"] = SCHEMA_VERSION
                     out.attrs["complete"] = False
-                    parts = out.create_group(PARTS)
+                    parts = out[PARTS] if reuse else out.create_group(PARTS)
                     for r in readers:
-                        h5 = r._file()
                         compressions.add((r.layout.get("compression"),
                                           r.layout.get("compression_level")))
+                        if reuse and r is first:    # its one part is /parts/0 already
+                            part = r._load_parts()[0]
+                            layouts_shared.append(part.species_layout == "shared")
+                            derivative_keys = list(part.derivative_keys)
+                            n_parts = 1
+                            if progress is not None:
+                                progress.update(part.n)
+                            continue
+                        h5 = r._file()
                         for part in r._load_parts():
                             if part.n == 0:
                                 continue

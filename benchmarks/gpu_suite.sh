@@ -63,8 +63,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run, log to $OUT/NAME.log, record stat
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')" \
     | tee "$OUT/device.txt"
 
-# 1. tests (the CPU variants of tests/test_gpu.py run too: cheap, and a CUDA result
-#    is only as good as the CPU run it is compared with)
+# 1. tests: the CUDA variants (their CPU references run inside them); without CUDA
+#    (the plumbing check) the CPU variants of tests/test_gpu.py
 if [ "$DEVICE" = cuda ]; then
     step tests "$TEST_LIMIT" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rs \
         --junitxml="$OUT/tests.xml" tests/test_gpu.py tests/test_descriptor.py \

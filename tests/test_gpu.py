@@ -154,3 +154,20 @@ def test_example_workflow_on_cuda(tmp_path, copy_workflow):
     from nnpflow.training.potential import TorchANNPotential
     pot = TorchANNPotential.from_file(results / "models" / "ann" / "member_0" / "model.pt")
     assert pot.training_info["config"]["device"] == "cuda"
+
+
+def test_generic_branches_of_the_cpu_shortcuts_agree():
+    """The descriptor takes numpy shortcuts on the CPU (blocked transposes); on
+    other devices (and for tensors that need gradients) the generic torch branch
+    runs: both give the same arrays."""
+    from nnpflow.descriptors.chebyshev import transposed
+    from nnpflow.descriptors.derivatives import _edge_components
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float64, torch.float32):
+        v = torch.randn(50, 3, dtype=dtype, generator=g)
+        generic = _edge_components(v.clone().requires_grad_(True), 9.0).detach()
+        assert torch.equal(_edge_components(v, 9.0), generic)
+        assert generic[:, -1].tolist() == [9.0, 0.0, 0.0]
+        t = torch.randn(7, 40, dtype=dtype, generator=g)
+        assert torch.equal(transposed(t), transposed(t.clone().requires_grad_(True)).detach())
+        assert torch.equal(transposed(t), t.t())

@@ -38,6 +38,7 @@ from ..safe_write import canonical_json
 from ..structure import ELEMENTS
 from .angular import AngularBasis
 from .batching import AtomsBatch, collate, plan_chunks, structure_arrays
+from .workspace import Workspace
 from . import neighbors as _neighbors
 from .neighbors import image_reach, pair_search
 
@@ -104,10 +105,12 @@ def cutoff_function(r: torch.Tensor, rc: float, derivative: bool = False,
     return fc, dfc
 
 
-def chebyshev_rows(x: torch.Tensor, order: int, derivative: bool = False):
-    """T_n(x), n = 0..order, as rows of an (order + 1, E) tensor (and dT_n/dx)."""
+def chebyshev_rows(x: torch.Tensor, order: int, derivative: bool = False,
+                   out: torch.Tensor | None = None):
+    """T_n(x), n = 0..order, as rows of an (order + 1, E) tensor (and dT_n/dx);
+    ``out``: an (order + 1, E) tensor to fill with T_n."""
     e = x.shape[0]
-    t = torch.empty(order + 1, e, dtype=x.dtype, device=x.device)
+    t = torch.empty(order + 1, e, dtype=x.dtype, device=x.device) if out is None else out
     t[0] = 1.0
     if order >= 1:
         t[1] = x
@@ -128,12 +131,18 @@ def chebyshev_rows(x: torch.Tensor, order: int, derivative: bool = False):
     return t, dt
 
 
-def transposed(t: torch.Tensor) -> torch.Tensor:
-    """``t.t().contiguous()`` of a 2-D tensor; on the CPU through numpy, whose
+def transposed(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``t.t().contiguous()`` of a 2-D tensor (written into ``out``, a contiguous
+    tensor of the transposed shape, when given); on the CPU through numpy, whose
     blocked transpose is 2-3x faster than torch's strided copy."""
     if t.device.type == "cpu" and not t.requires_grad:
-        return torch.from_numpy(np.ascontiguousarray(t.numpy().T))
-    return t.t().contiguous()
+        if out is None:
+            return torch.from_numpy(np.ascontiguousarray(t.numpy().T))
+        np.copyto(out.numpy(), t.numpy().T)
+        return out
+    if out is None:
+        return t.t().contiguous()
+    return out.copy_(t.t())
 
 
 def csr_matrix(crow, col, values, size) -> torch.Tensor:
@@ -222,6 +231,8 @@ class ChebyshevDescriptor:
                                      device=self.device)
         self.angular_basis = AngularBasis(self.ang_order, device=self.device, dtype=dtype)
         self.neighbor_cutoff = max(rad_cutoff, ang_cutoff)
+        # scratch memory of the large temporaries, kept from batch to batch (CPU)
+        self.workspace = Workspace()
 
     # ------------------------------------------------------------ settings
     def config(self) -> dict:
@@ -364,7 +375,7 @@ class ChebyshevDescriptor:
         or below min_cutoff (batch atom indices), when there are any."""
         ci, cj, _, vec, dist = pair_search(batch.positions, batch.cells, batch.pbcs,
                                            batch.counts, self.neighbor_cutoff,
-                                           with_shift=False)
+                                           with_shift=False, workspace=self.workspace)
         keep = dist > self.min_cutoff
         if not bool(keep.all()):
             if dropped is not None:
@@ -402,12 +413,15 @@ class ChebyshevDescriptor:
 
     def _radial(self, n_atoms, center, spin, r):
         rc = self.rad_cutoff
-        t = chebyshev_rows(r * (2.0 / rc) - 1.0, self.rad_order)          # (R+1, E)
+        e, ws = r.shape[0], self.workspace
+        t = chebyshev_rows(r * (2.0 / rc) - 1.0, self.rad_order,
+                           out=ws.take("cheb", (self.n_rad, e), r.dtype, r.device))  # (R+1, E)
         # edges reach max(rad_cutoff, ang_cutoff); at r == rc fc is 0 anyway
         fc = cutoff_function(r, rc, all_inside=rc >= self.neighbor_cutoff)
         w = [fc, spin * fc] if self.multi else [fc]
         mat = stacked_csr(center, n_atoms, w)
-        return mat @ transposed(t)                                      # (k N, R+1)
+        return mat @ transposed(t, out=ws.take("cheb_t", (e, self.n_rad), r.dtype,
+                                               r.device))               # (k N, R+1)
 
     def _angular(self, n_atoms, center, spin, vector, r):
         rc = self.ang_cutoff
@@ -419,11 +433,14 @@ class ChebyshevDescriptor:
         ra = r.index_select(0, idx)
         ca = center.index_select(0, idx)
         inv = 1.0 / ra
-        mono = basis.monomials(*(x.index_select(0, idx) * inv for x in vector))
+        ea, nm, ws = ra.shape[0], basis.n_monomials, self.workspace
+        mono = basis.monomials(*(x.index_select(0, idx) * inv for x in vector),
+                               out=ws.take("mono", (nm, ea), ra.dtype, ra.device))
         fa = cutoff_function(ra, rc, all_inside=True)
         w = [fa, spin.index_select(0, idx) * fa] if self.multi else [fa]
         # harmonic sums B = sum_j w_j Y(u_j) = (sum_j w_j monomials(u_j)) @ C^T
-        b = (stacked_csr(ca, n_atoms, w) @ transposed(mono.t())) @ basis.values_coef_t
+        mono_e = transposed(mono.t(), out=ws.take("mono_t", (ea, nm), ra.dtype, ra.device))
+        b = (stacked_csr(ca, n_atoms, w) @ mono_e) @ basis.values_coef_t
         sq = torch.zeros(k * n_atoms, dtype=self.dtype, device=self.device)
         for i, wi in enumerate(w):
             sq.index_add_(0, ca + i * n_atoms, wi * wi)

@@ -179,10 +179,12 @@ def batch_neighbor_list(positions: torch.Tensor, cells: torch.Tensor, pbcs: torc
 @torch.no_grad()
 def pair_search(positions: torch.Tensor, cells: torch.Tensor, pbcs: torch.Tensor,
                 counts: torch.Tensor, cutoff: float, method: str = "auto",
-                with_shift: bool = True):
+                with_shift: bool = True, workspace=None):
     """The work of :func:`batch_neighbor_list`, returning
     ``(center, neighbor, shift or None, [vx, vy, vz], distance)``; with
-    ``with_shift=False`` the image offsets may be skipped (``None``)."""
+    ``with_shift=False`` the image offsets may be skipped (``None``).
+    ``workspace`` (a :class:`~nnpflow.descriptors.workspace.Workspace`) lends
+    the dense search its large temporaries, kept for the next call."""
     cutoff = float(cutoff)
     if not cutoff > 0:
         raise ValueError(f"neighbour cutoff must be positive, got {cutoff}")
@@ -205,7 +207,7 @@ def pair_search(positions: torch.Tensor, cells: torch.Tensor, pbcs: torch.Tensor
         method = "dense" if int(counts_np.max()) <= DENSE_MAX_ATOMS else "binned"
     if method == "dense":
         ci, cj, s0, s1, s2, vec = _dense_pairs(positions, geo, counts, int(counts_np.max()),
-                                               sid, cutoff, with_shift)
+                                               sid, cutoff, with_shift, workspace)
     else:
         ci, cj, s0, s1, s2 = _binned_pairs(positions, cells, geo.inv, geo.pbcs, counts, sid,
                                            geo.heights, geo.bound, cutoff)
@@ -353,7 +355,8 @@ def _expand_images(ci, cj, lo, span, df, cells_of, cutoff):
             s1.index_select(0, idx), s2.index_select(0, idx))
 
 
-def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=True):
+def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=True,
+                 workspace=None):
     """All pairs of each structure, padded to the largest one (``n`` atoms), by
     broadcasting.
 
@@ -369,9 +372,16 @@ def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=T
     Returns ``(ci, cj, s0, s1, s2, vec)``, grouped by centre; ``vec`` holds the
     three vector components ``(vf + c) @ cell`` (= positions[j] - positions[i] +
     shift @ cell up to rounding).  Without ``with_shift`` the shifts are
-    ``None``.
+    ``None``.  The (B, 3, n, n) and (B, n, n) temporaries come from ``workspace``
+    when one is given.
     """
     device, dtype = positions.device, positions.dtype
+
+    def scratch(name, shape, dt=dtype):
+        if workspace is None:
+            return torch.empty(shape, dtype=dt, device=device)
+        return workspace.take(name, shape, dt, device)
+
     cells, inv, bound, pbcs = geo.cells, geo.inv, geo.bound, geo.pbcs
     n_struct = cells.shape[0]
     nn = n * n
@@ -384,14 +394,16 @@ def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=T
     P.index_copy_(0, sid * n + local, positions)
     F = torch.bmm(P.view(n_struct, n, 3), inv).transpose(1, 2).contiguous()   # (B, 3, n)
     bnd = torch.where(pbcs, bound, torch.zeros_like(bound))[:, :, None, None]
-    vf = F.unsqueeze(2) - F.unsqueeze(3)                         # (B, 3, n, n): f_j - f_i
-    fl = torch.add(vf, bnd).floor_()                             # -lo
+    slab4 = (n_struct, 3, n, n)
+    vf = torch.sub(F.unsqueeze(2), F.unsqueeze(3), out=scratch("vf", slab4))  # f_j - f_i
+    fl = torch.add(vf, bnd, out=scratch("fl", slab4)).floor_()   # -lo
     if not geo.all_periodic:
         fl.mul_(pbcs.to(dtype)[:, :, None, None])
     vf.sub_(fl)
     del fl                                                       # its memory serves v below
-    v = torch.bmm(cells.transpose(1, 2), vf.view(n_struct, 3, nn))   # (B, 3, n*n) Å
-    d2 = v[:, 0] * v[:, 0]
+    v = torch.bmm(cells.transpose(1, 2), vf.view(n_struct, 3, nn),
+                  out=scratch("fl", (n_struct, 3, nn)))          # (B, 3, n*n) Å
+    d2 = torch.mul(v[:, 0], v[:, 0], out=scratch("d2", (n_struct, nn)))
     d2.addcmul_(v[:, 1], v[:, 1]).addcmul_(v[:, 2], v[:, 2])       # (B, n*n)
     d2v = d2.view(n_struct, n, n)
     pad = None
@@ -401,17 +413,17 @@ def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=T
     # Candidate images: a boolean mask "within cutoff" laid out (B, n_i, C, n_j),
     # one slab per combination, so that nonzero lists edges grouped by centre.
     cut2 = cutoff * cutoff
-    within = torch.empty(n_struct, n, n_comb, n, dtype=torch.bool, device=device)
+    within = scratch("within", (n_struct, n, n_comb, n), torch.bool)
     dirs = [a for a in range(3) if combos[:, a].max() > 0]
     u = {}
     for a in dirs:                                               # 2 v . A_a per pair
         A2 = 2.0 * cells[:, a]                                   # (B, 3)
-        ua = v[:, 0] * A2[:, 0:1]
+        ua = torch.mul(v[:, 0], A2[:, 0:1], out=scratch(f"u{a}", (n_struct, nn)))
         u[a] = ua.addcmul_(v[:, 1], A2[:, 1:2]).addcmul_(v[:, 2], A2[:, 2:3]).view(n_struct, n, n)
     const_t = torch.as_tensor(const, dtype=dtype).to(device)
     self_t = torch.as_tensor(self_combo).to(device)
     self_any = self_combo.any(axis=0)
-    buf = torch.empty_like(d2v) if n_comb > 1 else None
+    buf = scratch("slab", tuple(d2v.shape)) if n_comb > 1 else None
     for c in range(n_comb):
         if c == 0:
             slab = d2v                                           # const is 0 for c = 0
@@ -433,7 +445,9 @@ def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=T
         torch.le(slab, cut2, out=within[:, :, c])
         if c == 0 and self_any[c]:
             d2v.diagonal(dim1=1, dim2=2).copy_(saved)            # later slabs need it
-    b, i, comb, j = torch.nonzero(within).unbind(1)
+    found = (torch.nonzero(within) if workspace is None else
+             torch.nonzero(within, out=workspace.resizable("pairs", torch.long, device)))
+    b, i, comb, j = found.unbind(1)
     base = start.index_select(0, b)
     ci, cj = base + i, base + j
     pair = b * (3 * nn) + i * n + j

@@ -1,0 +1,90 @@
+"""Scratch buffers that a descriptor reuses from one batch to the next.
+
+A descriptor batch on the CPU needs a few large temporaries (the dense
+neighbour search's (B, 3, n, n) slabs, the Chebyshev table of every edge and
+its transpose: tens of MB for ~30 cells of 108 atoms).  Freshly allocated and
+freed every batch, glibc hands such blocks back to the system and the next
+batch page-faults on new memory, which costs a quarter of the batch on a busy
+virtual machine unless the whole process changes its allocator settings
+(:func:`nnpflow.runtime.keep_freed_memory`).  A :class:`Workspace` keeps them
+instead: allocated once, grown when a larger batch needs more, reused by every
+later batch of the same descriptor.  Buffers never leave the computation that
+took them (results are always fresh tensors).
+
+Only CPU tensors are kept: on CUDA, torch's caching allocator already reuses
+device memory.  Buffers are per thread (two threads featurising with one
+descriptor do not share scratch memory) and are not pickled (a descriptor sent
+to a worker process starts with an empty workspace).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+__all__ = ["Workspace"]
+
+#: growth factor when a buffer must grow (fewer regrowths for slowly growing batches)
+_GROWTH = 1.25
+
+
+class Workspace:
+    """Named scratch buffers, reused across calls (CPU only, per thread)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _buffers(self) -> dict:
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
+        return buffers
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape``, backed by the buffer
+        ``name`` (grown as needed).  Valid until the next ``take`` of the same
+        name in this thread.  Off the CPU: a fresh ``torch.empty``."""
+        device = torch.device(device)
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        n = math.prod(shape)
+        buffers = self._buffers()
+        key = (name, dtype)
+        buf = buffers.get(key)
+        if buf is None or buf.numel() < n:
+            size = n if buf is None else max(n, int(buf.numel() * _GROWTH))
+            buffers[key] = buf = None           # free the old one before allocating
+            buf = buffers[key] = torch.empty(size, dtype=dtype)
+        return buf[:n].view(shape)
+
+    def resizable(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A tensor kept under ``name`` for ``out=`` arguments of operations that
+        resize their output (e.g. ``torch.nonzero``): its storage grows as needed
+        and is reused.  Valid until the next ``resizable`` of the same name in
+        this thread.  Off the CPU: a fresh empty tensor."""
+        device = torch.device(device)
+        if device.type != "cpu":
+            return torch.empty(0, dtype=dtype, device=device)
+        buffers = self._buffers()
+        key = ("resizable:" + name, dtype)
+        buf = buffers.get(key)
+        if buf is None:
+            buf = buffers[key] = torch.empty(0, dtype=dtype)
+        return buf.resize_(0)          # no elements (so torch resizes it), storage kept
+
+    def nbytes(self) -> int:
+        """Bytes held by this thread's buffers."""
+        return sum(b.untyped_storage().nbytes() for b in self._buffers().values())
+
+    def clear(self) -> None:
+        """Release this thread's buffers."""
+        self._buffers().clear()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._local = threading.local()

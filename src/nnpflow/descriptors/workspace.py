@@ -47,11 +47,14 @@ class Workspace:
         """An uninitialised contiguous tensor of ``shape``, backed by the buffer
         ``name`` (grown as needed).  Valid until the next ``take`` of the same
         name in this thread.  Off the CPU: a fresh ``torch.empty``."""
-        device = torch.device(device)
-        if device.type != "cpu":
+        if (device.type if isinstance(device, torch.device) else torch.device(device).type
+                ) != "cpu":
             return torch.empty(shape, dtype=dtype, device=device)
         n = math.prod(shape)
-        buffers = self._buffers()
+        try:
+            buffers = self._local.buffers
+        except AttributeError:
+            buffers = self._buffers()
         key = (name, dtype)
         buf = buffers.get(key)
         if buf is None or buf.numel() < n:

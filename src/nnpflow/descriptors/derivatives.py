@@ -123,6 +123,8 @@ class DescriptorDerivatives:
                     neighbor: torch.Tensor, vector: torch.Tensor,
                     counts: Sequence[int]) -> list["DescriptorDerivatives"]:
         """Per-structure objects (local atom indices) from a batch's edges."""
+        if len(counts) == 1:            # one structure: its indices are local already
+            return [cls(descriptor, species, center, neighbor, vector)]
         device = center.device
         counts_t = torch.tensor(list(counts), dtype=torch.long, device=device)
         ends = torch.cumsum(counts_t, 0)

@@ -117,6 +117,20 @@ def best_time(fn, device, repeats: int) -> float:
     return best
 
 
+def median_time(fn, device, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one warm-up (a plain session's
+    allocator costs show in every call, so the best call would hide them)."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def batches(items, size):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -201,24 +215,24 @@ def session_child(kind: str) -> int:
     desc = ChebyshevDescriptor(**CUAU_SETTINGS, device=device, dtype=dtype)
     parts = batches(cells, bs)
     out = {
-        "batch_features": n_atoms / best_time(
+        "batch_features": n_atoms / median_time(
             lambda: [desc.featurize_batch(p) for p in parts], device, ARGS.repeats),
-        "batch_derivs": n_atoms / best_time(
+        "batch_derivs": n_atoms / median_time(
             lambda: [desc.featurize_batch_with_derivatives(p) for p in parts], device,
             ARGS.repeats),
-        "single_features": n_atoms / best_time(
+        "single_features": n_atoms / median_time(
             lambda: [desc.featurize(s) for s in cells], device, ARGS.repeats),
-        "single_derivs": n_atoms / best_time(
+        "single_derivs": n_atoms / median_time(
             lambda: [desc.featurize_with_derivatives(s) for s in cells], device, ARGS.repeats),
     }
     part = cells[:bs]
     _, ders = desc.featurize_batch_with_derivatives(part)
     w = torch.randn(sum(len(s) for s in part), desc.n_features, dtype=dtype, device=device)
-    out["forces_stored"] = w.shape[0] / best_time(
+    out["forces_stored"] = w.shape[0] / median_time(
         lambda: DescriptorDerivatives.concatenate(ders).forces(w), device, ARGS.repeats)
     cat = DescriptorDerivatives.concatenate(ders).precompute()
     wg = w.clone().requires_grad_(True)
-    out["forces_backward"] = w.shape[0] / best_time(
+    out["forces_backward"] = w.shape[0] / median_time(
         lambda: cat.forces(wg).pow(2).sum().backward(), device, ARGS.repeats)
     print(json.dumps(out))
     return 0
@@ -259,8 +273,8 @@ def compare_sessions(rounds: int) -> int:
     bs = max(int(x) for x in ARGS.batch_sizes.split(",") if x)
     print(f"torch {torch.__version__}, {ARGS.threads} thread(s), device {ARGS.device}, "
           f"{ARGS.structures} Cu/Au 108-atom cells, {ARGS.dtypes.split(',')[0]}, batch {bs}; "
-          f"medians of {rounds} interleaved rounds of fresh processes, best of "
-          f"{ARGS.repeats} per process")
+          f"medians of {rounds} interleaved rounds of fresh processes, each the median "
+          f"of {ARGS.repeats} calls")
     print(f"  {'':<48} {'plain session':>14} {'tuned':>12} {'plain/tuned':>12}")
     for key, label in SESSION_FIGURES.items():
         p, t = med["plain"][key], med["tuned"][key]

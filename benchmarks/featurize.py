@@ -51,6 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--sessions", type=int, default=0, metavar="N",
                    help="plain session vs tuned: N interleaved rounds of fresh processes, "
                         "medians (Cu/Au cells, first dtype, largest batch size)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="--sessions: time calls by wall clock (default) or by the process's "
+                        "CPU time (user + system: page faults included, other processes' "
+                        "load on a shared machine mostly not)")
     p.add_argument("--session-child", choices=("plain", "tuned"), default=None,
                    help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -120,14 +124,15 @@ def best_time(fn, device, repeats: int) -> float:
 def median_time(fn, device, repeats: int) -> float:
     """Median wall time of ``repeats`` calls after one warm-up (a plain session's
     allocator costs show in every call, so the best call would hide them)."""
+    clock = time.process_time if ARGS.clock == "cpu" else time.perf_counter
     fn()
     sync(device)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return float(np.median(times))
 
 
@@ -274,7 +279,7 @@ def compare_sessions(rounds: int) -> int:
     print(f"torch {torch.__version__}, {ARGS.threads} thread(s), device {ARGS.device}, "
           f"{ARGS.structures} Cu/Au 108-atom cells, {ARGS.dtypes.split(',')[0]}, batch {bs}; "
           f"medians of {rounds} interleaved rounds of fresh processes, each the median "
-          f"of {ARGS.repeats} calls")
+          f"of {ARGS.repeats} calls, {ARGS.clock} clock")
     print(f"  {'':<48} {'plain session':>14} {'tuned':>12} {'plain/tuned':>12}")
     for key, label in SESSION_FIGURES.items():
         p, t = med["plain"][key], med["tuned"][key]

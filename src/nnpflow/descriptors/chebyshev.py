@@ -188,6 +188,13 @@ class ChebyshevDescriptor:
         ``"cpu"``, ``"cuda"`` or ``"auto"``; where features are computed.
     dtype : torch.dtype
         ``torch.float64`` (default) or ``torch.float32``.
+
+    Attributes
+    ----------
+    workspace : :class:`~nnpflow.descriptors.workspace.Workspace`
+        Scratch memory of the large temporaries of a batch, kept for the next
+        batch (CPU only, per thread; about 25 MB for the default pass size with
+        108-atom cells and a 6 Å cutoff); ``workspace.clear()`` releases it.
     """
 
     def __init__(self, species: Sequence[str], rad_order: int, rad_cutoff: float,

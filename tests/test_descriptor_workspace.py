@@ -35,6 +35,9 @@ def fresh_memory_results(batch):
         def resizable(self, name, dtype, device):
             return torch.empty(0, dtype=dtype)
 
+        def lend(self, name, shape, dtype, device, owner):
+            return self.take(name, shape, dtype, device)
+
     desc.workspace = NoReuse()
     return results(desc, batch)
 
@@ -97,3 +100,42 @@ def test_workspace_is_not_pickled_and_stays_off_other_devices():
     t = ws.take("x", (4, 5), torch.float64, "cpu")
     assert t.is_contiguous() and t.shape == (4, 5) and ws.nbytes() == 160
     assert ws.take("x", (2, 3), torch.float64, "cpu").data_ptr() == t.data_ptr()
+
+
+def test_lent_memory_is_reused_only_after_its_owner_is_gone():
+    import gc
+
+    class Owner:
+        pass
+
+    ws = Workspace()
+    a, b = Owner(), Owner()
+    ta = ws.lend("x", (10, 3), torch.float64, "cpu", a)
+    tb = ws.lend("x", (10, 3), torch.float64, "cpu", b)       # a still alive: other memory
+    assert ta.data_ptr() != tb.data_ptr()
+    ptr = ta.data_ptr()
+    del a, ta
+    gc.collect()
+    c = Owner()
+    tc = ws.lend("x", (5, 3), torch.float64, "cpu", c)        # a's memory, now free
+    assert tc.data_ptr() == ptr and tc.shape == (5, 3)
+    assert ws.lend("x", (2,), torch.float64, "meta", c).device.type == "meta"
+
+
+def test_cached_force_coefficients_survive_later_batches():
+    """Coefficients kept by one batch (precompute) are not overwritten by the
+    batches computed after it (their memory is lent, not shared scratch)."""
+    desc = ChebyshevDescriptor(**CUAU)
+    a, b = structures(4), structures(5, n=6)
+    _, da = desc.featurize_batch_with_derivatives(a)
+    _, db = desc.featurize_batch_with_derivatives(b)
+    cat_a = DescriptorDerivatives.concatenate(da).precompute()
+    w = torch.linspace(-1, 1, cat_a.n_atoms * desc.n_features,
+                       dtype=torch.float64).view(-1, desc.n_features)
+    before = cat_a.forces(w)
+    for _ in range(3):                                       # other batches come and go
+        cb = DescriptorDerivatives.concatenate(db)
+        cb.forces(torch.ones(cb.n_atoms, desc.n_features, dtype=torch.float64))
+        del cb
+    assert torch.equal(cat_a.forces(w), before)
+    assert torch.equal(before, fresh_memory_results(a)[1])

@@ -8,8 +8,11 @@ batch page-faults on new memory, which costs a quarter of the batch on a busy
 virtual machine unless the whole process changes its allocator settings
 (:func:`nnpflow.runtime.keep_freed_memory`).  A :class:`Workspace` keeps them
 instead: allocated once, grown when a larger batch needs more, reused by every
-later batch of the same descriptor.  Buffers never leave the computation that
-took them (results are always fresh tensors).
+later batch of the same descriptor.  Buffers taken with :meth:`Workspace.take`
+never leave the computation that took them (results are always fresh tensors);
+buffers lent with :meth:`Workspace.lend` belong to one object (a batch's cached
+force-contraction coefficients) until it is garbage-collected, then serve the
+next one.
 
 Only CPU tensors are kept: on CUDA, torch's caching allocator already reuses
 device memory.  Buffers are per thread (two threads featurising with one
@@ -21,10 +24,19 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 
 import torch
 
 __all__ = ["Workspace"]
+
+#: lent buffers of one name kept for reuse once their owners are gone
+_POOL = 2
+
+
+def _give_back(free: list, buf: torch.Tensor) -> None:
+    if len(free) < _POOL:
+        free.append(buf)
 
 #: growth factor when a buffer must grow (fewer regrowths for slowly growing batches)
 _GROWTH = 1.25
@@ -78,9 +90,38 @@ class Workspace:
             buf = buffers[key] = torch.empty(0, dtype=dtype)
         return buf.resize_(0)          # no elements (so torch resizes it), storage kept
 
+    def lend(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device, owner: object) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape`` that ``owner`` keeps for
+        its lifetime (e.g. the coefficients a batch's force contraction caches):
+        its memory returns to a small pool of this workspace when ``owner`` is
+        garbage-collected, for the next owner of the same ``name`` (the next
+        batch) to reuse.  Owners alive at the same time get separate memory.  Off
+        the CPU: a fresh ``torch.empty``."""
+        if (device.type if isinstance(device, torch.device) else torch.device(device).type
+                ) != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        n = math.prod(shape)
+        free = self._buffers().setdefault(("lend:" + name, dtype), [])
+        buf = None
+        for i, candidate in enumerate(free):
+            if candidate.numel() >= n:
+                buf = free.pop(i)
+                break
+        if buf is None:
+            if free:                          # too small for this batch: let it go
+                free.pop(0)
+            buf = torch.empty(max(n, int(n * _GROWTH) if free else n), dtype=dtype)
+        weakref.finalize(owner, _give_back, free, buf)
+        return buf[:n].view(shape)
+
     def nbytes(self) -> int:
-        """Bytes held by this thread's buffers."""
-        return sum(b.untyped_storage().nbytes() for b in self._buffers().values())
+        """Bytes held by this thread's buffers (lent ones once given back)."""
+        total = 0
+        for value in self._buffers().values():
+            for b in (value if isinstance(value, list) else [value]):
+                total += b.untyped_storage().nbytes()
+        return total
 
     def clear(self) -> None:
         """Release this thread's buffers."""

@@ -276,11 +276,12 @@ class _Geometry:
         bound, p, c = self.np_bound, self.np_pbc, self.np_cells
         reach = np.where(p, np.floor(2.0 * bound), 0).astype(int)      # (B, 3) max offset
         kmax = reach.max(axis=0)
-        grid = np.stack(np.meshgrid(*[np.arange(k + 1) for k in kmax], indexing="ij"),
-                        axis=-1).reshape(-1, 3)                          # (C0, 3), (0,0,0) first
+        grid = np.indices(kmax + 1).reshape(3, -1).T                  # (C0, 3), (0,0,0) first
         ok = (grid[None, :, :] <= reach[:, None, :]).all(axis=2)         # (B, C0)
         ok &= _reachable(c, bound, grid, self.cutoff)
-        keep = [k for k in range(len(grid)) if k == 0 or ok[:, k].any()]
+        used = ok.any(axis=0)
+        used[0] = True
+        keep = np.flatnonzero(used)
         combos = grid[keep]
         img = np.einsum("ca,bak->bck", combos.astype(float), c)          # (B, C, 3)
         const = np.where(ok[:, keep], (img * img).sum(axis=2), np.inf)   # (B, C)
@@ -490,7 +491,8 @@ def _reachable(cells, bound, combos, cutoff) -> np.ndarray:
     """
     out = np.ones((cells.shape[0], len(combos)), dtype=bool)
     on_sets = (combos >= 1)
-    for mask in {tuple(m) for m in on_sets if m.sum() >= 2}:
+    several = on_sets[on_sets.sum(axis=1) >= 2]
+    for mask in (np.unique(several, axis=0) if len(several) else ()):
         on = [a for a in range(3) if mask[a]]
         others = [a for a in range(3) if not mask[a]]
         A = cells[:, on]                                         # (B, k, 3)
@@ -499,7 +501,7 @@ def _reachable(cells, bound, combos, cutoff) -> np.ndarray:
             o = o / np.linalg.norm(o, axis=1, keepdims=True)
             A = A - (A * o[:, None, :]).sum(axis=2, keepdims=True) * o[:, None, :]
         lam = np.linalg.eigvalsh(np.einsum("bik,bjk->bij", A, A))[:, 0]     # (B,)
-        cols = np.nonzero((on_sets == np.array(mask)).all(axis=1))[0]
+        cols = np.nonzero((on_sets == mask).all(axis=1))[0]
         delta = np.clip(combos[cols][:, on][None, :, :] - bound[:, None, on], 0.0, None)
         lower = lam[:, None] * (delta * delta).sum(axis=2)                  # (B, len(cols))
         out[:, cols] = lower <= cutoff * cutoff * (1.0 + 1e-9)

@@ -346,16 +346,20 @@ class ChebyshevDescriptor:
         from .derivatives import DescriptorDerivatives
 
         items = [structure_arrays(s) for s in structures]
-        sizes = [it[0].shape[0] for it in items]
-        keys = [image_reach(it[1], it[2], self.neighbor_cutoff) for it in items]
         if chunk_pairs is None:
             chunk_pairs = _CHUNK_PAIRS.get(self.device.type, _CHUNK_PAIRS["cuda"])
         elif isinstance(chunk_pairs, bool) or int(chunk_pairs) != chunk_pairs or chunk_pairs < 1:
             raise ValueError(f"chunk_pairs must be a positive integer, got {chunk_pairs!r}")
+        if len(items) == 1:             # one structure: one pass, nothing to plan
+            chunks = [[0]]
+        else:
+            sizes = [it[0].shape[0] for it in items]
+            keys = [image_reach(it[1], it[2], self.neighbor_cutoff) for it in items]
+            chunks = plan_chunks(sizes, keys, int(chunk_pairs), _neighbors.DENSE_MAX_ATOMS)
         feats: list = [None] * len(items)
         derivs: list = [None] * len(items)
         found: list[ClosePair] = []
-        for chunk in plan_chunks(sizes, keys, int(chunk_pairs), _neighbors.DENSE_MAX_ATOMS):
+        for chunk in chunks:
             batch = collate([items[i] for i in chunk], self.species_to_idx, self.device,
                             self.dtype)
             dropped: list | None = [] if close_pairs is not None else None

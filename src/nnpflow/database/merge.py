@@ -217,7 +217,7 @@ def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os
                     attrs["created_by"] = f"nnpflow {__version__}"
                     attrs["merged_from"] = json.dumps([str(p) for p in shard_paths])
                     if link:
-                        attrs[LINKS_ATTR] = json.dumps(links)
+                        attrs[LINKS_ATTR] = canonical_json(links)
                     attrs["complete"] = True
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())

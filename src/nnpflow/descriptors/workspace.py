@@ -128,7 +128,7 @@ class Workspace:
         self._buffers().clear()
 
     def __getstate__(self) -> dict:
-        return {}
+        return {"buffers": None}         # (a non-empty state: __setstate__ always runs)
 
     def __setstate__(self, state: dict) -> None:
         self._local = threading.local()

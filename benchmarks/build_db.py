@@ -11,7 +11,11 @@ and MB per structure on disk.
 It also prints the machine's own ceiling for two processes: two independent
 1-worker builds of half the cells each, started together (no merge); their
 rate over the 1-worker rate is the most any 2-worker build can gain here
-(shared caches, memory bandwidth and the hypervisor take the rest).
+(shared caches, memory bandwidth and the hypervisor take the rest), and the
+2-worker build's rate as a share of that ceiling.  Last, the disk use of the
+workflow's layout (those two halves as shards plus the merged database) over
+the data (the 1-worker database): with the index over the shards the
+workflow's merge writes, and with a copying merge for contrast.
 
 Targets (issue 4): >= 350 structures/s per core, >= 1.8x on 2 cores, <= 0.8 MB
 per structure.  aenet-python on this kind of machine: 17.7 structures/s (one
@@ -120,9 +124,34 @@ def main() -> None:
             if workers > 1:
                 print(f"speed-up {workers} workers vs 1 (medians): {rate / median[1]:.2f}x")
         if ceiling:
+            top = float(np.median(ceiling))
             print(f"machine ceiling, two independent processes vs 1 worker (medians): "
-                  f"{float(np.median(ceiling)) / median[1]:.2f}x")
+                  f"{top / median[1]:.2f}x")
+            if 2 in median:
+                print(f"2-worker build / machine's two-process ceiling (medians): "
+                      f"{median[2] / top:.1%}")
+    if ceiling and 1 in args.workers:
+        disk_use(out_dir)
     print(f"databases in {out_dir}")
+
+
+def disk_use(out_dir: Path) -> None:
+    """Bytes on disk of the workflow's layout -- the two half builds as its shards
+    plus the merged database -- over the data (the 1-worker database): an index
+    over the shards (what the workflow's merge writes) and, for contrast, a
+    copying merge beside the shards."""
+    from nnpflow.database import merge_databases
+
+    data = (out_dir / "cuau_1w.h5").stat().st_size
+    shards = [out_dir / "half_0.h5", out_dir / "half_1.h5"]
+    shard_bytes = sum(p.stat().st_size for p in shards)
+    index = merge_databases(shards, out_dir / "index.h5", link=True)
+    copy = merge_databases(shards, out_dir / "copy.h5")
+    print(f"disk use of the workflow's results (2 shards + merged database) over the data "
+          f"({data / 1e6:.1f} MB): index over the shards "
+          f"{(shard_bytes + index.stat().st_size) / data:.3f}x "
+          f"(index file {index.stat().st_size / 1e3:.1f} kB); "
+          f"a copying merge beside the shards {(shard_bytes + copy.stat().st_size) / data:.3f}x")
 
 
 def _half_build(job) -> None:

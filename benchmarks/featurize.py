@@ -3,12 +3,21 @@ force contraction) on 108-atom Cu/Au fcc cells and on the TiO2 reference set.
 
     python benchmarks/featurize.py                       # one CPU thread
     python benchmarks/featurize.py --device cuda --batch-sizes 1,32,256
+    python benchmarks/featurize.py --sessions 5          # plain session vs tuned
 
 Prints atoms/s (best of --repeats, wall clock) for each dtype and batch size,
 the force contraction of a training batch, and the stored size of the compact
 derivatives.  By default freed memory is kept in the process
 (``nnpflow.runtime.keep_freed_memory``); ``--no-keep-freed-memory``
-measures glibc's default behaviour.  The Cu/Au cells are generated with
+measures glibc's default behaviour.
+
+``--sessions N`` measures what a user's own script gets: N rounds, each
+starting two fresh Python processes one after the other -- a "plain session"
+(the public API as imported, glibc's default allocator settings) and a "tuned"
+one (``keep_freed_memory()`` first, as the benchmarks and workflow jobs do) --
+and prints the medians of both side by side, with the per-structure call
+(``featurize_with_derivatives``, what ``StructureDataset`` uses) against the
+batched one.  The Cu/Au cells are generated with
 ASE: 3x3x3 conventional fcc cells (108 atoms, half Cu, half Au), random strain
 (+-3 %), rattled (0.1 Å) and with 20 % of the atoms moved by random lattice
 vectors (outside the home cell).  Settings: species Cu, Au; rad_order 10,
@@ -39,6 +48,15 @@ def parse_args(argv=None):
     p.add_argument("--no-keep-freed-memory", action="store_true",
                    help="leave glibc's malloc trimming as is (default: keep freed memory "
                         "in the process, nnpflow.runtime.keep_freed_memory)")
+    p.add_argument("--sessions", type=int, default=0, metavar="N",
+                   help="plain session vs tuned: N interleaved rounds of fresh processes, "
+                        "medians (Cu/Au cells, first dtype, largest batch size)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="--sessions: time calls by wall clock (default) or by the process's "
+                        "CPU time (user + system: page faults included, other processes' "
+                        "load on a shared machine mostly not)")
+    p.add_argument("--session-child", choices=("plain", "tuned"), default=None,
+                   help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -103,6 +121,21 @@ def best_time(fn, device, repeats: int) -> float:
     return best
 
 
+def median_time(fn, device, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one warm-up (a plain session's
+    allocator costs show in every call, so the best call would hide them)."""
+    clock = time.process_time if ARGS.clock == "cpu" else time.perf_counter
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        sync(device)
+        times.append(clock() - t0)
+    return float(np.median(times))
+
+
 def batches(items, size):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -155,7 +188,115 @@ def run_set(name, structures, settings, device, dtype, batch_sizes, repeats):
           f"({n_edges:,.0f} edges x 20 B), features {feat_bytes / 1024:,.1f} KiB")
 
 
+CUAU_SETTINGS = dict(species=["Cu", "Au"], rad_order=10, rad_cutoff=6.0, ang_order=3,
+                     ang_cutoff=4.0)
+
+#: figures of one session, in print order: key -> label
+SESSION_FIGURES = {
+    "batch_features": "features, batched (atoms/s)",
+    "batch_derivs": "features + derivatives, batched (atoms/s)",
+    "single_features": "features, per structure (atoms/s)",
+    "single_derivs": "features + derivatives, per structure (atoms/s)",
+    "forces_stored": "forces() from stored geometry (atoms/s)",
+    "forces_backward": "forces() + backward, precomputed (atoms/s)",
+}
+
+
+def session_child(kind: str) -> int:
+    """One fresh process: the figures of :data:`SESSION_FIGURES` as one JSON line.
+    ``plain`` touches no allocator setting; ``tuned`` calls keep_freed_memory()."""
+    import json
+
+    torch.set_num_threads(ARGS.threads)
+    if kind == "tuned":
+        from nnpflow.runtime import keep_freed_memory
+
+        keep_freed_memory()
+    device = resolve_device(ARGS.device)
+    dtype = getattr(torch, ARGS.dtypes.split(",")[0])
+    bs = max(int(x) for x in ARGS.batch_sizes.split(",") if x)
+    cells = cuau_cells(ARGS.structures, ARGS.seed)
+    n_atoms = sum(len(s) for s in cells)
+    desc = ChebyshevDescriptor(**CUAU_SETTINGS, device=device, dtype=dtype)
+    parts = batches(cells, bs)
+    out = {
+        "batch_features": n_atoms / median_time(
+            lambda: [desc.featurize_batch(p) for p in parts], device, ARGS.repeats),
+        "batch_derivs": n_atoms / median_time(
+            lambda: [desc.featurize_batch_with_derivatives(p) for p in parts], device,
+            ARGS.repeats),
+        "single_features": n_atoms / median_time(
+            lambda: [desc.featurize(s) for s in cells], device, ARGS.repeats),
+        "single_derivs": n_atoms / median_time(
+            lambda: [desc.featurize_with_derivatives(s) for s in cells], device, ARGS.repeats),
+    }
+    part = cells[:bs]
+    _, ders = desc.featurize_batch_with_derivatives(part)
+    w = torch.randn(sum(len(s) for s in part), desc.n_features, dtype=dtype, device=device)
+    out["forces_stored"] = w.shape[0] / median_time(
+        lambda: DescriptorDerivatives.concatenate(ders).forces(w), device, ARGS.repeats)
+    cat = DescriptorDerivatives.concatenate(ders).precompute()
+    wg = w.clone().requires_grad_(True)
+    out["forces_backward"] = w.shape[0] / median_time(
+        lambda: cat.forces(wg).pow(2).sum().backward(), device, ARGS.repeats)
+    print(json.dumps(out))
+    return 0
+
+
+def compare_sessions(rounds: int) -> int:
+    """Plain session vs tuned, each in a fresh process, interleaved; medians."""
+    import json
+    import subprocess
+
+    argv = [a for a in sys.argv[1:]]
+    # drop --sessions N / --sessions=N from the children's arguments
+    child_args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--sessions":
+            skip = True
+            continue
+        if a.startswith("--sessions="):
+            continue
+        child_args.append(a)
+    figures: dict[str, list[dict]] = {"plain": [], "tuned": []}
+    env = dict(os.environ, OMP_NUM_THREADS=str(ARGS.threads))
+    for r in range(rounds):
+        order = ("plain", "tuned") if r % 2 == 0 else ("tuned", "plain")
+        for kind in order:
+            res = subprocess.run([sys.executable, __file__, *child_args, "--session-child", kind],
+                                 capture_output=True, text=True, env=env)
+            if res.returncode != 0:
+                sys.stderr.write(res.stderr)
+                return res.returncode
+            figures[kind].append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    med = {kind: {k: float(np.median([f[k] for f in runs])) for k in SESSION_FIGURES}
+           for kind, runs in figures.items()}
+    bs = max(int(x) for x in ARGS.batch_sizes.split(",") if x)
+    print(f"torch {torch.__version__}, {ARGS.threads} thread(s), device {ARGS.device}, "
+          f"{ARGS.structures} Cu/Au 108-atom cells, {ARGS.dtypes.split(',')[0]}, batch {bs}; "
+          f"medians of {rounds} interleaved rounds of fresh processes, each the median "
+          f"of {ARGS.repeats} calls, {ARGS.clock} clock")
+    print(f"  {'':<48} {'plain session':>14} {'tuned':>12} {'plain/tuned':>12}")
+    for key, label in SESSION_FIGURES.items():
+        p, t = med["plain"][key], med["tuned"][key]
+        print(f"  {label:<48} {p:>14,.0f} {t:>12,.0f} {p / t:>12.2f}")
+    for kind in ("plain", "tuned"):
+        m = med[kind]
+        print(f"  per-structure / batched, {kind}: features "
+              f"{m['single_features'] / m['batch_features']:.2f}, features + derivatives "
+              f"{m['single_derivs'] / m['batch_derivs']:.2f}")
+    return 0
+
+
 def main() -> int:
+    if ARGS.session_child:
+        return session_child(ARGS.session_child)
+    if ARGS.sessions:
+        return compare_sessions(ARGS.sessions)
     torch.set_num_threads(ARGS.threads)
     kept = False
     if not ARGS.no_keep_freed_memory:
@@ -169,8 +310,7 @@ def main() -> int:
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f", freed memory kept in process: {kept}")
     cuau = cuau_cells(ARGS.structures, ARGS.seed)
-    cuau_settings = dict(species=["Cu", "Au"], rad_order=10, rad_cutoff=6.0, ang_order=3,
-                         ang_cutoff=4.0)
+    cuau_settings = CUAU_SETTINGS
     tio2 = tio2_set(ARGS.tio2)
     tio2_settings = dict(species=["Ti", "O"], rad_order=10, rad_cutoff=6.0, ang_order=3,
                          ang_cutoff=3.5, min_cutoff=0.5)

@@ -68,8 +68,10 @@ def cells(n: int, seed: int = 0, prefix: str = "c") -> list[Structure]:
 def arm(what: str, when: str, nth: int, role: str = "main") -> None:
     """SIGKILL this process (``role="main"``) or a worker forked from it
     (``role="worker"``) ``when`` ("before"/"after") the ``nth`` call of ``what``:
-    ``flush`` (database writer block flush), ``copy`` (HDF5 object copy, the
-    merge), ``fsync``, or ``replace:<name>`` (the rename onto ``<name>``)."""
+    ``flush`` (database writer block flush), ``copy`` (HDF5 object copy, a
+    copying merge), ``link`` (an external link of the workflow's index merge),
+    ``fsync``, ``replace:<name>`` (the rename onto ``<name>``) or ``move:<name>``
+    (the rename of ``<name>``, e.g. the first shard becoming the build's output)."""
     main = os.getpid()
     count = {"n": 0}
 
@@ -94,6 +96,12 @@ def arm(what: str, when: str, nth: int, role: str = "main") -> None:
         wrap(db_writer.DatabaseWriter, "_flush_buffer")
     elif what == "copy":
         wrap(h5py.Group, "copy")
+    elif what == "link":                 # an external link of an index database
+        wrap(h5py.Group, "__setitem__",
+             lambda group, name, obj, *a, **k: isinstance(obj, h5py.ExternalLink))
+    elif what.startswith("move:"):       # the rename of a file named <name> elsewhere
+        name = what.split(":", 1)[1]
+        wrap(os, "replace", lambda src, dst, *a, **k: Path(src).name == name)
     elif what == "fsync":
         wrap(os, "fsync")
     elif what.startswith("replace:"):
@@ -203,7 +211,7 @@ def test_sigkill_of_the_build_stage(pipeline, tmp_path, point):
     assert content(out) == pipeline["shard_ref"]
 
 
-MERGE_POINTS = [("copy", "before", 1), ("copy", "after", 2), ("fsync", "before", 1),
+MERGE_POINTS = [("link", "before", 1), ("link", "after", 2), ("fsync", "before", 1),
                 ("replace:db.h5", "before", 1), ("replace:db.h5", "after", 1),
                 ("replace:db.json", "before", 1)]
 
@@ -286,8 +294,9 @@ def dataset_ref(tmp_path_factory, records):
 
 #: kill points of the main process, which merges the workers' shards
 DATASET_POINTS = [
-    ("copy", "before", 1, "main"),
-    ("copy", "after", 2, "main"),
+    ("move:shard_0.h5", "after", 1, "main"),     # shard 0 became the output's temp file
+    ("copy", "before", 1, "main"),              # shard 1's part copied into it
+    ("copy", "after", 1, "main"),
     ("fsync", "before", 1, "main"),
     ("replace:db.h5", "before", 1, "main"),
     ("replace:db.h5", "after", 1, "main"),

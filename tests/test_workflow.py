@@ -23,6 +23,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import pytest
 import yaml
 
@@ -447,6 +448,16 @@ def test_end_to_end_data_dag(completed, monkeypatch):
     from nnpflow.database import DatabaseReader
     with DatabaseReader(results / "ingest" / "shard_0.h5") as raw:
         assert not raw.has_features and len(raw) > 0
+    # the training database is an index over the kept shards: their data on disk once
+    from nnpflow.database import database_info
+    info = database_info(results / "database" / "database.h5")
+    assert info["linked_files"] == [str(results / "database" / f"shard_{k}.h5")
+                                    for k in range(3)]
+    with h5py.File(results / "database" / "database.h5") as h5:
+        own = []
+        h5.visititems(lambda name, obj: own.append(name)
+                      if isinstance(obj, h5py.Dataset) else None)
+        assert own == []
 
     # a Python-API build of the same sources (spec 000's HDF5StructureDataset, one
     # worker process per shard, the sources in the workflow's order) gives the same

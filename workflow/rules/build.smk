@@ -51,6 +51,7 @@ rule build:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=BUILD_GPUS,
     log:
         log_file("build", "shard_{shard}.log"),
     benchmark:

@@ -201,6 +201,9 @@ SPECIES = list(config["species"]) if config["species"] else None
 #: torch threads of each build job
 BUILD_THREADS = int(config["database"]["threads"])
 
+#: GPUs of each build job (SLURM `gpu` resource): one with database.device: cuda
+BUILD_GPUS = 1 if config["database"].get("device") == "cuda" else 0
+
 
 def descriptor_settings():
     """The descriptor block (Å) the build stage featurises with."""

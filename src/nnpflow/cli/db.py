@@ -95,6 +95,9 @@ def register(subparsers) -> None:
     m = sub.add_parser("merge", help="merge shard databases (in the order given)")
     m.add_argument("shards", nargs="+", metavar="H5")
     m.add_argument("-o", "--output", required=True, metavar="H5")
+    m.add_argument("--link", action="store_true",
+                   help="write an index over the shards (HDF5 external links, nothing "
+                        "copied; keep the shards beside it) instead of a self-contained copy")
     m.set_defaults(func=merge_main)
 
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
@@ -199,6 +202,8 @@ def info_main(args: argparse.Namespace) -> int:
         + (f" (level {layout['compression_level']})"
            if layout.get("compression_level") is not None else ""),
         f"file size       {_mb(info['file_bytes'])}"
+        + (f", with its {len(info['linked_files'])} linked shard file(s) "
+           f"{_mb(info['data_bytes'])}" if info.get("linked_files") else "")
         + (f" ({_mb(info['bytes_per_structure'])} per structure)"
            if info["bytes_per_structure"] else ""),
     ]
@@ -225,7 +230,7 @@ def info_main(args: argparse.Namespace) -> int:
 
 def merge_main(args: argparse.Namespace) -> int:
     from ..database import database_info, merge_databases
-    merge_databases(args.shards, args.output)
+    merge_databases(args.shards, args.output, link=args.link)
     info = database_info(args.output)
     print(strict_json({"database": args.output, "n_structures": info["n_structures"],
                        "fingerprint": info["fingerprint"]}, sort_keys=False))

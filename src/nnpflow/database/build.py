@@ -314,7 +314,7 @@ def build_sharded(sources: Any, out_path: str | os.PathLike, descriptor: Any = N
                 else:
                     results = _run_pool(jobs, n_workers, start_method, bar)
                 from .merge import merge_databases
-                merge_databases(shard_paths, out_path)
+                merge_databases(shard_paths, out_path, into_first=True)
             finally:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
     finally:

@@ -2,7 +2,11 @@
 
 Every shard's part (row group) is copied into the output as its own part with
 HDF5's object copy, which moves the compressed chunks as they are, chunk by
-chunk: no decompression, no recompression, memory bounded by one chunk.  The
+chunk: no decompression, no recompression, memory bounded by one chunk.  With
+``link=True`` nothing is copied: each part of the output is an HDF5 external
+link to the shard's part and the output is an *index* over the shards (see
+:mod:`nnpflow.database.links`), which is what the workflow writes, as it keeps
+its shards.  The
 structures of the merged database are the shards' in the order given (shard 0
 first), each shard's in its own order.  Statistics combine exactly from the
 shards' moments; the structures fingerprint is recomputed over the merged
@@ -22,6 +26,7 @@ from ..errors import ConfigError, DescriptorMismatchError
 from ..safe_write import atomic_path, canonical_json, strict_json
 from ..structure import atomic_number
 from .fingerprint import StructuresFingerprint, database_fingerprint
+from .links import LINKS_ATTR, link_target, linked_parts
 from .reader import DatabaseReader
 from .schema import FORMAT, PARTS, SCHEMA_VERSION
 from .statistics import DatabaseStatistics
@@ -90,19 +95,38 @@ def _check_compatible(readers: Sequence[DatabaseReader]) -> None:
 
 
 def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, *,
-                    show_progress: bool = False) -> Path:
+                    show_progress: bool = False, link: bool = False,
+                    into_first: bool = False) -> Path:
     """Merge ``shard_paths`` (in this order) into a new database ``out_path``.
 
     The shards must share the descriptor, persisted content, dtype and filter
     settings (:class:`~nnpflow.errors.DescriptorMismatchError` /
     :class:`~nnpflow.errors.ConfigError` otherwise).  Written atomically;
     returns ``out_path``.
+
+    ``link=False`` copies the shards' parts: the output is self-contained (an
+    index given as a shard is copied too, its links followed).  ``link=True``
+    writes an index over the shards instead (external links by paths relative
+    to ``out_path``'s folder, no data copied; :mod:`nnpflow.database.links`):
+    the shards must stay beside it, and a reader refuses the index once a shard
+    is missing or rebuilt with other content.
+
+    ``into_first=True`` (copying merge of temporary shards, as in
+    ``build_sharded``): the first shard's file is moved to become the output
+    and only the other shards' parts are copied into it, so the first shard's
+    path is gone afterwards (also when the merge fails).  It must be on the
+    same file system as ``out_path``.
     """
     if not shard_paths:
         raise ConfigError("merge_databases needs at least one shard")
     readers = [DatabaseReader(p, cache_size=0) for p in shard_paths]
     try:
         _check_compatible(readers)
+        if link:
+            for r in readers:
+                if linked_parts(r._file()) is not None:
+                    raise ConfigError(f"cannot link to {r.path}: it is itself an index over "
+                                      "shards; link to its shards, or merge with link=False")
         first = readers[0]
         stats = DatabaseStatistics.from_dict(first.statistics)
         for r in readers[1:]:
@@ -121,21 +145,44 @@ def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os
         layouts_shared: list[bool] = []
         compressions: set[tuple] = set()
         derivative_keys: list[str] = []
+        links: list[dict] = []
+        # the first shard's file becomes the output: only the others are copied
+        reuse = (into_first and not link and len(readers) > 1
+                 and [p.n > 0 for p in first._load_parts()] == [True]
+                 and linked_parts(first._file()) is None)
         try:
             with atomic_path(out_path) as tmp:
-                with h5py.File(tmp, "w", libver="latest") as out:
+                if reuse:
+                    first.close()
+                    os.replace(first.path, tmp)
+                with h5py.File(tmp, "a" if reuse else "w", libver="latest") as out:
                     out.attrs["format"] = FORMAT
                     out.attrs["schema_version"] = SCHEMA_VERSION
                     out.attrs["complete"] = False
-                    parts = out.create_group(PARTS)
+                    parts = out[PARTS] if reuse else out.create_group(PARTS)
                     for r in readers:
-                        h5 = r._file()
                         compressions.add((r.layout.get("compression"),
                                           r.layout.get("compression_level")))
+                        if reuse and r is first:    # its one part is /parts/0 already
+                            part = r._load_parts()[0]
+                            layouts_shared.append(part.species_layout == "shared")
+                            derivative_keys = list(part.derivative_keys)
+                            n_parts = 1
+                            if progress is not None:
+                                progress.update(part.n)
+                            continue
+                        h5 = r._file()
                         for part in r._load_parts():
                             if part.n == 0:
                                 continue
-                            h5.copy(h5[part.name], parts, name=str(n_parts))
+                            if link:
+                                target = link_target(r.path, tmp)
+                                parts[str(n_parts)] = h5py.ExternalLink(target, part.name)
+                                links.append({"part": n_parts, "file": target,
+                                              "group": part.name, "fingerprint": r.fingerprint,
+                                              "n_structures": part.n, "n_atoms": part.n_atoms})
+                            else:
+                                h5.copy(h5[part.name], parts, name=str(n_parts))
                             layouts_shared.append(part.species_layout == "shared")
                             derivative_keys = derivative_keys or list(part.derivative_keys)
                             n_parts += 1
@@ -168,6 +215,8 @@ def merge_databases(shard_paths: Sequence[str | os.PathLike], out_path: str | os
                     attrs["fingerprint"] = database_fingerprint(structures_fp, desc_sha, layout)
                     attrs["created_by"] = f"nnpflow {__version__}"
                     attrs["merged_from"] = strict_json([str(p) for p in shard_paths], indent=None)
+                    if link:
+                        attrs[LINKS_ATTR] = canonical_json(links)
                     attrs["complete"] = True
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())

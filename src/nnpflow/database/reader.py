@@ -25,6 +25,7 @@ from ..errors import SchemaError
 from ..structure import Structure, element_symbol
 from .block_cache import LRUCache
 from .columns import species_lookup
+from .links import check_linked_parts, linked_files, linked_parts
 from .schema import (ATOMS, DERIVATIVES, FEATURES, PARTS, STRUCTURE_FIELDS, STRUCTURES,
                      check_schema, json_attr)
 from .statistics import DatabaseStatistics, Moments, combine_groups
@@ -183,6 +184,9 @@ class DatabaseReader:
         self.statistics: dict = json_attr(h5, "statistics")
         self.structures_fingerprint: str = str(h5.attrs["structures_fingerprint"])
         self.fingerprint: str = str(h5.attrs["fingerprint"])
+        # an index over shard files (merge with link=True): its shards must be there
+        # and unchanged since the merge
+        check_linked_parts(h5, self.path)
 
     # ------------------------------------------------------------ file handle
     def _file(self) -> h5py.File:
@@ -753,6 +757,9 @@ def database_info(path: str | os.PathLike, check: bool = False) -> dict[str, Any
                     entry["stored_bytes"] += int(stored)
                     entry["uncompressed_bytes"] += int(logical)
         file_bytes = os.path.getsize(reader.path)
+        shards = linked_files(reader.path, linked_parts(h5))
+        # an index over shards: the data's bytes are the shards'
+        data_bytes = file_bytes + sum(os.path.getsize(p) for p in shards)
         n = reader.n_structures
         return {
             "path": str(reader.path),
@@ -770,7 +777,9 @@ def database_info(path: str | os.PathLike, check: bool = False) -> dict[str, Any
             "filter": reader.filter,
             "statistics": reader.statistics,
             "file_bytes": int(file_bytes),
-            "bytes_per_structure": (file_bytes / n) if n else None,
+            "linked_files": [str(p) for p in shards],
+            "data_bytes": int(data_bytes),
+            "bytes_per_structure": (data_bytes / n) if n else None,
             "sizes": sizes,
             **({"check": checked} if checked is not None else {}),
         }

@@ -161,10 +161,13 @@ class AngularBasis:
         self.pair_matrix = torch.as_tensor(onehot @ cheb_leg.T, dtype=dtype, device=device)
         self.degree_matrix = torch.as_tensor(onehot, dtype=dtype, device=device)
 
-    def monomials(self, ux: torch.Tensor, uy: torch.Tensor, uz: torch.Tensor) -> torch.Tensor:
-        """Monomials of the unit-vector components, shape (E, n_monomials)."""
+    def monomials(self, ux: torch.Tensor, uy: torch.Tensor, uz: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """Monomials of the unit-vector components, shape (E, n_monomials) (the
+        transpose of ``out``, an (n_monomials, E) tensor to fill, when given)."""
         e = ux.shape[0]
-        out = torch.empty(self.n_monomials, e, dtype=ux.dtype, device=ux.device)
+        if out is None:
+            out = torch.empty(self.n_monomials, e, dtype=ux.dtype, device=ux.device)
         out[0] = 1.0
         comps = (ux, uy, uz)
         for i, (parent, axis) in enumerate(self._recipe, start=1):

@@ -123,6 +123,8 @@ class DescriptorDerivatives:
                     neighbor: torch.Tensor, vector: torch.Tensor,
                     counts: Sequence[int]) -> list["DescriptorDerivatives"]:
         """Per-structure objects (local atom indices) from a batch's edges."""
+        if len(counts) == 1:            # one structure: its indices are local already
+            return [cls(descriptor, species, center, neighbor, vector)]
         device = center.device
         counts_t = torch.tensor(list(counts), dtype=torch.long, device=device)
         ends = torch.cumsum(counts_t, 0)
@@ -368,17 +370,19 @@ class _Rows:
         return x.new_zeros((x.shape[0], self.n_atoms)).index_add_(1, self.owner, x)
 
 
-def _radial_derivatives(r: torch.Tensor, descriptor) -> torch.Tensor:
+def _radial_derivatives(r: torch.Tensor, descriptor, out: torch.Tensor | None = None
+                        ) -> torch.Tensor:
     """d/dr [T_n(2r/Rc - 1) fc(r)] for n = 0..R, shape (R + 1, S), zero at
-    r >= Rc (1/Å).  With P_n = T_n fc and x = 2r/Rc - 1:
-    P_{n+1} = 2x P_n - P_{n-1} and D_{n+1} = 2x D_n - D_{n-1} + (4/Rc) P_n."""
+    r >= Rc (1/Å), written into ``out`` when given.  With P_n = T_n fc and
+    x = 2r/Rc - 1: P_{n+1} = 2x P_n - P_{n-1} and D_{n+1} = 2x D_n - D_{n-1} + (4/Rc) P_n."""
     rc = descriptor.rad_cutoff
     order = descriptor.rad_order
     fc, dfc = cutoff_function(r, rc, derivative=True, all_inside=True)
     outside = r >= rc
     fc.masked_fill_(outside, 0.0)
     dfc.masked_fill_(outside, 0.0)
-    out = torch.empty(order + 1, r.shape[0], dtype=r.dtype, device=r.device)
+    if out is None:
+        out = torch.empty(order + 1, r.shape[0], dtype=r.dtype, device=r.device)
     out[0] = dfc
     if order == 0:
         return out
@@ -388,26 +392,33 @@ def _radial_derivatives(r: torch.Tensor, descriptor) -> torch.Tensor:
     out[1].mul_(0.5).add_(fc, alpha=2.0 / rc)
     p_prev, p = fc, x2 * fc
     p.mul_(0.5)                                                          # P_1 = x fc
+    spare = torch.empty_like(p) if order > 2 else None   # P_{n+1} goes here, then rotate
     for n in range(1, order):
         nxt = out[n + 1]
         torch.mul(x2, out[n], out=nxt)
         nxt.sub_(out[n - 1]).add_(p, alpha=4.0 / rc)
         if n + 1 < order:
-            p_next = x2 * p
+            p_next = torch.mul(x2, p, out=spare)
+            spare = p_prev                                 # P_{n-1}: free after this step
             p_prev, p = p, p_next.sub_(p_prev)
     return out
 
 
-def _edge_components(vector: torch.Tensor, far: float) -> torch.Tensor:
+def _edge_components(vector: torch.Tensor, far: float,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """Edge vectors (E, 3) as components (3, E + 1) with a sentinel edge
-    ``(far, 0, 0)`` appended (the source of empty slots)."""
+    ``(far, 0, 0)`` appended (the source of empty slots); into ``out`` when given."""
     e = vector.shape[0]
     if vector.device.type == "cpu" and not vector.requires_grad:
-        out = np.empty((3, e + 1), dtype=torch.empty(0, dtype=vector.dtype).numpy().dtype)
-        out[:, :e] = vector.numpy().T                    # numpy's blocked transpose
-        out[:, e] = (far, 0.0, 0.0)
-        return torch.from_numpy(out)
-    out = vector.new_zeros(3, e + 1)
+        arr = (np.empty((3, e + 1), dtype=torch.empty(0, dtype=vector.dtype).numpy().dtype)
+               if out is None else out.numpy())
+        arr[:, :e] = vector.numpy().T                    # numpy's blocked transpose
+        arr[:, e] = (far, 0.0, 0.0)
+        return torch.from_numpy(arr) if out is None else out
+    if out is None:
+        out = vector.new_zeros(3, e + 1)
+    else:
+        out.zero_()
     out[:, :e] = vector.t()
     out[0, e] = far
     return out
@@ -442,14 +453,22 @@ class _Geometry:
         far = 2.0 * desc.neighbor_cutoff + 1.0          # distance given to empty slots
         spin_atom = (desc.typespin.index_select(0, d.species_index) if self.multi else None)
         # radial: all edges; empty slots take a sentinel edge (far, 0, 0) -> atom 0
+        # the large per-slot arrays come from the descriptor's workspace: scratch for
+        # the edge components, lent (for this object's lifetime) for the kept ones
+        ws = desc.workspace
+        dt, dev = d.vector.dtype, d.vector.device
         rad = self.rad = _Rows(d.center, n)
-        xyz = _edge_components(d.vector, far).index_select(1, rad.src)  # (3, S)
+        comps = _edge_components(d.vector, far,
+                                 out=ws.take("edge_xyz", (3, d.n_edges + 1), dt, dev))
+        xyz = torch.index_select(comps, 1, rad.src,
+                                 out=ws.lend("rad_u", (3, rad.n_slots), dt, dev, self))  # (3, S)
         r = _dot3(xyz, xyz).sqrt_()
         self.rad_u = xyz.div_(r)
         self.rad_neighbor = torch.cat((d.neighbor, d.neighbor.new_zeros(1))).index_select(
             0, rad.src) if rad.pad is not None else d.neighbor.index_select(0, rad.src)
         self.rad_spin = (spin_atom.index_select(0, self.rad_neighbor) if self.multi else None)
-        self.rad_D = _radial_derivatives(r, desc)
+        self.rad_D = _radial_derivatives(
+            r, desc, out=ws.lend("rad_D", (desc.n_rad, rad.n_slots), dt, dev, self))
         # angular: slots within the angular cutoff, still grouped by centre
         sel = torch.nonzero(r < desc.ang_cutoff).squeeze(1)
         row = torch.div(sel, rad.k, rounding_mode="floor")
@@ -469,7 +488,10 @@ class _Geometry:
         self.ang_f_r = fa / ra
         self.ang_ffd = fa * dfa
         basis = desc.angular_basis
-        self.ang_mono = basis.monomials(ua[0], ua[1], ua[2]).t()          # (nM, Sa)
+        self.ang_mono = basis.monomials(
+            ua[0], ua[1], ua[2],
+            out=ws.lend("ang_mono", (basis.n_monomials, ang.n_slots), dt, dev, self)
+        ).t()                                                            # (nM, Sa)
         if self.multi:
             sa = self.ang_spin = self.rad_spin.index_select(0, slot)
             self.ang_spin2 = sa * sa
@@ -502,13 +524,18 @@ class _Geometry:
         rad = self.rad
         rows, k = rad.n_rows, rad.k
         # radial: rho = sum_n (w_n + s_j w'_n) D_n per slot; dE/dv = rho u
+        # scratch of the per-slot temporaries (not part of the result)
+        ws, dt, dev = desc.workspace, w.dtype, w.device
         x = (torch.stack((w[:, sl["radial"]], w[:, sl["weighted_radial"]]), 1) if self.multi
              else w[:, sl["radial"]].unsqueeze(1))                       # (N, C, R+1)
         o = torch.matmul(rad.to_rows(x),
-                         self.rad_D.view(desc.n_rad, rows, k).permute(1, 0, 2))  # (rows, C, k)
-        rho = torch.addcmul(o[:, 0], self.rad_spin.view(rows, k), o[:, 1]) if self.multi \
+                         self.rad_D.view(desc.n_rad, rows, k).permute(1, 0, 2),
+                         out=ws.take("ft_o", (rows, x.shape[1], k), dt, dev))  # (rows, C, k)
+        rho = torch.addcmul(o[:, 0], self.rad_spin.view(rows, k), o[:, 1],
+                            out=ws.take("ft_rho", (rows, k), dt, dev)) if self.multi \
             else o[:, 0]
-        gv = self.rad_u.view(3, rows, k) * rho                           # (3, rows, k)
+        gv = torch.mul(self.rad_u.view(3, rows, k), rho,
+                       out=ws.take("ft_gv", (3, rows, k), dt, dev))      # (3, rows, k)
         centre = rad.from_rows_t(gv.sum(2))                              # (3, N)
         # (index_add_ with alpha=-1 takes a slow path: subtract the sum instead)
         neighbour = w.new_zeros(3, n).index_add_(1, self.rad_neighbor, gv.view(3, -1))
@@ -523,8 +550,8 @@ class _Geometry:
             beta = lam.index_select(2, basis.l_of) * self.B              # (N, C, nY)
             gam = (beta @ basis.monomial_weights).view(n, -1, nm)        # (N, 4C, nM)
             sig2 = lam.sum(2).neg_()                                     # 2 sigma (N, C)
-            o = torch.matmul(ang.to_rows(gam),
-                             self.ang_mono.view(nm, rows, k).permute(1, 0, 2))  # (rows, 4C, k)
+            o = torch.matmul(ang.to_rows(gam), self.ang_mono.view(nm, rows, k).permute(1, 0, 2),
+                             out=ws.take("ft_oa", (rows, gam.shape[1], k), dt, dev))  # (rows, 4C, k)
             sg = ang.to_rows(sig2)
             if self.multi:
                 hg = torch.addcmul(o[:, :4], self.ang_spin.view(rows, 1, k), o[:, 4:])

@@ -179,10 +179,12 @@ def batch_neighbor_list(positions: torch.Tensor, cells: torch.Tensor, pbcs: torc
 @torch.no_grad()
 def pair_search(positions: torch.Tensor, cells: torch.Tensor, pbcs: torch.Tensor,
                 counts: torch.Tensor, cutoff: float, method: str = "auto",
-                with_shift: bool = True):
+                with_shift: bool = True, workspace=None):
     """The work of :func:`batch_neighbor_list`, returning
     ``(center, neighbor, shift or None, [vx, vy, vz], distance)``; with
-    ``with_shift=False`` the image offsets may be skipped (``None``)."""
+    ``with_shift=False`` the image offsets may be skipped (``None``).
+    ``workspace`` (a :class:`~nnpflow.descriptors.workspace.Workspace`) lends
+    the dense search its large temporaries, kept for the next call."""
     cutoff = float(cutoff)
     if not cutoff > 0:
         raise ValueError(f"neighbour cutoff must be positive, got {cutoff}")
@@ -205,7 +207,7 @@ def pair_search(positions: torch.Tensor, cells: torch.Tensor, pbcs: torch.Tensor
         method = "dense" if int(counts_np.max()) <= DENSE_MAX_ATOMS else "binned"
     if method == "dense":
         ci, cj, s0, s1, s2, vec = _dense_pairs(positions, geo, counts, int(counts_np.max()),
-                                               sid, cutoff, with_shift)
+                                               sid, cutoff, with_shift, workspace)
     else:
         ci, cj, s0, s1, s2 = _binned_pairs(positions, cells, geo.inv, geo.pbcs, counts, sid,
                                            geo.heights, geo.bound, cutoff)
@@ -274,11 +276,12 @@ class _Geometry:
         bound, p, c = self.np_bound, self.np_pbc, self.np_cells
         reach = np.where(p, np.floor(2.0 * bound), 0).astype(int)      # (B, 3) max offset
         kmax = reach.max(axis=0)
-        grid = np.stack(np.meshgrid(*[np.arange(k + 1) for k in kmax], indexing="ij"),
-                        axis=-1).reshape(-1, 3)                          # (C0, 3), (0,0,0) first
+        grid = np.indices(kmax + 1).reshape(3, -1).T                  # (C0, 3), (0,0,0) first
         ok = (grid[None, :, :] <= reach[:, None, :]).all(axis=2)         # (B, C0)
         ok &= _reachable(c, bound, grid, self.cutoff)
-        keep = [k for k in range(len(grid)) if k == 0 or ok[:, k].any()]
+        used = ok.any(axis=0)
+        used[0] = True
+        keep = np.flatnonzero(used)
         combos = grid[keep]
         img = np.einsum("ca,bak->bck", combos.astype(float), c)          # (B, C, 3)
         const = np.where(ok[:, keep], (img * img).sum(axis=2), np.inf)   # (B, C)
@@ -353,7 +356,8 @@ def _expand_images(ci, cj, lo, span, df, cells_of, cutoff):
             s1.index_select(0, idx), s2.index_select(0, idx))
 
 
-def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=True):
+def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=True,
+                 workspace=None):
     """All pairs of each structure, padded to the largest one (``n`` atoms), by
     broadcasting.
 
@@ -369,9 +373,16 @@ def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=T
     Returns ``(ci, cj, s0, s1, s2, vec)``, grouped by centre; ``vec`` holds the
     three vector components ``(vf + c) @ cell`` (= positions[j] - positions[i] +
     shift @ cell up to rounding).  Without ``with_shift`` the shifts are
-    ``None``.
+    ``None``.  The (B, 3, n, n) and (B, n, n) temporaries come from ``workspace``
+    when one is given.
     """
     device, dtype = positions.device, positions.dtype
+
+    def scratch(name, shape, dt=dtype):
+        if workspace is None:
+            return torch.empty(shape, dtype=dt, device=device)
+        return workspace.take(name, shape, dt, device)
+
     cells, inv, bound, pbcs = geo.cells, geo.inv, geo.bound, geo.pbcs
     n_struct = cells.shape[0]
     nn = n * n
@@ -384,14 +395,16 @@ def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=T
     P.index_copy_(0, sid * n + local, positions)
     F = torch.bmm(P.view(n_struct, n, 3), inv).transpose(1, 2).contiguous()   # (B, 3, n)
     bnd = torch.where(pbcs, bound, torch.zeros_like(bound))[:, :, None, None]
-    vf = F.unsqueeze(2) - F.unsqueeze(3)                         # (B, 3, n, n): f_j - f_i
-    fl = torch.add(vf, bnd).floor_()                             # -lo
+    slab4 = (n_struct, 3, n, n)
+    vf = torch.sub(F.unsqueeze(2), F.unsqueeze(3), out=scratch("vf", slab4))  # f_j - f_i
+    fl = torch.add(vf, bnd, out=scratch("fl", slab4)).floor_()   # -lo
     if not geo.all_periodic:
         fl.mul_(pbcs.to(dtype)[:, :, None, None])
     vf.sub_(fl)
     del fl                                                       # its memory serves v below
-    v = torch.bmm(cells.transpose(1, 2), vf.view(n_struct, 3, nn))   # (B, 3, n*n) Å
-    d2 = v[:, 0] * v[:, 0]
+    v = torch.bmm(cells.transpose(1, 2), vf.view(n_struct, 3, nn),
+                  out=scratch("fl", (n_struct, 3, nn)))          # (B, 3, n*n) Å
+    d2 = torch.mul(v[:, 0], v[:, 0], out=scratch("d2", (n_struct, nn)))
     d2.addcmul_(v[:, 1], v[:, 1]).addcmul_(v[:, 2], v[:, 2])       # (B, n*n)
     d2v = d2.view(n_struct, n, n)
     pad = None
@@ -401,17 +414,17 @@ def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=T
     # Candidate images: a boolean mask "within cutoff" laid out (B, n_i, C, n_j),
     # one slab per combination, so that nonzero lists edges grouped by centre.
     cut2 = cutoff * cutoff
-    within = torch.empty(n_struct, n, n_comb, n, dtype=torch.bool, device=device)
+    within = scratch("within", (n_struct, n, n_comb, n), torch.bool)
     dirs = [a for a in range(3) if combos[:, a].max() > 0]
     u = {}
     for a in dirs:                                               # 2 v . A_a per pair
         A2 = 2.0 * cells[:, a]                                   # (B, 3)
-        ua = v[:, 0] * A2[:, 0:1]
+        ua = torch.mul(v[:, 0], A2[:, 0:1], out=scratch(f"u{a}", (n_struct, nn)))
         u[a] = ua.addcmul_(v[:, 1], A2[:, 1:2]).addcmul_(v[:, 2], A2[:, 2:3]).view(n_struct, n, n)
     const_t = torch.as_tensor(const, dtype=dtype).to(device)
     self_t = torch.as_tensor(self_combo).to(device)
     self_any = self_combo.any(axis=0)
-    buf = torch.empty_like(d2v) if n_comb > 1 else None
+    buf = scratch("slab", tuple(d2v.shape)) if n_comb > 1 else None
     for c in range(n_comb):
         if c == 0:
             slab = d2v                                           # const is 0 for c = 0
@@ -433,7 +446,9 @@ def _dense_pairs(positions, geo: _Geometry, counts, n, sid, cutoff, with_shift=T
         torch.le(slab, cut2, out=within[:, :, c])
         if c == 0 and self_any[c]:
             d2v.diagonal(dim1=1, dim2=2).copy_(saved)            # later slabs need it
-    b, i, comb, j = torch.nonzero(within).unbind(1)
+    found = (torch.nonzero(within) if workspace is None else
+             torch.nonzero(within, out=workspace.resizable("pairs", torch.long, device)))
+    b, i, comb, j = found.unbind(1)
     base = start.index_select(0, b)
     ci, cj = base + i, base + j
     pair = b * (3 * nn) + i * n + j
@@ -476,7 +491,8 @@ def _reachable(cells, bound, combos, cutoff) -> np.ndarray:
     """
     out = np.ones((cells.shape[0], len(combos)), dtype=bool)
     on_sets = (combos >= 1)
-    for mask in {tuple(m) for m in on_sets if m.sum() >= 2}:
+    several = on_sets[on_sets.sum(axis=1) >= 2]
+    for mask in (np.unique(several, axis=0) if len(several) else ()):
         on = [a for a in range(3) if mask[a]]
         others = [a for a in range(3) if not mask[a]]
         A = cells[:, on]                                         # (B, k, 3)
@@ -485,7 +501,7 @@ def _reachable(cells, bound, combos, cutoff) -> np.ndarray:
             o = o / np.linalg.norm(o, axis=1, keepdims=True)
             A = A - (A * o[:, None, :]).sum(axis=2, keepdims=True) * o[:, None, :]
         lam = np.linalg.eigvalsh(np.einsum("bik,bjk->bij", A, A))[:, 0]     # (B,)
-        cols = np.nonzero((on_sets == np.array(mask)).all(axis=1))[0]
+        cols = np.nonzero((on_sets == mask).all(axis=1))[0]
         delta = np.clip(combos[cols][:, on][None, :, :] - bound[:, None, on], 0.0, None)
         lower = lam[:, None] * (delta * delta).sum(axis=2)                  # (B, len(cols))
         out[:, cols] = lower <= cutoff * cutoff * (1.0 + 1e-9)

@@ -22,9 +22,9 @@ from ..runtime import configure_threads
 log = logging.getLogger(__name__)
 
 #: database config keys this stage uses (``shards`` is the workflow's shard count,
-#: used when the DAG is built)
+#: used when the DAG is built; ``device`` where the descriptor computes)
 DATABASE_KEYS = ("persist_features", "persist_force_derivatives", "compression",
-                 "compression_level", "dtype", "block_structures", "shards")
+                 "compression_level", "dtype", "block_structures", "shards", "device")
 
 
 def database_options(database_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -45,8 +45,16 @@ def database_options(database_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
-def make_descriptor(descriptor: Mapping[str, Any], species: list[str]):
-    """``ChebyshevDescriptor`` from the workflow's ``descriptor`` block and species."""
+def build_device(database_cfg: Mapping[str, Any] | None) -> str:
+    """Where the descriptor computes: the ``database`` block's ``device``
+    (``cpu``, ``cuda`` or ``auto``; default ``cpu``).  Features are computed in
+    float64 on either device and stored in the database's dtype."""
+    return str(dict(database_cfg or {}).get("device") or "cpu")
+
+
+def make_descriptor(descriptor: Mapping[str, Any], species: list[str], device: str = "cpu"):
+    """``ChebyshevDescriptor`` from the workflow's ``descriptor`` block and species,
+    computing on ``device``."""
     from ..descriptors import ChebyshevDescriptor
     cfg = dict(descriptor or {})
     given = cfg.pop("species", None)
@@ -55,7 +63,7 @@ def make_descriptor(descriptor: Mapping[str, Any], species: list[str]):
                           f"{list(species)}")
     if not species:
         raise ConfigError("the build stage needs the species list")
-    return ChebyshevDescriptor(species=list(species), **cfg)
+    return ChebyshevDescriptor(species=list(species), device=device, **cfg)
 
 
 def inferred_species(manifest_summary: str) -> list[str]:
@@ -90,8 +98,8 @@ def run(structures: str, database: str, descriptor: dict, database_cfg: dict,
     ``species_file``: the species stage's ``species.txt``, which ``species`` (the
     workflow reads it when it plans the job) must equal;
     ``database_cfg``: the ``database`` config block (persist_features,
-    persist_force_derivatives, compression, compression_level, dtype; ``shards``
-    is ignored here); ``threads``: torch threads.  Returns
+    persist_force_derivatives, compression, compression_level, dtype, device;
+    ``shards`` is ignored here); ``threads``: torch threads.  Returns
     ``{"n_structures", "seconds", "species"}``.
     """
     configure_threads(threads)
@@ -110,7 +118,7 @@ def run(structures: str, database: str, descriptor: dict, database_cfg: dict,
                               "infer them from")
         species = inferred_species(manifest_summary)
         log.info("species inferred from %s: %s", manifest_summary, " ".join(species))
-    desc = make_descriptor(descriptor, species)
+    desc = make_descriptor(descriptor, species, device=build_device(database_cfg))
     opts = database_options(database_cfg)
     start = time.perf_counter()
     with DatabaseReader(structures, cache_size=0) as raw:

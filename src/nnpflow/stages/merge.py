@@ -1,7 +1,8 @@
 """Stage ``merge``: shard databases -> the training database and its summary.
 
-Writes ``database`` (shards' parts copied in shard order, statistics combined
-exactly, fingerprints recomputed) and ``summary``, a JSON file with the
+Writes ``database`` (an index over the shards: their parts linked in shard
+order with HDF5 external links, no array copied, statistics combined exactly,
+fingerprints recomputed; see :mod:`nnpflow.database.links`) and ``summary``, a JSON file with the
 fingerprints, counts, species, descriptor, layout, sizes and statistics that
 later rules (split, train, report) read without opening the HDF5 file.
 Both atomically.
@@ -26,11 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def run(shards: list[str], database: str, summary: str,
-        manifest_summary: str | None = None) -> dict:
+        manifest_summary: str | None = None, link: bool = True) -> dict:
     """Merge ``shards`` (in order) into ``database``; write ``summary`` (JSON).
 
     ``manifest_summary``: ``manifest.json`` whose structures fingerprint the
-    database must reproduce (checked when given).  Returns the summary dict.
+    database must reproduce (checked when given).  ``link``: write an index over
+    the shards (the workflow keeps its shards, so the data is on disk once);
+    ``False`` copies them into a self-contained database.  Returns the summary
+    dict.
     """
     if isinstance(shards, str):
         shards = [shards]
@@ -48,7 +52,7 @@ def run(shards: list[str], database: str, summary: str,
     # merged into a temporary file and checked there: a database that does not match
     # the manifest never appears at the final path, not even for a moment
     with atomic_path(database) as tmp:
-        merge_databases(list(shards), tmp)
+        merge_databases(list(shards), tmp, link=link)
         info = database_info(tmp)
         if expected is not None and info["structures_fingerprint"] != expected:
             raise InputError(

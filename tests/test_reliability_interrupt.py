@@ -414,7 +414,8 @@ def _record_writes(report: str, root: str) -> None:
           database="database/database.h5", summary="database/database.json",
           manifest_summary="manifest/manifest.json")
     stage("split", split_stage.run, manifest_summary="manifest/manifest.json",
-          split="split/split.json", validation=1, test=1, seed=0)
+          manifest="manifest/manifest.tsv", split="split/split.json", validation=1, test=1,
+          seed=0)
     with open(report + ".part", "w") as fh:  # the test's own file
         json.dump({"opened": opened, "renames": renames, "outputs": outputs}, fh)
     os.replace(report + ".part", report)

@@ -54,7 +54,8 @@ def test_data_stages_without_torch(tmp_path):
         manifest.run(["out/m0.tsv", "out/m1.tsv"], ["out/r0.tsv", "out/r1.tsv"],
                      manifest="out/manifest.tsv", summary="out/manifest.json",
                      rejected="out/rejected.tsv")
-        split.run(manifest_summary="out/manifest.json", split="out/split.json",
+        split.run(manifest_summary="out/manifest.json", manifest="out/manifest.tsv",
+                  split="out/split.json",
                   validation=1, test=1)
         """, tmp_path)
     assert loaded == {m: False for m in HEAVY}

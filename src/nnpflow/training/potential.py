@@ -156,7 +156,7 @@ class TorchANNPotential:
         ``predict.in`` for ``structures`` into ``directory``; see
         :func:`nnpflow.aenet.export_aenet` (raises ``AenetExportError`` for what
         aenet cannot represent)."""
-        from ..aenet import export_aenet
+        from ..aenet.convert import export_aenet
         return export_aenet(self, directory, structures=structures, ascii=ascii)
 
     @classmethod
@@ -164,8 +164,9 @@ class TorchANNPotential:
                    ) -> "TorchANNPotential":
         """A potential from aenet potential files, one per species (binary
         ``*.nn`` or ASCII); see :func:`nnpflow.aenet.potential_from_aenet`."""
-        from ..aenet import potential_from_aenet
-        return potential_from_aenet(list(files), device=device)
+        from ..aenet.convert import model_from_aenet
+        model, training_info = model_from_aenet(list(files), device=device)
+        return cls.from_model(model, {"training": training_info})
 
     def history_csv(self) -> str:
         """The training history as CSV text (one row per epoch)."""

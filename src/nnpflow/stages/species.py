@@ -14,12 +14,12 @@ logged as a warning naming the species added and removed.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from ..errors import InputError
 from ..safe_write import write_text
+from .manifest import read_summary
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,10 @@ log = logging.getLogger(__name__)
 def inferred_species(manifest_summary: str) -> list[str]:
     """The species of ``manifest.json`` (the manifest stage's summary; sorted by
     atomic number)."""
+    info = read_summary(manifest_summary, ("species",))
     try:
-        with open(manifest_summary, encoding="utf-8") as fh:
-            info = json.load(fh)
         species = [str(x) for x in info["species"]]
-    except OSError as exc:
-        raise InputError(f"cannot read the manifest summary: {exc.strerror}",
-                         source=str(manifest_summary)) from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except TypeError as exc:
         raise InputError(f"not a manifest summary (no species list: {exc})",
                          source=str(manifest_summary)) from None
     if not species:

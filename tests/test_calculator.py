@@ -137,12 +137,12 @@ def test_calculator_threads_default_to_one_and_restore_the_callers(ann_files, mo
     leaves the caller's setting as it was."""
     from nnpflow import calculator as calc_module
     seen = []
-    original = calc_module._ANNModel.__call__
+    original = calc_module._Model.__call__
 
     def spy(self, structure, forces):
         seen.append(torch.get_num_threads())
         return original(self, structure, forces)
-    monkeypatch.setattr(calc_module._ANNModel, "__call__", spy)
+    monkeypatch.setattr(calc_module._Model, "__call__", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

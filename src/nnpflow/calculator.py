@@ -37,56 +37,62 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .errors import SchemaError
 from .structure import Structure
 
 __all__ = ["NNPCalculator", "load_model"]
 
 
-class _ANNModel:
-    def __init__(self, path, device, dtype):
-        from .training.potential import TorchANNPotential
-        self.potential = TorchANNPotential.from_file(path, device=device).to(dtype=dtype)
-        self.has_forces = True
+class _Model:
+    """``model(structure, forces) -> (energy eV, forces (N, 3) eV/Å or None)`` of
+    any model family (:class:`nnpflow.models.registry.LoadedModel` underneath)."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self.has_forces = loaded.has_forces
+
+    @property
+    def metadata(self) -> dict:
+        return self.loaded.metadata
+
+    def predict(self, structures, forces: bool = True):
+        """A :class:`~nnpflow.models.prediction_result.PredictionResult` of several
+        structures in one batch."""
+        return self.loaded.predict(structures, forces, max(len(structures), 1))
 
     def __call__(self, structure: Structure, forces: bool):
-        r = self.potential._predict_structures([structure], forces, 1)
-        return float(r.energies[0]), (r.forces[0] if forces else None)
-
-
-class _LayerStackModel:
-    def __init__(self, path, device, dtype):
-        from .models.model_file import load_layer_stack
-        model, self.metadata = load_layer_stack(path, device=device)
-        self.model = model.to(dtype=dtype)
-        self.has_forces = "Fa" in self.model.outputs
-
-    def __call__(self, structure: Structure, forces: bool):
-        from .models.prediction import predict_structure
-        out = predict_structure(self.model, structure)
-        return float(out["energy"]), (np.asarray(out["forces"]) if forces else None)
+        r = self.loaded.predict([structure], forces, 1)
+        return float(r.energies[0]), (np.asarray(r.forces[0]) if forces else None)
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float64):
     """A callable ``model(structure, forces) -> (energy eV, forces (N, 3) or None)``
-    for an nnpflow model file of any supported schema."""
-    from .models.model_file import MODEL_SCHEMA
-    from .training.potential import ANN_SCHEMA
-    path = os.fspath(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
-        raise SchemaError(f"{path}: not a readable nnpflow model file "
-                          f"({type(exc).__name__})") from None
-    schema = payload.get("schema") if isinstance(payload, dict) else None
-    if schema == ANN_SCHEMA:
-        return _ANNModel(path, device, dtype)
-    if schema == MODEL_SCHEMA:
-        return _LayerStackModel(path, device, dtype)
-    raise SchemaError(f"{path}: holds {schema!r}, not an nnpflow model "
-                      f"({ANN_SCHEMA!r} or {MODEL_SCHEMA!r})")
+    for an nnpflow model file of any family (:mod:`nnpflow.models.registry`)."""
+    from .models.registry import load_model as load
+    return _Model(load(path, device=device, dtype=dtype))
+
+
+def committee_results(energies: Sequence[float], forces: Sequence | None,
+                      committee: bool) -> dict:
+    """ASE results of one structure from each member's energy (eV) and forces
+    ((N, 3) eV/Å, or ``None``): the committee mean
+    (:func:`nnpflow.models.prediction_result.committee_mean`), with ``energy_std``,
+    ``forces_std`` and ``committee_energies`` when ``committee``."""
+    from .models.prediction_result import PredictionResult, committee_mean
+    n = 0 if not forces else int(np.asarray(forces[0]).shape[0])
+    members = [PredictionResult(energies=np.array([e], dtype=np.float64),
+                                forces=None if forces is None else [np.asarray(f)],
+                                n_atoms=np.array([n]), names=[""], species=[[]])
+               for e, f in zip(energies, forces if forces is not None else [None] * len(energies))]
+    mean = committee_mean(members)
+    out = {"energy": float(mean.energies[0]), "free_energy": float(mean.energies[0])}
+    if forces is not None:
+        out["forces"] = mean.forces[0]
+    if committee:
+        out["energy_std"] = float(mean.energy_std[0])
+        out["committee_energies"] = mean.member_energies[:, 0]
+        if forces is not None:
+            out["forces_std"] = mean.forces_std[0]
+    return out
 
 
 class NNPCalculator(Calculator):
@@ -143,14 +149,5 @@ class NNPCalculator(Calculator):
         finally:
             if previous != self.threads:
                 torch.set_num_threads(previous)
-        e = np.asarray(energies, dtype=np.float64)
-        self.results["energy"] = float(e.mean())
-        self.results["free_energy"] = float(e.mean())
-        if want_forces:
-            f = np.stack(forces)
-            self.results["forces"] = f.mean(axis=0)
-        if self.committee:
-            self.results["energy_std"] = float(e.std())
-            self.results["committee_energies"] = e
-            if want_forces:
-                self.results["forces_std"] = f.std(axis=0)
+        self.results.update(committee_results(energies, forces if want_forces else None,
+                                              self.committee))

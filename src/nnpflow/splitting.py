@@ -103,9 +103,17 @@ def partition(n: int, sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarr
     return out
 
 
+def fraction_count(fraction: float, n: int) -> int:
+    """The number of structures a ``fraction`` of ``n`` stands for: the nearest
+    whole number, an exact half to the even neighbour (Python's ``round``).  The
+    one rounding rule of every split (workflow, train.yaml's Splitter, the API's
+    ``testpercent``)."""
+    return int(round(float(fraction) * int(n)))
+
+
 def part_size(value: Any, n: int, name: str = "part") -> int:
     """Structures in a part of ``n``: ``value`` in [0, 1) is a fraction (rounded to
-    the nearest count), an integral number >= 1 a count."""
+    the nearest count, :func:`fraction_count`), an integral number >= 1 a count."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ConfigError(f"split.{name} must be a fraction in [0, 1) or a count >= 1, "
                           f"got {value!r}")
@@ -114,7 +122,7 @@ def part_size(value: Any, n: int, name: str = "part") -> int:
         raise ConfigError(f"split.{name} must be a fraction in [0, 1) or a count >= 1, "
                           f"got {value!r}")
     if v < 1:
-        return int(round(v * n))
+        return fraction_count(v, n)
     if v != int(v):
         raise ConfigError(f"split.{name} = {value!r}: a number >= 1 is a count of "
                           "structures and must be a whole number (fractions are below 1)")
@@ -230,7 +238,7 @@ def make_stable_split(labels: list[str], content_hashes: list[str], validation: 
     # a part asked for but left empty by the draws (a handful of structures only)
     for code, (lo, hi), value in ((0, (0.0, f_test), test),
                                   (1, (f_test, f_test + f_val), validation)):
-        if int(round(hi * n - lo * n)) >= 1 and not (part == code).any():
+        if fraction_count(hi - lo, n) >= 1 and not (part == code).any():
             spare = np.flatnonzero(part == 2)
             if len(spare) > 1:
                 part[spare[np.argmin(draws[spare])]] = code

@@ -127,14 +127,19 @@ def _check_finite(what: str, values: np.ndarray) -> None:
         raise AenetExportError(f"{what} has non-finite values; aenet cannot evaluate it")
 
 
-def potential_to_aenet(potential: Any, source: str | None = None
-                       ) -> dict[str, AenetPotential]:
-    """aenet potentials ``{species: AenetPotential}`` of a ``TorchANNPotential``.
+def potential_to_aenet(potential: Any, source: str | None = None,
+                       training_info: Mapping | None = None) -> dict[str, AenetPotential]:
+    """aenet potentials ``{species: AenetPotential}`` of a ``TorchANNPotential`` (or
+    its :class:`~nnpflow.models.ann_model.ANNModel`).
 
-    ``source`` (a label, e.g. the model file) goes into the files' descriptions.
-    Raises :class:`AenetExportError` for anything aenet cannot represent."""
-    from ..training.potential import TorchANNPotential
-    if not isinstance(potential, TorchANNPotential):
+    ``source`` (a label, e.g. the model file) goes into the files' descriptions;
+    ``training_info`` (default: the potential's) may carry the aenet fields of an
+    imported potential.  Raises :class:`AenetExportError` for anything aenet
+    cannot represent."""
+    from ..models.ann_model import ANNModel
+    if training_info is None:
+        training_info = getattr(potential, "training_info", None)
+    if not isinstance(getattr(potential, "model", potential), ANNModel):
         raise TypeError(f"expected a TorchANNPotential, got {type(potential).__name__} "
                         "(only aenet-style ANN potentials can be exported to aenet)")
     desc = potential.descriptor
@@ -169,7 +174,7 @@ def potential_to_aenet(potential: Any, source: str | None = None
     std_all = potential.net.feature_std.detach().cpu().double().numpy()
     label = source or "a TorchANNPotential"
     from .. import __version__
-    provenance = (potential.training_info or {}).get("aenet") or {}
+    provenance = (training_info or {}).get("aenet") or {}
     trainset = AenetTrainingSetInfo(
         file=f"nnpflow export of {label}"[:1024], normalized=True,
         scale=inverse_for(e_scale), shift=e_shift, type_names=species, e_atom=e_atom,
@@ -295,18 +300,18 @@ def _descriptor_settings(pot: AenetPotential) -> dict:
             "min_cutoff": float(stp.rc_min)}
 
 
-def potential_from_aenet(potentials: Sequence[AenetPotential | str | os.PathLike],
-                         device: str | torch.device = "cpu") -> Any:
-    """A :class:`~nnpflow.training.potential.TorchANNPotential` (float64) from one
-    aenet potential per species (objects or file paths, binary or ASCII).
+def model_from_aenet(potentials: Sequence[AenetPotential | str | os.PathLike],
+                     device: str | torch.device = "cpu") -> tuple[Any, dict]:
+    """``(ANNModel (float64), training_info)`` from one aenet potential per species
+    (objects or file paths, binary or ASCII); ``training_info`` records the files
+    and the aenet fields nnpflow has no place for.
 
     The files must describe one potential: the same environment species (in
     the same order), Chebyshev settings, ``Rc_min`` and energy scaling; every
     environment species needs exactly one file.  Violations raise
     :class:`~nnpflow.errors.InputError` naming the file."""
     from ..descriptors import ChebyshevDescriptor
-    from ..training.normalization import EnergyNormalization
-    from ..training.potential import TorchANNPotential
+    from ..models.ann_model import ANNModel, EnergyNormalization
     pots = [p if isinstance(p, AenetPotential) else read_potential(p) for p in potentials]
     if not pots:
         raise InputError("no aenet potential files given")
@@ -363,7 +368,7 @@ def potential_from_aenet(potentials: Sequence[AenetPotential | str | os.PathLike
                              source=p.path)
         arch[s] = [(n, _ACTIVATION_NAMES[a])
                    for n, a in zip(net.layer_sizes[1:-1], net.activations[:-1])]
-    potential = TorchANNPotential(arch, descriptor)
+    potential = ANNModel(arch, descriptor)
     with torch.no_grad():
         for t, s in enumerate(species):
             p = by_species[s]
@@ -389,25 +394,36 @@ def potential_from_aenet(potentials: Sequence[AenetPotential | str | os.PathLike
     potential.energy_normalization = EnergyNormalization(float(first.trainset.shift),
                                                          1.0 / float(scales))
     potential.atomic_energies = {s: by_species[s].atomic_energy for s in species}
-    potential.training_info = {
+    training_info = {
         "imported_from": "aenet",
         "files": [p.path for p in pots],
         "aenet": {s: _provenance(by_species[s]) for s in species},
     }
-    return potential.to(device=device)
+    return potential.to(device=device), training_info
 
 
 # ----------------------------------------------------------- files on disk
 def _models(model: Any) -> list:
     """The potentials to export: one ``TorchANNPotential`` (or model file), or
     several (a committee: files, objects or an ``ANNCommittee``)."""
-    from ..training.committee import ANNCommittee
-    from ..training.potential import TorchANNPotential
-    if isinstance(model, ANNCommittee):
-        return list(model.members)
-    if isinstance(model, (str, os.PathLike, TorchANNPotential)):
+    members = getattr(model, "members", None)   # an ANNCommittee
+    if members is not None:
+        return list(members)
+    if isinstance(model, (str, os.PathLike)) or hasattr(model, "descriptor"):
         return [model]
     return list(model)
+
+
+def _model_file(path: str | os.PathLike) -> tuple[Any, dict]:
+    """``(ANNModel, training_info)`` of an ANN model file."""
+    from ..errors import SchemaError
+    from ..models.ann_model import SCHEMA, SCHEMA_VERSION, ANNModel
+    from ..models.model_file import read_torch_file
+    payload = read_torch_file(path, SCHEMA, SCHEMA_VERSION)
+    try:
+        return ANNModel.from_payload(payload), dict(payload.get("training") or {})
+    except SchemaError as exc:
+        raise SchemaError(f"{os.fspath(path)}: {exc}") from None
 
 
 def export_aenet(model: Any, directory: str | os.PathLike, *,
@@ -425,7 +441,6 @@ def export_aenet(model: Any, directory: str | os.PathLike, *,
     folder.  Returns ``{"members": [{"directory", "potentials": {S: path},
     "ascii": {S: path}, "predict_in": path}]}``.
     """
-    from ..training.potential import TorchANNPotential
     from .predict import format_predict_input, xsf_inputs
     from ..safe_write import write_text
     members = _models(model)
@@ -437,11 +452,11 @@ def export_aenet(model: Any, directory: str | os.PathLike, *,
     converted = []  # every member first: a refusal writes nothing
     for m, item in enumerate(members):
         label = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
-        pot = TorchANNPotential.from_file(item) if label is not None else item
+        pot, info = _model_file(item) if label is not None else (item, None)
         if label is None and len(members) > 1:
             label = f"committee member {m}"
         try:
-            converted.append(potential_to_aenet(pot, source=label))
+            converted.append(potential_to_aenet(pot, source=label, training_info=info))
         except AenetExportError as exc:
             raise AenetExportError(f"{label}: {exc}" if label else str(exc)) from None
     root.mkdir(parents=True, exist_ok=True)
@@ -465,13 +480,3 @@ def export_aenet(model: Any, directory: str | os.PathLike, *,
         entry["predict_in"] = str(predict_in)
         written.append(entry)
     return {"members": written}
-
-
-def import_aenet(files: Sequence[str | os.PathLike], output: str | os.PathLike | None = None,
-                 device: str | torch.device = "cpu") -> Any:
-    """A ``TorchANNPotential`` from aenet potential files (one per species,
-    binary or ASCII); saved to ``output`` (an nnpflow model file) when given."""
-    potential = potential_from_aenet([os.fspath(f) for f in files], device=device)
-    if output is not None:
-        potential.save(output)
-    return potential

@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Subset
 
+from ..splitting import fraction_count
+
 
 def split_indices(n: int, test_fraction: float, seed: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """``(train, test)`` sorted index arrays of a random split of ``range(n)``.
 
-    ``n_test = floor(test_fraction * n + 0.5)``, at least 1 when
+    ``n_test = round(test_fraction * n)``, the nearest count with an exact half to
+    the even neighbour (:func:`nnpflow.splitting.fraction_count`, the one
+    rounding rule of every split), at least 1 when
     ``0 < test_fraction`` and ``n >= 2``, and at most ``n - 1`` when
     ``test_fraction < 1``.  The permutation is ``numpy.random.default_rng(seed)``'s.
     """
@@ -27,7 +31,7 @@ def split_indices(n: int, test_fraction: float, seed: int | None = None
     if not (0.0 <= f <= 1.0) or math.isnan(f):
         raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction!r}")
     n = int(n)
-    n_test = int(math.floor(f * n + 0.5))
+    n_test = fraction_count(f, n)
     if f > 0 and n >= 2:
         n_test = max(1, n_test)
     if f < 1 and n >= 1:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..models.prediction_result import PredictionResult
 from ..structure import element_symbol
 
 
@@ -97,4 +98,46 @@ def energy_force_metrics(energy_pred, energy_ref, n_atoms, forces_pred=None, for
             out["per_species"][symbol] = {"n_atoms": int(sel.shape[0]),
                                           "force_rmse": float(math.sqrt(np.mean(sel ** 2))),
                                           "force_mae": float(np.mean(np.abs(sel)))}
+    return out
+
+
+def prediction_metrics(result: PredictionResult) -> dict:
+    """Error metrics of a :class:`PredictionResult` with references.
+
+    Keys: ``n_structures``, ``n_structures_with_energy``,
+    ``n_structures_with_forces``, ``energy_rmse_per_atom``,
+    ``energy_mae_per_atom`` (eV/atom), ``energy_rmse``, ``energy_mae`` (eV),
+    ``force_rmse``, ``force_mae`` (eV/Å over all force components of structures
+    with reference forces; None without), ``n_force_components`` and
+    ``per_species`` ({symbol: {n_atoms, force_rmse, force_mae}}), from
+    :func:`energy_force_metrics`.
+    """
+    if result.reference_energies is None:
+        raise ValueError("the prediction has no reference energies to compare with")
+    ref_e = result.reference_energies
+    has_e = np.isfinite(ref_e)
+    out: dict[str, Any] = {"n_structures": len(result),
+                           "n_structures_with_energy": int(has_e.sum())}
+    if has_e.any():
+        m = energy_force_metrics(result.energies[has_e], ref_e[has_e], result.n_atoms[has_e])
+        for key in ("energy_rmse_per_atom", "energy_mae_per_atom", "energy_rmse", "energy_mae"):
+            out[key] = m[key]
+    else:
+        out.update(energy_rmse_per_atom=None, energy_mae_per_atom=None, energy_rmse=None,
+                   energy_mae=None)
+    f_idx = []
+    if result.forces is not None and result.reference_forces is not None:
+        f_idx = [k for k in range(len(result))
+                 if result.reference_forces[k] is not None and result.forces[k] is not None]
+    out["n_structures_with_forces"] = len(f_idx)
+    if f_idx:
+        e = result.energies[f_idx]
+        m = energy_force_metrics(e, e, result.n_atoms[f_idx],
+                                 [result.forces[k] for k in f_idx],
+                                 [result.reference_forces[k] for k in f_idx],
+                                 species=[result.species[k] for k in f_idx])
+        out.update(force_rmse=m["force_rmse"], force_mae=m["force_mae"],
+                   n_force_components=m["n_force_components"], per_species=m["per_species"])
+    else:
+        out.update(force_rmse=None, force_mae=None, n_force_components=0, per_species={})
     return out

@@ -156,7 +156,7 @@ def write_evaluation(evaluation: ModelEvaluation, *, metrics: str | None = None,
                 parity_forces, evaluation.predictions, max_points=max_points,
                 title=f"{what}force components")
     if learning_curve is not None:
-        from ..training.potential import read_history_csv
+        from ..history import read_history_csv
         from .plots import learning_curve_plot
         if histories is None or len(histories) != evaluation.committee:
             raise ValueError(f"the learning curve needs one history per model file "

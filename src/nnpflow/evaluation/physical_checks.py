@@ -281,23 +281,13 @@ class _Prepared:
 def _committee_predict(calculator: Any, structures: list) -> list[dict]:
     """Energy (eV), forces (N, 3) eV/Å and the members' energies of each structure,
     from every member of an :class:`~nnpflow.calculator.NNPCalculator` at once
-    (ANN members predict the whole batch in one call)."""
-    per_member = []
-    for model in calculator.models:
-        pot = getattr(model, "potential", None)
-        if pot is not None:
-            r = pot._predict_structures(structures, True, max(len(structures), 1))
-            per_member.append([(float(e), np.asarray(f, dtype=np.float64))
-                               for e, f in zip(r.energies, r.forces)])
-        else:
-            per_member.append([model(s, True) for s in structures])
-    out = []
-    for k in range(len(structures)):
-        e = np.array([m[k][0] for m in per_member], dtype=np.float64)
-        f = np.stack([np.asarray(m[k][1], dtype=np.float64) for m in per_member])
-        out.append({"energy": float(e.mean()), "free_energy": float(e.mean()),
-                    "forces": f.mean(axis=0), "committee_energies": e})
-    return out
+    (each member predicts the whole batch in one call; the committee mean is
+    :func:`nnpflow.models.prediction_result.committee_mean`)."""
+    from ..models.prediction_result import committee_mean
+    mean = committee_mean([model.predict(structures, True) for model in calculator.models])
+    return [{"energy": float(mean.energies[k]), "free_energy": float(mean.energies[k]),
+             "forces": mean.forces[k], "committee_energies": mean.member_energies[:, k]}
+            for k in range(len(structures))]
 
 
 def _run_batched(runs: list[_Run], calculator: Any) -> None:

@@ -1,6 +1,6 @@
 """Error tables of predictions against reference labels.
 
-Every function takes :class:`~nnpflow.training.potential.PredictionResult`\\ s (or
+Every function takes :class:`~nnpflow.models.prediction_result.PredictionResult`\\ s (or
 plain dicts/rows derived from them) and returns JSON- or CSV-ready values:
 
 * :func:`part_metrics` -- the metrics of one split part: those of
@@ -56,7 +56,7 @@ def part_metrics(result: Any) -> dict:
 
     Keys :data:`METRIC_KEYS` and ``per_species`` (``{symbol: {n_atoms,
     force_rmse, force_mae}}``), from
-    :func:`~nnpflow.training.potential.prediction_metrics` (which applies
+    :func:`~nnpflow.evaluation.metrics.prediction_metrics` (which applies
     :func:`~nnpflow.evaluation.metrics.energy_force_metrics` to the structures
     with energy labels and to those with force labels).  Energy metrics are
     ``None`` without energy labels, force metrics ``None`` without force labels
@@ -65,7 +65,7 @@ def part_metrics(result: Any) -> dict:
     ``energy_std_mean`` (eV/atom: mean over structures of the spread of E/N) and
     ``force_std_mean`` (eV/Å: mean over all force components of their spread).
     """
-    from ..training.potential import prediction_metrics
+    from .metrics import prediction_metrics
     if len(result) == 0:
         out: dict[str, Any] = {k: None for k in METRIC_KEYS}
         out.update(n_structures=0, n_structures_with_energy=0, n_structures_with_forces=0,

@@ -1,4 +1,14 @@
-"""Machine-learned potentials: the modular layer stack (SchNet) and atomic networks.
+"""Machine-learned potentials: every model family behind one interface.
+
+A family is an ``nn.Module`` whose forward takes a batch of named fields and
+returns named fields (``E``, ``Fa``, and ``Qa``, ``M2``, ... where the model makes
+them), a model file (``torch.load(weights_only=True)`` safe, schema-versioned)
+and an entry in :mod:`nnpflow.models.registry`, which loads any model file
+(:func:`~nnpflow.models.registry.load_model`) and predicts with the family's
+own path (:class:`~nnpflow.models.prediction_result.PredictionResult`,
+:func:`~nnpflow.models.prediction_result.committee_mean`).  Families:
+:mod:`nnpflow.models.ann_model` (descriptor features + per-species networks)
+and :mod:`nnpflow.models.stack_family` (layer stacks such as SchNet).
 
 Submodules (imported on demand, so ``import nnpflow.models`` stays cheap):
 
@@ -18,7 +28,7 @@ Submodules (imported on demand, so ``import nnpflow.models`` stays cheap):
 - :mod:`nnpflow.models.prediction` -- energies, forces (and charges, dipoles) of
   a layer-stack model for structures or ``ase.Atoms``.
 
-The atomic-network (ANN) potential lives in :mod:`nnpflow.models.ann`.
+The atomic networks of the ANN family live in :mod:`nnpflow.models.ann`.
 """
 
 from __future__ import annotations

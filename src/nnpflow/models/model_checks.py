@@ -14,8 +14,8 @@ needed.  Before any network is allocated:
   energies finite (scale > 0).
 
 Every failure raises :class:`~nnpflow.errors.SchemaError`; the loaders
-(``TorchANNPotential.from_file``, :func:`nnpflow.models.model_file.load_layer_stack`)
-put the file's path in front of the message.
+(:func:`nnpflow.models.registry.load_model`, ``TorchANNPotential.from_file``,
+:func:`nnpflow.models.model_file.load_layer_stack`) put the file's path in front of the message.
 """
 
 from __future__ import annotations

@@ -63,6 +63,12 @@ def read_torch_file(path: str | os.PathLike, schema: str, max_version: int,
     except Exception as exc:  # corrupt file, or an object weights_only refuses
         raise SchemaError(f"{path}: not a readable nnpflow file ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return check_payload(path, payload, schema, max_version)
+
+
+def check_payload(path: str, payload: Any, schema: str, max_version: int) -> dict:
+    """``payload`` when it is a dict of ``schema`` with a ``schema_version`` this
+    code reads (at most ``max_version``); else ``SchemaError`` naming ``path``."""
     if not isinstance(payload, dict) or "schema" not in payload:
         raise SchemaError(f"{path}: not an nnpflow file (no 'schema' entry)")
     if payload["schema"] != schema:

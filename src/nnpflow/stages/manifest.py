@@ -22,6 +22,7 @@ The joined manifest has a last column ``energy_robust_z``
 
 from __future__ import annotations
 
+import json
 import logging
 
 from ..energy_outliers import COLUMN, OUTLIER_Z, outliers, robust_z_scores
@@ -32,6 +33,25 @@ from ..io.manifest import (read_manifest, read_rejected, summarize, write_manife
 from ..safe_write import write_json
 
 log = logging.getLogger(__name__)
+
+
+def read_summary(path: str, keys: tuple[str, ...]) -> dict:
+    """The manifest summary ``path`` (``manifest.json``, written by :func:`run`) with
+    the ``keys`` a reader needs; ``InputError`` naming the file when it cannot be
+    read or lacks one of them."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+        missing = [k for k in keys if k not in info]
+    except OSError as exc:
+        raise InputError(f"cannot read the manifest summary: {exc.strerror}",
+                         source=str(path)) from None
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"not a manifest summary ({type(exc).__name__}: {exc})",
+                         source=str(path)) from None
+    if missing:
+        raise InputError(f"not a manifest summary (no {', '.join(missing)})", source=str(path))
+    return info
 
 
 def run(shard_manifests: list[str], shard_rejected: list[str], manifest: str, summary: str,

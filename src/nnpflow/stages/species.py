@@ -19,8 +19,25 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..safe_write import write_text
+from .manifest import read_summary
 
 log = logging.getLogger(__name__)
+
+
+def inferred_species(manifest_summary: str) -> list[str]:
+    """The species of ``manifest.json`` (the manifest stage's summary; sorted by
+    atomic number)."""
+    info = read_summary(manifest_summary, ("species",))
+    try:
+        species = [str(x) for x in info["species"]]
+    except TypeError as exc:
+        raise InputError(f"not a manifest summary (no species list: {exc})",
+                         source=str(manifest_summary)) from None
+    if not species:
+        raise InputError("the manifest holds no structures, so no species can be inferred; "
+                         "set species in the configuration or add sources",
+                         source=str(manifest_summary))
+    return species
 
 
 def read_species_file(path: str) -> list[str]:
@@ -43,7 +60,6 @@ def species_text(species: list[str]) -> str:
 def run(manifest_summary: str, species: str) -> dict:
     """Write ``species`` from ``manifest_summary``'s species when they differ from the
     file's.  Returns ``{"species", "changed", "added", "removed"}``."""
-    from .build import inferred_species
     now = inferred_species(manifest_summary)
     path = Path(species)
     before = read_species_file(species) if path.is_file() else None

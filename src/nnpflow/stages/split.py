@@ -26,7 +26,6 @@ stage applies them as if they had been given.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any
 
@@ -34,6 +33,7 @@ from ..energy_reference import fit_atomic_energies as least_squares_references
 from ..errors import ConfigError, InputError
 from ..io.manifest import read_manifest
 from ..structure import atomic_number
+from .manifest import read_summary
 from ..splitting import SPLIT_METHODS, make_split, make_stable_split, sizes_summary, write_split
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,11 @@ def run(manifest_summary: str, split: str, manifest: str | None = None,
     if method not in SPLIT_METHODS:
         raise ConfigError(f"split.method must be one of {', '.join(SPLIT_METHODS)}, "
                           f"got {method!r}")
+    info = read_summary(manifest_summary, ("n_structures", "structures_fingerprint"))
     try:
-        with open(manifest_summary, encoding="utf-8") as fh:
-            info = json.load(fh)
         n = int(info["n_structures"])
         fingerprint = str(info["structures_fingerprint"])
-    except OSError as exc:
-        raise InputError(f"cannot read the manifest summary: {exc.strerror}",
-                         source=str(manifest_summary)) from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise InputError(f"not a manifest summary ({type(exc).__name__}: {exc})",
                          source=str(manifest_summary)) from None
     rows = None

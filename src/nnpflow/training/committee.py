@@ -5,7 +5,8 @@
 seed ``config.seed + m`` (weights, batch order and force subsets differ; the
 data do not).  Predictions are the members' mean with their spread: the
 population standard deviation over members of each energy (eV) and force
-component (eV/Å), a common uncertainty estimate.
+component (eV/Å), a common uncertainty estimate
+(:func:`nnpflow.models.prediction_result.committee_mean`, the one committee rule).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .potential import PredictionResult, TorchANNPotential, prediction_metrics
+from ..evaluation.metrics import prediction_metrics
+from ..models.ann_model import as_structure_list, is_feature_dataset
+from ..models.prediction_result import PredictionResult, committee_mean
+from .potential import TorchANNPotential
 
 
 class ANNCommittee:
@@ -70,43 +74,23 @@ class ANNCommittee:
         return cls(members)
 
     # ------------------------------------------------------------ prediction
-    @staticmethod
-    def _combine(results: list[PredictionResult]) -> PredictionResult:
-        first = results[0]
-        e = np.stack([r.energies for r in results])
-        out = PredictionResult(energies=e.mean(axis=0), forces=None, n_atoms=first.n_atoms,
-                               names=first.names, species=first.species,
-                               reference_energies=first.reference_energies,
-                               reference_forces=first.reference_forces,
-                               energy_std=e.std(axis=0), member_energies=e)
-        if first.forces is not None:
-            means, stds = [], []
-            for k in range(len(first)):
-                f = np.stack([r.forces[k] for r in results])
-                means.append(f.mean(axis=0))
-                stds.append(f.std(axis=0))
-            out.forces, out.forces_std = means, stds
-        return out
-
     def predict(self, structures: Any, eval_forces: bool = True, batch_size: int = 32
                 ) -> PredictionResult:
         """Mean energies (eV) and forces (eV/Å) with ``energy_std``/``forces_std``."""
-        from .potential import as_structure_list
         structs = as_structure_list(structures, self.descriptor)
-        return self._combine([m._predict_structures(structs, eval_forces, batch_size)
-                              for m in self.members])
+        return committee_mean([m.model.predict_structures(structs, eval_forces, batch_size)
+                               for m in self.members])
 
     def predict_dataset(self, dataset: Any, eval_forces: bool = True, batch_size: int = 64
                         ) -> PredictionResult:
-        return self._combine([m.predict_dataset(dataset, eval_forces, batch_size)
-                              for m in self.members])
+        return committee_mean([m.predict_dataset(dataset, eval_forces, batch_size)
+                               for m in self.members])
 
     def evaluate(self, data: Any, batch_size: int = 64) -> dict:
         """Metrics of the mean prediction (see :func:`prediction_metrics`) plus
         ``energy_std_mean`` (eV/atom: mean committee spread of E/N) and
         ``force_std_mean`` (eV/Å)."""
-        from .potential import _is_dataset
-        result = (self.predict_dataset(data, batch_size=batch_size) if _is_dataset(data)
+        result = (self.predict_dataset(data, batch_size=batch_size) if is_feature_dataset(data)
                   else self.predict(data, batch_size=batch_size))
         out = prediction_metrics(result)
         out["energy_std_mean"] = float(np.mean(result.energy_std / result.n_atoms))

@@ -1,4 +1,4 @@
-"""Exponential moving average (EMA) of model weights.
+"""Exponential moving average (EMA) of model weights, on ``torch.optim.swa_utils``.
 
 ``shadow <- d * shadow + (1 - d) * weight`` after every optimiser step, with
 ``d = min(decay, (1 + n) / (10 + n))`` during the first updates when ``warmup``
@@ -11,9 +11,13 @@ initial weights.  Validation and test use the averaged weights::
     with ema.average_parameters():
         validate(model)
 
-Only parameters that require gradients are averaged; the state (``state_dict``)
-is plain tensors and numbers, so it fits in weights-only checkpoints.  Updates
-are in-place device operations with no host synchronisation.
+The average is a :class:`torch.optim.swa_utils.AveragedModel` whose
+``multi_avg_fn`` is the warm-up EMA above (one ``torch._foreach_lerp_`` per
+device and dtype); it starts from the module's weights at construction.  Only
+parameters that require gradients are swapped in and saved; the state
+(``state_dict``) is plain tensors and numbers, so it fits in weights-only
+checkpoints, and it is the format checkpoints held before (``decay``,
+``warmup``, ``num_updates``, ``shadow``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 
 class ExponentialMovingAverage:
@@ -43,8 +48,18 @@ class ExponentialMovingAverage:
         self.warmup = bool(warmup)
         self.num_updates = 0
         self._names = [n for n, p in module.named_parameters() if p.requires_grad]
-        params = dict(module.named_parameters())
-        self.shadow = {n: params[n].detach().clone() for n in self._names}
+        self.averaged = AveragedModel(module, multi_avg_fn=self._average)
+        self.averaged.update_parameters(module)   # n_averaged 0 -> 1: a copy of the weights
+
+    def _average(self, averages: list[torch.Tensor], current: list[torch.Tensor],
+                 n_averaged: torch.Tensor) -> None:
+        torch._foreach_lerp_(averages, current, 1.0 - self.current_decay())
+
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        """``{parameter name: averaged tensor}`` of the trainable parameters."""
+        params = dict(self.averaged.module.named_parameters())
+        return {n: params[n].detach() for n in self._names}
 
     def _params(self) -> list[torch.Tensor]:
         params = dict(self.module.named_parameters())
@@ -59,17 +74,15 @@ class ExponentialMovingAverage:
     @torch.no_grad()
     def update(self) -> None:
         """Move the average towards the current weights."""
-        weight = 1.0 - self.current_decay()
-        shadows = [self.shadow[n] for n in self._names]
-        torch._foreach_lerp_(shadows, [p.detach() for p in self._params()], weight)
+        self.averaged.update_parameters(self.module)
         self.num_updates += 1
 
     @torch.no_grad()
     def copy_to(self, module: nn.Module | None = None) -> None:
         """Overwrite the weights of ``module`` (default: the tracked one) with the average."""
         params = dict((module or self.module).named_parameters())
-        for n in self._names:
-            params[n].copy_(self.shadow[n])
+        for n, t in self.shadow.items():
+            params[n].copy_(t)
 
     @contextlib.contextmanager
     def average_parameters(self) -> Iterator[None]:
@@ -86,7 +99,7 @@ class ExponentialMovingAverage:
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
-                "shadow": {n: t.detach().clone() for n, t in self.shadow.items()}}
+                "shadow": {n: t.clone() for n, t in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         missing = set(self._names) - set(state["shadow"])
@@ -96,5 +109,5 @@ class ExponentialMovingAverage:
         self.warmup = bool(state["warmup"])
         self.num_updates = int(state["num_updates"])
         with torch.no_grad():
-            for n in self._names:
-                self.shadow[n].copy_(state["shadow"][n])
+            for n, t in self.shadow.items():
+                t.copy_(state["shadow"][n])

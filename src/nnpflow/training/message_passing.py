@@ -29,8 +29,6 @@ changed, unless ``force``), ``force`` alone starts over.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
@@ -44,6 +42,7 @@ import torch
 
 from ..errors import ConfigError, ResumeMismatchError
 from ..evaluation.metrics import energy_force_metrics
+from ..history import history_csv
 from ..models.batch import PackedGraphs, packed_for_model
 from ..models.model_file import (MODEL_SCHEMA, MODEL_SCHEMA_VERSION, dtype_from_name,
                                  model_payload, read_torch_file, save_layer_stack)
@@ -226,15 +225,8 @@ def held_out_report(model, packed, indices, terms, batch_size, dtype, device) ->
 
 # -------------------------------------------------------------------- files
 def _write_history(path: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    columns = list(dict.fromkeys(k for row in history for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row.get(k, "") for k in columns})
-    write_text(path, buf.getvalue())
+    if history:
+        write_text(path, history_csv(history))
 
 
 def _fmt(x) -> str:

@@ -17,30 +17,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..datasets.split import subset_indices
+from ..models.ann_model import EnergyNormalization
 
 #: scales below this (eV/atom) count as "no spread"
 MIN_ENERGY_SCALE = 1e-8
-
-
-@dataclass(frozen=True)
-class EnergyNormalization:
-    """``shift`` (eV/atom) and ``scale`` (eV/atom) of the normalised atomic energies."""
-
-    shift: float = 0.0
-    scale: float = 1.0
-
-    def to_dict(self) -> dict:
-        return {"shift": float(self.shift), "scale": float(self.scale)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EnergyNormalization":
-        return cls(float(d["shift"]), float(d["scale"]))
 
 
 def referenced_energies_per_atom(dataset: Any) -> np.ndarray:

@@ -17,6 +17,11 @@ number of warmup steps (``round(warmup_ratio * T)``):
               improved by the relative ``threshold`` for more than ``patience``
               epochs, never below ``min_lr``.
 
+Each schedule steps a :class:`torch.optim.lr_scheduler.LambdaLR` whose factor is
+the closed form above (``LambdaLR`` evaluates ``base_lr * factor(step)`` afresh
+every step, so a resumed run sets exactly the rates of an uninterrupted one;
+torch's chainable ``LinearLR``/``CosineAnnealingLR`` update the rate recursively,
+and ``ReduceLROnPlateau`` neither warms up nor reduces by less than 1e-8).
 State (:meth:`state_dict`) is plain numbers, for weights-only checkpoints.
 Schedules write Python floats into the parameter groups; a CUDA-graph training
 step that needs a changing rate should give the optimiser a tensor ``lr`` and
@@ -26,6 +31,7 @@ copy :attr:`Schedule.lr` into it.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -49,8 +55,16 @@ class Schedule:
         self.base_lr = float(base_lr)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
-        self.steps_done = 0
-        self._apply()
+        for group in optimizer.param_groups:
+            group["initial_lr"] = self.base_lr
+        #: the library scheduler; its ``last_epoch`` counts the optimiser steps done
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda done: self.factor(min(done + 1, self.total_steps)))
+
+    @property
+    def steps_done(self) -> int:
+        """Optimiser steps taken so far."""
+        return int(self.scheduler.last_epoch)
 
     def factor(self, k: int) -> float:
         """Factor of ``base_lr`` for optimiser step ``k``; subclasses extend."""
@@ -67,17 +81,23 @@ class Schedule:
         return self.base_lr * self.factor(min(self.steps_done + 1, self.total_steps))
 
     def _apply(self) -> None:
+        """Set the rate of the next step after a change of plan or state."""
         lr = self.lr
+        self.scheduler.base_lrs = [self.base_lr] * len(self.optimizer.param_groups)
         for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.base_lr
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].fill_(lr)
             else:
                 group["lr"] = lr
+        self.scheduler._last_lr = [lr] * len(self.optimizer.param_groups)
 
     def step(self) -> None:
-        """Call after each optimiser step."""
-        self.steps_done += 1
-        self._apply()
+        """Call after each optimiser step (the factor is indexed by steps taken, so a
+        schedule stepped on its own, as in tests, needs no optimiser step)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
 
     def epoch_end(self, score: float | None = None) -> None:
         """Call after each epoch with the validation score (used by ``plateau``)."""
@@ -99,7 +119,7 @@ class Schedule:
         self.base_lr = float(state["base_lr"])
         self.total_steps = int(state["total_steps"])
         self.warmup_steps = int(state["warmup_steps"])
-        self.steps_done = int(state["steps_done"])
+        self.scheduler.last_epoch = int(state["steps_done"])
         self._apply()
 
 

@@ -2,7 +2,8 @@
 
 ``ratios`` gives one entry per part: a fraction in [0, 1] (a float), a number
 of structures (an integer) or ``null`` for the part that takes every structure
-the others leave.  Fractions become ``round(fraction * n)`` structures; when all
+the others leave.  Fractions become the nearest count of structures, an exact
+half to the even neighbour (:func:`nnpflow.splitting.fraction_count`); when all
 entries are fractions summing to 1 the last part takes the rounding remainder,
 so no structure is lost.  Parts are disjoint; structures no part claims are
 unused.
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, SchemaError
 from ..safe_write import canonical_json, write_json
-from ..splitting import partition
+from ..splitting import fraction_count, partition
 
 SPLIT_SCHEMA_VERSION = 1
 
@@ -39,7 +40,7 @@ def part_sizes(n: int, parts: list[str], ratios: list) -> dict[str, int]:
         if r is None:
             sizes[part] = None
         elif isinstance(r, float):
-            sizes[part] = int(round(r * n))
+            sizes[part] = fraction_count(r, n)
         else:
             sizes[part] = int(r)
     if fractional and abs(sum(ratios) - 1.0) < 1e-9:

@@ -1,0 +1,57 @@
+"""The layer-stack family (SchNet and other Enerzyme-style stacks) in the model registry.
+
+A :class:`~nnpflow.models.stack.LayerStack` is an ``nn.Module`` whose forward
+takes named fields (``N``, ``Ra``, ``Za``, pair lists, ...) and returns named
+fields (``E``, and ``Fa``, ``Qa``, ``M2`` where its layers make them).  Its model
+file has the schema ``nnpflow.layer_stack`` (:mod:`nnpflow.models.model_file`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .model_file import MODEL_SCHEMA, MODEL_SCHEMA_VERSION, model_from_payload
+from .prediction_result import PredictionResult, empty_result, result_for_structures
+from .stack import LayerStack
+
+SCHEMA = MODEL_SCHEMA
+SCHEMA_VERSION = MODEL_SCHEMA_VERSION
+KIND = "layer_stack"
+
+
+def load_payload(payload: Mapping[str, Any], device: str | torch.device = "cpu") -> LayerStack:
+    """The model (eval mode) of a checked model-file dict of this family."""
+    return model_from_payload(payload, device)
+
+
+def has_forces(model: LayerStack) -> bool:
+    """Whether the stack predicts forces (it has a ``Force`` layer)."""
+    return "Fa" in model.outputs
+
+
+def predict_structures(model: LayerStack, structures: Sequence, eval_forces: bool = True,
+                       batch_size: int = 32, show_progress: bool = False) -> PredictionResult:
+    """Energies (eV) and, with a ``Force`` layer, forces (eV/Å) of structures."""
+    from .prediction import predict_structures as run
+    structures = list(structures)
+    if not structures:
+        return empty_result()
+    out = run(model, structures, batch_size=batch_size)
+    forces = out.get("forces") if eval_forces else None
+    return result_for_structures(structures, out["energies"], forces)
+
+
+def predict_database(model: LayerStack, database: str | os.PathLike, indices: np.ndarray,
+                     batch_size: int = 64, show_progress: bool = False) -> PredictionResult:
+    """Predictions for the structures ``indices`` of a database."""
+    from ..database import DatabaseReader
+    indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+    if not indices:
+        return empty_result()
+    with DatabaseReader(database) as reader:
+        structures = reader.structures(indices)
+    return predict_structures(model, structures, True, batch_size, show_progress)

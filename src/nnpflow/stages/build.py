@@ -10,7 +10,6 @@ structures fingerprint equals the raw shard's.  Written atomically.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Mapping
@@ -18,6 +17,7 @@ from typing import Any, Mapping
 from ..database import DatabaseReader, write_database
 from ..errors import ConfigError, InputError
 from ..runtime import configure_threads
+from .species import inferred_species, read_species_file
 
 log = logging.getLogger(__name__)
 
@@ -66,26 +66,6 @@ def make_descriptor(descriptor: Mapping[str, Any], species: list[str], device: s
     return ChebyshevDescriptor(species=list(species), device=device, **cfg)
 
 
-def inferred_species(manifest_summary: str) -> list[str]:
-    """The species of ``manifest.json`` (the manifest stage's summary; sorted by
-    atomic number)."""
-    try:
-        with open(manifest_summary, encoding="utf-8") as fh:
-            info = json.load(fh)
-        species = [str(x) for x in info["species"]]
-    except OSError as exc:
-        raise InputError(f"cannot read the manifest summary: {exc.strerror}",
-                         source=str(manifest_summary)) from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"not a manifest summary (no species list: {exc})",
-                         source=str(manifest_summary)) from None
-    if not species:
-        raise InputError("the manifest holds no structures, so no species can be inferred; "
-                         "set species in the configuration or add sources",
-                         source=str(manifest_summary))
-    return species
-
-
 def run(structures: str, database: str, descriptor: dict, database_cfg: dict,
         species: list[str] | None = None, threads: int = 1,
         manifest_summary: str | None = None, species_file: str | None = None) -> dict:
@@ -104,7 +84,6 @@ def run(structures: str, database: str, descriptor: dict, database_cfg: dict,
     """
     configure_threads(threads)
     if species_file is not None:
-        from .species import read_species_file
         listed = read_species_file(species_file)
         if species is None:
             species = listed

@@ -14,6 +14,7 @@ logged as a warning naming the species added and removed.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,6 +22,26 @@ from ..errors import InputError
 from ..safe_write import write_text
 
 log = logging.getLogger(__name__)
+
+
+def inferred_species(manifest_summary: str) -> list[str]:
+    """The species of ``manifest.json`` (the manifest stage's summary; sorted by
+    atomic number)."""
+    try:
+        with open(manifest_summary, encoding="utf-8") as fh:
+            info = json.load(fh)
+        species = [str(x) for x in info["species"]]
+    except OSError as exc:
+        raise InputError(f"cannot read the manifest summary: {exc.strerror}",
+                         source=str(manifest_summary)) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a manifest summary (no species list: {exc})",
+                         source=str(manifest_summary)) from None
+    if not species:
+        raise InputError("the manifest holds no structures, so no species can be inferred; "
+                         "set species in the configuration or add sources",
+                         source=str(manifest_summary))
+    return species
 
 
 def read_species_file(path: str) -> list[str]:
@@ -43,7 +64,6 @@ def species_text(species: list[str]) -> str:
 def run(manifest_summary: str, species: str) -> dict:
     """Write ``species`` from ``manifest_summary``'s species when they differ from the
     file's.  Returns ``{"species", "changed", "added", "removed"}``."""
-    from .build import inferred_species
     now = inferred_species(manifest_summary)
     path = Path(species)
     before = read_species_file(species) if path.is_file() else None

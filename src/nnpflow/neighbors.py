@@ -81,7 +81,9 @@ def _geometry(positions, cell, pbc):
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     if pbc is None:
         pbc = np.ones(3, dtype=bool)
-    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool).reshape(-1), (3,)).copy()
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1)
+    if pbc.shape != (3,):
+        pbc = np.repeat(pbc, 3)[:3] if pbc.size == 1 else pbc
     return pos, cell, pbc
 
 
@@ -123,6 +125,8 @@ def neighbor_list(positions, cell, pbc, cutoff: float, *, backend: str = "auto")
     else:
         raise ValueError(f"unknown neighbour-list backend {backend!r} "
                          f"(expected 'auto', 'numpy' or 'torch')")
+    if i.size == 0:
+        return Pairs(i, j, shift, np.zeros((0, 3)), np.zeros(0))
     vector = pos[j] - pos[i] + shift.astype(np.float64) @ cell_
     distance = np.sqrt(np.einsum("ij,ij->i", vector, vector))
     keep = distance <= cutoff            # candidates were taken with a little slack
@@ -151,40 +155,63 @@ def _dense_pairs(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: flo
         return i.astype(np.int64), j.astype(np.int64), np.zeros((i.size, 3), dtype=np.int64)
     inverse = np.linalg.inv(cell)          # columns: reciprocal vectors b_k
     recip = np.sqrt((inverse * inverse).sum(0))    # 1 / lattice-plane spacing, 1/Å
-    frac = pos @ inverse
     if cutoff * float(recip[pbc].max()) < 0.5 * (1.0 - 1e-9):
-        # minimum image: |v . b_k| <= |v| / h_k < 1/2, so the one offset that rounds
-        # the fractional separation into [-1/2, 1/2] is the only one within reach
-        # (and no atom is that close to its own image)
-        df = frac[None, :, :] - frac[:, None, :]               # (N, N, 3)
-        shift = np.where(pbc, -np.rint(df), 0.0)
-        diff = (df + shift) @ cell
-        d2 = np.einsum("ijc,ijc->ij", diff, diff)
-        d2[np.arange(n), np.arange(n)] = np.inf
-        i, j = np.nonzero(d2 <= limit)
-        return i.astype(np.int64), j.astype(np.int64), shift[i, j].astype(np.int64)
+        return _minimum_image_pairs(pos, cell, inverse, pbc, limit)
     # wrap into the home cell (offsets w), then every image offset within reach
+    frac = pos @ inverse
     w = np.where(pbc, np.floor(frac), 0.0)
     wrapped = (frac - w) @ cell
     reach = np.where(pbc, np.ceil(cutoff * recip * (1.0 + 1e-9)), 0).astype(int)
-    found_i, found_j, found_s = [], [], []
-    for s in itertools.product(*(range(-r, r + 1) for r in reach.tolist())):
-        s_arr = np.array(s, dtype=np.float64)
-        diff = wrapped[None, :, :] + (s_arr @ cell) - wrapped[:, None, :]
-        d2 = np.einsum("ijc,ijc->ij", diff, diff)
-        if not any(s):
-            d2[np.arange(n), np.arange(n)] = np.inf
-        i, j = np.nonzero(d2 <= limit)
-        if i.size:
-            found_i.append(i)
-            found_j.append(j)
-            # wrapped_k = r_k - w_k @ cell, so the offset of the positions as given is
-            # S = s - w_j + w_i
-            found_s.append(s_arr[None, :] - w[j] + w[i])
-    if not found_i:
-        return _empty()
-    return (np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64),
-            np.rint(np.concatenate(found_s)).astype(np.int64))
+    # |q_j + s - q_i| = |q_i - s - q_j|: the zero offset and half of the others (first
+    # non-zero component positive) find every pair once; the mirror gives the rest
+    half = [t for t in itertools.product(*(range(-r, r + 1) for r in reach.tolist()))
+            if next((c for c in t if c), 0) > 0]
+    offsets = np.array([(0, 0, 0)] + half, dtype=np.float64)          # (K, 3)
+    images = (wrapped[None, :, :] + (offsets @ cell)[:, None, :]).reshape(-1, 3)  # (K*N, 3)
+    # squared distances by the expansion (one BLAS product); candidates get a
+    # generous slack here and the exact test in the caller
+    d2 = (np.einsum("ij,ij->i", wrapped, wrapped)[:, None]
+          + np.einsum("ij,ij->i", images, images)[None, :] - 2.0 * wrapped @ images.T)
+    d2[np.arange(n), np.arange(n)] = np.inf
+    slack = 1e-9 * (1.0 + float(np.abs(images).max())) ** 2
+    i, q = np.nonzero(d2 <= limit + slack)
+    k, j = np.divmod(q, n)
+    s_half = offsets[k]
+    zero = k == 0
+    # mirror the non-zero offsets: (i, j, s) -> (j, i, -s)
+    i_all = np.concatenate([i, j[~zero]])
+    j_all = np.concatenate([j, i[~zero]])
+    s_all = np.concatenate([s_half, -s_half[~zero]])
+    # wrapped_k = r_k - w_k @ cell, so the offset of the positions as given is
+    # S = s - w_j + w_i
+    shift = s_all - w[j_all] + w[i_all]
+    return i_all.astype(np.int64), j_all.astype(np.int64), np.rint(shift).astype(np.int64)
+
+
+def _minimum_image_pairs(pos, cell, inverse, pbc, limit):
+    """Candidates when the cutoff is below half of every periodic lattice-plane
+    spacing h_k: a separation ``v`` within it has ``|v . b_k| <= |v| / h_k < 1/2``,
+    so the one offset that rounds the fractional separation into [-1/2, 1/2] is
+    the only one within reach (and no atom is that close to its own image)."""
+    n = pos.shape[0]
+    frac = (pos @ inverse).T                 # (3, N)
+    p = pos.T                                # (3, N) Å
+    disp = [p[c][None, :] - p[c][:, None] for c in range(3)]     # r_j - r_i, (N, N) each
+    shifts = {}
+    for a in np.flatnonzero(pbc).tolist():
+        shifts[a] = np.rint(frac[a][:, None] - frac[a][None, :])   # -round(f_j - f_i)
+        for c in range(3):
+            if cell[a, c] != 0.0:
+                disp[c] += shifts[a] * cell[a, c]
+    d2 = disp[0] * disp[0]
+    d2 += disp[1] * disp[1]
+    d2 += disp[2] * disp[2]
+    d2.flat[:: n + 1] = np.inf
+    i, j = np.nonzero(d2 <= limit)
+    shift = np.zeros((i.size, 3), dtype=np.int64)
+    for a, sa in shifts.items():
+        shift[:, a] = sa[i, j]
+    return i.astype(np.int64), j.astype(np.int64), shift
 
 
 def _ase_pairs(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):

@@ -55,7 +55,8 @@ def closest_pair(structure: Structure, cutoff: float) -> tuple[float, int, int] 
     search = cutoff if cutoff > 0 else 1e-9     # cutoff 0 still finds coincident atoms
     pairs = neighbor_list(structure.positions, structure.cell if structure.is_periodic else None,
                           structure.pbc, search, backend="numpy")
-    pairs = pairs.select(pairs.distance <= cutoff)
+    if len(pairs) and cutoff < search:
+        pairs = pairs.select(pairs.distance <= cutoff)
     if not len(pairs):
         return None
     k = int(np.argmin(pairs.distance))

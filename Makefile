@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make example   # creates .venv, installs nnpflow, runs the workflow on the bundled example
 #   make test      # creates .venv, installs nnpflow, runs every test (SLURM one included)
+#   make test-quick  # the same without tests marked slow or slurm: a few minutes
 # A CUDA build of torch instead of the CPU one (in a fresh .venv: rm -rf .venv first):
 #   make venv TORCH_INDEX=https://download.pytorch.org/whl/cu126 TORCH_SPEC=torch
 # (TORCH_SPEC is one pip requirement, e.g. 'torch==2.13.0'; TORCH_INDEX, when set, is
@@ -15,7 +16,7 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: venv example test report dry-run clean-results
+.PHONY: venv example test test-quick report dry-run clean-results
 
 venv: $(VENV)/.installed
 
@@ -36,6 +37,9 @@ report: venv
 
 test: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-quick: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
 clean-results:
 	rm -rf results .snakemake

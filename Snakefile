@@ -5,7 +5,7 @@
 #   snakemake --workflow-profile profiles/slurm      # on a SLURM cluster
 #   snakemake -n                                     # what would run, and why
 #
-# Stages (one rule file each): example -> ingest (per shard) -> manifest -> build (per
+# Stages, one rule file each -- example -> ingest (per shard) -> manifest -> build (per
 # shard) -> merge -> split -> train (per model and committee member) -> evaluate (per
 # model).
 #
@@ -17,8 +17,7 @@
 import copy
 import os
 
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -31,28 +30,6 @@ configfile: "config/config.yaml"
 # replace the bundled ones instead (other blocks still merge, key by key).
 if "models" in (workflow.config_settings.overwrite_config or {}):
     config["models"] = copy.deepcopy(workflow.config_settings.overwrite_config["models"])
-
-
-def _validate_config():
-    """Validate and fill ``config``; re-raise schema errors as one clear line."""
-    import jsonschema
-
-    try:
-        validate(config, "workflow/schemas/config.schema.yaml")
-    except WorkflowError as exc:
-        err = exc.__context__  # snakemake raises from inside its `except ValidationError`
-        if not isinstance(err, jsonschema.ValidationError):
-            raise
-        err = jsonschema.exceptions.best_match([err, *err.context]) if err.context else err
-        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        what = err.message
-        if err.validator == "not" and err.schema.get("description"):
-            what = err.schema["description"]
-        raise WorkflowError(f"invalid configuration at {where}: {what} "
-                            f"(see config/README.md)") from None
-
-
-_validate_config()
 
 # The rule environment envs/nnpflow.yaml (--sdm conda) pip-installs this checkout.
 os.environ.setdefault("NNPFLOW_ROOT", str(workflow.basedir))

@@ -178,3 +178,37 @@ def test_snakemake_names_the_bad_key(tmp_path, override, message, copy_workflow)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert message in out, out[-3000:]
+
+
+def test_job_resources_have_defaults_per_rule_and_partial_overrides():
+    cfg = filled({"resources": {"train": {"runtime": 2880}}})
+    assert cfg["resources"]["train"] == {"mem_mb": 8000, "runtime": 2880}
+    assert cfg["resources"]["split"] == {"mem_mb": 1000, "runtime": 10}
+    assert "'memory' was unexpected" in error_of({"resources": {"train": {"memory": 1}}})
+    assert "'trian' was unexpected" in error_of({"resources": {"trian": {}}})
+    assert "0 is less than the minimum of 1" in error_of(
+        {"resources": {"build": {"mem_mb": 0}}})
+
+
+def test_resources_are_set_in_one_place():
+    """Every rule takes mem_mb and runtime from the config's resources block (one
+    entry per rule, no literal values in the rules), and the SLURM profile sets
+    neither, so that local and cluster runs cannot disagree."""
+    rules = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for match in re.finditer(r"(?m)^\s*(?:rule|checkpoint) (\w+):", text):
+            end = re.compile(r"(?m)^\s*(?:rule|checkpoint) \w+:").search(text, match.end())
+            rules[match.group(1)] = text[match.end(): end.start() if end else len(text)]
+    schema = yaml.safe_load(SCHEMA.read_text())
+    per_rule = set(schema["properties"]["resources"]["properties"])
+    assert per_rule == set(rules) - {"all"}
+    for name, body in rules.items():
+        assert "mem_mb=" not in body and "runtime=" not in body, name
+        if name != "all":
+            assert f'**job_resources("{name}")' in body, name
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    for where in [profile.get("default-resources") or {},
+                  *(profile.get("set-resources") or {}).values()]:
+        assert not {"mem_mb", "mem", "runtime", "time"} & set(where), where
+    assert "set-threads" not in profile  # the rules' threads: are the one source

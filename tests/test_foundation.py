@@ -201,3 +201,36 @@ def test_atomic_path_removes_leftovers_of_killed_writers(tmp_path):
     write_json(target, {"ok": True})   # the next writer of the same target cleans up
     assert not os.path.exists(leftover)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.h5"]
+
+
+def test_code_fingerprint_ignores_comments_and_docstrings(tmp_path, monkeypatch):
+    """Editing a comment or docstring of a module a rule runs must not rerun the rule."""
+    from nnpflow import provenance
+    original = provenance._module_file("nnpflow.sharding")
+    source = original.read_text(encoding="utf-8")
+    copy = tmp_path / "sharding.py"
+    monkeypatch.setattr(provenance, "_module_file",
+                        lambda name: copy if name == "nnpflow.sharding" else None)
+    provenance.module_closure.cache_clear()
+
+    def fingerprint(text):
+        copy.write_text(text, encoding="utf-8")
+        provenance.module_closure.cache_clear()
+        return code_fingerprint("nnpflow.sharding")
+
+    try:
+        base = fingerprint(source)
+        assert base == code_fingerprint("nnpflow.sharding")  # stable
+        edited = source.replace('"""', '"""Edited docstring.  ', 1)  # module docstring
+        assert edited != source and fingerprint(edited) == base
+        assert fingerprint(source + "\n# a trailing comment\n\n") == base
+        assert fingerprint("# header comment\n" + source) == base
+        # a function docstring
+        func = source.index("def shard_of")
+        body = source.index('"""', func)
+        assert fingerprint(source[:body + 3] + "Reworded. " + source[body + 3:]) == base
+        # a change of code does change it, also one inside a string that is not a docstring
+        assert fingerprint(source + "\nX = 1\n") != base
+        assert fingerprint(source + '\nX = "text"\n') != fingerprint(source + '\nX = "other"\n')
+    finally:
+        provenance.module_closure.cache_clear()

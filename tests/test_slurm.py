@@ -29,7 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "tests" / "slurm" / "local-slurm.sh"
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# installing and starting SLURM, then the whole example workflow, may pass the default 600 s
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def _script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

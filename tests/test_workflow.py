@@ -118,6 +118,47 @@ def test_adapter_logs_and_reraises_stage_errors(tmp_path, probe_stage):
     assert not (tmp_path / "m.tsv").exists()
 
 
+def test_adapter_sends_the_stage_processes_output_to_the_log(tmp_path, monkeypatch):
+    """What libraries print (C code writing to file descriptor 2, such as HDF5's
+    diagnostics; torch's warnings; child processes) lands in the rule's log, in order
+    with the stage's own logging; warnings still show on the console."""
+    module = types.ModuleType("nnpflow.stages.noisy")
+
+    def run(out):
+        logging.getLogger("nnpflow.stages.noisy").info("first, from logging")
+        os.write(2, b"raw bytes on fd 2, as C libraries write them\n")
+        os.write(1, b"print to stdout\n")  # (pytest replaces sys.stdout; a job's is fd 1)
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('child stderr\\n')"],
+                       check=True)
+        logging.getLogger("nnpflow.stages.noisy").warning("last, a warning")
+        Path(out).write_text("ok\n")
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "nnpflow.stages.noisy", module)
+    log = tmp_path / "job.log"
+    log.write_text("left over from an earlier run\n")
+    console = tmp_path / "console.txt"
+    saved = os.dup(2)
+    with open(console, "w") as fh:
+        os.dup2(fh.fileno(), 2)  # stand in for the console Snakemake runs the job in
+    try:
+        run_from_snakemake(_job("noisy", output=_Named(out=str(tmp_path / "o.txt")),
+                                log=[str(log)]))
+        os.write(2, b"after the job\n")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    text = log.read_text()
+    assert "left over" not in text
+    order = ["first, from logging", "raw bytes on fd 2", "print to stdout", "child stderr",
+             "last, a warning", "rule noisy: done"]
+    positions = [text.find(line) for line in order]
+    assert -1 not in positions and positions == sorted(positions), text
+    shown = console.read_text()
+    assert "last, a warning" in shown and "after the job" in shown
+    assert "raw bytes" not in shown and "first, from logging" not in shown
+
+
 def test_stage_kwargs_rejects_missing_and_clashing_names():
     def run(manifest, specs, threads=1):
         return None

@@ -1,4 +1,5 @@
-"""Atomic reference energies and the ``max_energy`` filter of spec 000.
+"""Atomic reference energies and the ``max_energy`` filter of aenet's PyTorch
+training (aenet-python's torch_training docs).
 
 The referenced (cohesive or formation) energy per atom of a structure is
 ``(E - sum_i E_ref[species_i]) / N`` in eV/atom.  Without ``atomic_energies``

@@ -4,8 +4,10 @@ Snakemake sees edits to a rule's own code but not to the modules it imports.  A
 rule therefore passes ``code_fingerprint("nnpflow.stages.build")`` as a param:
 the SHA-256 over the source of that module and every ``nnpflow`` module it
 imports, transitively (found by reading import statements, not by importing).
-Editing any of them changes the fingerprint and reruns the rule; editing an
-unrelated module does not.
+Editing the code of any of them changes the fingerprint and reruns the rule;
+editing an unrelated module, or only comments and docstrings, does not: the
+fingerprint hashes each module's syntax tree with docstrings removed (comments
+never reach the tree), not its bytes.
 """
 
 from __future__ import annotations
@@ -92,8 +94,28 @@ def code_fingerprint(*modules: str, exclude: tuple[str, ...] = ()) -> str:
     names = sorted(set(names))
     for mod in names:
         h.update(mod.encode() + b"\0")
-        h.update(_module_file(mod).read_bytes())
+        h.update(code_text(_module_file(mod)).encode())
     return h.hexdigest()[:16]
+
+
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def code_text(file: Path) -> str:
+    """The code of a Python file without comments and docstrings, as a canonical string.
+
+    The file's syntax tree (which holds no comments) with every module, class and
+    function docstring removed, dumped by :func:`ast.dump` without line numbers:
+    two files that differ only in comments, docstrings or layout give the same text.
+    """
+    tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
+    for node in ast.walk(tree):
+        if isinstance(node, _DOCUMENTED) and node.body:
+            first = node.body[0]
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
 
 
 def versions() -> dict[str, str]:

@@ -9,7 +9,8 @@ plain file, one archive member, or one record -- the pieces a shard selection
 * :class:`FileListSourceCollection` -- files of any supported format (archives
   among them are streamed member by member);
 * :class:`TarArchiveXSFSourceCollection` -- XSF members of one tar archive, read
-  in a single streaming pass (spec 000's adapter of the same name);
+  in a single streaming pass (the adapter of the same name in
+  the aenet PyTorch dataset specification (aenet-python's torch_training docs));
 * :class:`RecordSourceCollection` -- ``Structure`` / ``ase.Atoms`` objects;
 * :class:`CombinedSourceCollection` -- several collections in order;
 * :func:`as_source_collection` -- any of paths, records, collections, specs or a

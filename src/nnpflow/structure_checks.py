@@ -13,21 +13,17 @@ argument of :meth:`nnpflow.sources.SourceCollection.iter_structures`.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import AbstractSet, Iterable, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .neighbors import neighbor_list
 from .structure import Structure
 
 __all__ = ["check_species", "check_descriptor_species", "closest_pair", "check_min_distance", "overlap_error",
            "StructureChecks"]
-
-#: Above this many atoms the all-pairs search gives way to ASE's binned neighbour list.
-_DENSE_LIMIT = 300
-
 
 def check_species(structure: Structure, species: Iterable[str]) -> None:
     """Raise ``InputError`` if ``structure`` has a species outside ``species``."""
@@ -52,91 +48,19 @@ def check_descriptor_species(structure: Structure, species: Sequence[str],
 def closest_pair(structure: Structure, cutoff: float) -> tuple[float, int, int] | None:
     """The shortest interatomic distance at or below ``cutoff`` Å as ``(d, i, j)``
     (0-based atom indices; ``i == j`` for an atom and its own periodic image),
-    or ``None`` when every distance is above ``cutoff``."""
-    n = structure.n_atoms
-    if n > _DENSE_LIMIT:
-        return _closest_pair_binned(structure, cutoff)
-    positions = structure.positions
-    if structure.is_periodic:
-        cell = structure.cell
-        inverse = np.linalg.inv(cell)  # columns: reciprocal vectors b_k, a_i . b_k = delta_ik
-        pbc = structure.pbc
-        heights = 1.0 / np.sqrt((inverse * inverse).sum(0))  # lattice-plane spacings, Å
-        if cutoff < 0.5 * (1.0 - 1e-9) * float(heights[pbc].min()):
-            return _closest_pair_minimum_image(positions, cell, inverse, pbc, cutoff)
-        frac = positions @ inverse
-        frac[:, pbc] -= np.floor(frac[:, pbc])
-        positions = frac @ cell
-        # lattice planes k are 1/|b_k| apart; wrapped atoms need |shift_k| <= ceil(cutoff/spacing)
-        reach = np.ceil(cutoff * np.sqrt((inverse * inverse).sum(0))).astype(int) * pbc
-        # |p_j + S - p_i| = |p_i - S - p_j|: half of the shifts (first non-zero component
-        # positive) plus the zero shift cover every pair; the zero shift comes first
-        half = [t for t in itertools.product(*(range(-r, r + 1) for r in reach.tolist()))
-                if next((c for c in t if c), 0) > 0]
-        shifts = np.array([(0, 0, 0)] + half, dtype=np.float64) @ cell  # (K, 3) Å
-    else:
-        shifts = np.zeros((1, 3))
-    zero = 0
-    images = (positions[None, :, :] + shifts[:, None, :]).reshape(-1, 3)  # (K*N, 3)
-    # squared distances |p_i - q|^2 by the expansion (BLAS); candidates re-checked exactly
-    d2 = (np.einsum("ij,ij->i", positions, positions)[:, None]
-          + np.einsum("ij,ij->i", images, images)[None, :] - 2.0 * positions @ images.T)
-    d2[np.arange(n), zero * n + np.arange(n)] = np.inf
-    slack = 1e-9 * (1.0 + float(np.abs(images).max())) ** 2
-    limit = cutoff * cutoff + slack
-    if d2.min() > limit:
+    or ``None`` when every distance is above ``cutoff``.
+
+    Uses the package's neighbour list (:func:`nnpflow.neighbors.neighbor_list`) with
+    its numpy backend, so that the data stages do not load torch."""
+    search = cutoff if cutoff > 0 else 1e-9     # cutoff 0 still finds coincident atoms
+    pairs = neighbor_list(structure.positions, structure.cell if structure.is_periodic else None,
+                          structure.pbc, search, backend="numpy")
+    if len(pairs) and cutoff < search:
+        pairs = pairs.select(pairs.distance <= cutoff)
+    if not len(pairs):
         return None
-    cand = np.nonzero(d2 <= limit)
-    i, q = cand
-    d = np.linalg.norm(images[q] - positions[i], axis=1)
-    keep = d <= cutoff
-    if not keep.any():
-        return None
-    k = int(np.argmin(np.where(keep, d, np.inf)))
-    return float(d[k]), int(i[k]), int(q[k] % n)
-
-
-def _closest_pair_minimum_image(positions: np.ndarray, cell: np.ndarray, inverse: np.ndarray,
-                                pbc: np.ndarray, cutoff: float
-                                ) -> tuple[float, int, int] | None:
-    """:func:`closest_pair` for a cutoff below half of every periodic lattice-plane
-    spacing h_k.  A separation ``v`` with ``|v| <= cutoff`` has fractional
-    components ``|v . b_k| <= |v| / h_k < 1/2``, so it is the one image that
-    rounding the fractional separation to [-1/2, 1/2] picks: one (N, N) distance
-    matrix instead of one per image shift, and no atom is that close to its own
-    image (those are at least min h_k away)."""
-    n = len(positions)
-    frac = (positions @ inverse).T                  # (3, N) fractional coordinates
-    pos = positions.T                               # (3, N) Å
-    # separations r_j - r_i per Cartesian component, (N, N) each; then the image shift
-    disp = [pos[c][None, :] - pos[c][:, None] for c in range(3)]
-    for a in np.flatnonzero(pbc):
-        shift = np.rint(frac[a][None, :] - frac[a][:, None])  # integer offsets along a
-        for c in range(3):
-            if cell[a, c] != 0.0:
-                disp[c] -= shift * cell[a, c]
-    d2 = disp[0] * disp[0] + disp[1] * disp[1] + disp[2] * disp[2]
-    d2[np.arange(n), np.arange(n)] = np.inf
-    k = int(np.argmin(d2))
-    i, j = divmod(k, n)
-    d = float(np.sqrt(d2[i, j]))
-    if not d <= cutoff:
-        return None
-    return d, int(i), int(j)
-
-
-def _closest_pair_binned(structure: Structure, cutoff: float) -> tuple[float, int, int] | None:
-    from ase.neighborlist import primitive_neighbor_list
-
-    cell = structure.cell if structure.cell is not None else np.zeros((3, 3))
-    # a hair above the cutoff: ASE keeps d < cutoff, we reject d <= cutoff
-    i, j, d = primitive_neighbor_list("ijd", structure.pbc, cell, structure.positions,
-                                      cutoff * (1 + 1e-12) + 1e-12)
-    keep = d <= cutoff
-    if not keep.any():
-        return None
-    k = int(np.argmin(np.where(keep, d, np.inf)))
-    return float(d[k]), int(i[k]), int(j[k])
+    k = int(np.argmin(pairs.distance))
+    return float(pairs.distance[k]), int(pairs.i[k]), int(pairs.j[k])
 
 
 def check_min_distance(structure: Structure, min_cutoff: float) -> None:

@@ -16,8 +16,7 @@ rule import_aenet:
         model_name=lambda wildcards: wildcards.model,
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("import_aenet"),
     log:
         log_file("import_aenet", "{model}.log"),
     benchmark:

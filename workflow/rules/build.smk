@@ -24,8 +24,7 @@ if SPECIES is None:
             code=stage_code("species"),
         threads: 1
         resources:
-            mem_mb=500,
-            runtime=5,
+            **job_resources("species"),
         log:
             log_file("species.log"),
         benchmark:
@@ -49,8 +48,7 @@ rule build:
         species=build_species,
     threads: BUILD_THREADS
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **job_resources("build"),
         gpu=BUILD_GPUS,
     log:
         log_file("build", "shard_{shard}.log"),
@@ -74,8 +72,7 @@ rule merge:
         code=stage_code("merge"),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **job_resources("merge"),
     log:
         log_file("merge.log"),
     benchmark:

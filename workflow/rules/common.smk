@@ -1,5 +1,7 @@
-# Helpers shared by the rule files: paths, the source plan, shard planning and
-# per-rule params.  No rules here.
+# Helpers shared by the files under workflow/rules -- the configuration's validation (schema
+# workflow/schemas/config.schema.yaml, which fills the defaults), paths, the source
+# plan, shard planning, per-rule params and resources.  No rules here (snakemake
+# --lint wants functions and rules in separate files).
 #
 # Rerunning only what changed rests on two things done here:
 # * every rule's params carry exactly the config its stage reads, in a canonical
@@ -12,7 +14,11 @@
 #   (each shard keeps the members that hash to it).
 
 
+import posixpath
+from pathlib import Path
+
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
 from nnpflow.errors import ConfigError
 from nnpflow.example import example_files
@@ -23,6 +29,29 @@ from nnpflow.sources import SourceSpec, expand_sources
 
 #: the rule environment for --sdm conda (path relative to this folder)
 CONDA_ENV = "../../envs/nnpflow.yaml"
+
+
+def _validate_config():
+    """Validate and fill ``config``; re-raise schema errors as one clear line."""
+    import jsonschema
+
+    try:
+        validate(config, "../schemas/config.schema.yaml")  # relative to this file
+    except WorkflowError as exc:
+        err = exc.__context__  # snakemake raises from inside its `except ValidationError`
+        if not isinstance(err, jsonschema.ValidationError):
+            raise
+        err = jsonschema.exceptions.best_match([err, *err.context]) if err.context else err
+        where = posixpath.join(*map(str, err.absolute_path)) if err.absolute_path else "(top level)"
+        what = err.message
+        if err.validator == "not" and err.schema.get("description"):
+            what = err.schema["description"]
+        raise WorkflowError(f"invalid configuration at {where}: {what} "
+                            f"(see config/README.md)") from None
+
+
+_validate_config()
+
 
 def _check_config():
     """The checks the schema cannot express (nnpflow.config_checks): NaN/inf numbers,
@@ -43,7 +72,7 @@ def _check_config():
 
 _check_config()
 
-RESULTS = str(config["results"]).rstrip("/") or "."
+RESULTS = str(config["results"]).rstrip(posixpath.sep) or "."
 N_SHARDS = int(config["database"]["shards"])
 SHARDS = list(range(N_SHARDS))
 
@@ -98,6 +127,13 @@ def stage_code(stage):
                             exclude=NOT_RUN.get(stage, ()))
 
 
+def job_resources(rule):
+    """Memory (mem_mb, MB) and wall time (runtime, minutes) of the jobs of ``rule``:
+    config["resources"][rule], whose defaults are in the schema -- the one place
+    they are set (the SLURM profile only names the partition and account)."""
+    return dict(config["resources"][rule])
+
+
 # ---------------------------------------------------------------- sources
 
 EXAMPLE_ENABLED = bool(config["example"]["enabled"])
@@ -120,7 +156,7 @@ def _plan_sources():
         specs = list(expand_sources(config["sources"], base_dir="."))
     except ConfigError as exc:
         raise WorkflowError(f"invalid configuration at sources: {exc}") from None
-    # the example files do not exist yet (rule example makes them): no expansion
+    # the example files do not exist yet (the example rule makes them), so no expansion
     specs += [SourceSpec(path=p, format=detect_format(p)) for p in EXAMPLE_FILES]
     seen = {}
     for spec in specs:
@@ -288,7 +324,7 @@ def shard_outputs():
 
 
 def final_outputs():
-    """Everything rule all asks for: every file the workflow keeps (the example's
+    """Everything the default target (the all rule) asks for, that is every file the workflow keeps (the example's
     files, the shards, the merged data, the split, every member's model and history
     and every active model's evaluation), not only the last ones.
 
@@ -428,3 +464,44 @@ def summary_output():
 def evaluate_settings():
     """The evaluate block the evaluate stage reads (plots only decides the outputs)."""
     return canonical({k: v for k, v in config["evaluate"].items() if k != "plots"})
+
+
+# ---------------------------------------------------------------- evaluation outputs
+
+def _evaluation_report(name, caption, label):
+    """An evaluation output marked for the report, under "Evaluation" / model name."""
+    return report(
+        evaluation_outputs("{model}")[name],
+        caption=f"../report/{caption}.rst",
+        category="Evaluation",
+        subcategory="{model}",
+        labels={"model": "{model}", "output": label},
+    )
+
+
+def _evaluate_outputs():
+    outputs = dict(
+        metrics=_evaluation_report("metrics", "metrics", "metrics (JSON)"),
+        per_species=_evaluation_report("per_species", "per_species", "errors per species"),
+        worst_structures=_evaluation_report(
+            "worst_structures", "worst_structures", "largest errors"
+        ),
+    )
+    if config["evaluate"]["plots"]:
+        outputs.update(
+            parity_energy=_evaluation_report("parity_energy", "parity_energy", "energy parity"),
+            parity_forces=_evaluation_report("parity_forces", "parity_forces", "force parity"),
+            learning_curve=_evaluation_report(
+                "learning_curve", "learning_curve", "learning curve"
+            ),
+        )
+        if PHYSICAL_CHECKS:
+            outputs["md_check"] = _evaluation_report("md_check", "md_check", "NVE checks")
+    return outputs
+
+
+def example_dir(output):
+    """The folder the example rule writes into, taken from its outputs (so that it
+    follows any storage prefix Snakemake puts in front of them)."""
+    first = example_files(config["example"])[0]
+    return str(Path(output[0]).parents[len(Path(first).parts) - 1])

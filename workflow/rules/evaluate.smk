@@ -10,38 +10,6 @@
 # first in the report (category "Summary"), so a model that blew up is flagged there.
 
 
-def _evaluation_report(name, caption, label):
-    """An evaluation output marked for the report, under "Evaluation" / model name."""
-    return report(
-        evaluation_outputs("{model}")[name],
-        caption=f"../report/{caption}.rst",
-        category="Evaluation",
-        subcategory="{model}",
-        labels={"model": "{model}", "output": label},
-    )
-
-
-def _evaluate_outputs():
-    outputs = dict(
-        metrics=_evaluation_report("metrics", "metrics", "metrics (JSON)"),
-        per_species=_evaluation_report("per_species", "per_species", "errors per species"),
-        worst_structures=_evaluation_report(
-            "worst_structures", "worst_structures", "largest errors"
-        ),
-    )
-    if config["evaluate"]["plots"]:
-        outputs.update(
-            parity_energy=_evaluation_report("parity_energy", "parity_energy", "energy parity"),
-            parity_forces=_evaluation_report("parity_forces", "parity_forces", "force parity"),
-            learning_curve=_evaluation_report(
-                "learning_curve", "learning_curve", "learning curve"
-            ),
-        )
-        if PHYSICAL_CHECKS:
-            outputs["md_check"] = _evaluation_report("md_check", "md_check", "NVE checks")
-    return outputs
-
-
 rule evaluate:
     input:
         database=database_outputs()["database"],
@@ -57,8 +25,7 @@ rule evaluate:
         **evaluate_settings(),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources("evaluate"),
     log:
         log_file("evaluate", "{model}.log"),
     benchmark:
@@ -85,8 +52,7 @@ rule summary:
         model_names=model_names(),
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        **job_resources("summary"),
     log:
         log_file("summary.log"),
     benchmark:

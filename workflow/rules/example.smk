@@ -10,12 +10,11 @@ if EXAMPLE_ENABLED:
         params:
             stage="example",
             code=stage_code("example"),
-            out_dir=results("example"),
+            out_dir=lambda wildcards, output: example_dir(output),
             config=canonical(config["example"]),
         threads: 1
         resources:
-            mem_mb=1000,
-            runtime=15,
+            **job_resources("example"),
         log:
             log_file("example.log"),
         benchmark:

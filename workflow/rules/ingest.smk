@@ -21,8 +21,7 @@ rule ingest:
         **ingest_settings(),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **job_resources("ingest"),
     log:
         log_file("ingest", "shard_{shard}.log"),
     benchmark:
@@ -53,8 +52,7 @@ rule manifest:
         **filter_settings(),
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=15,
+        **job_resources("manifest"),
     log:
         log_file("manifest.log"),
     benchmark:

@@ -19,8 +19,7 @@ rule split:
         fit_atomic_energies=FIT_ATOMIC_ENERGIES,
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("split"),
     log:
         log_file("split.log"),
     benchmark:

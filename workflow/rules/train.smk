@@ -30,8 +30,7 @@ rule train:
         member=lambda wildcards: int(wildcards.member),
     threads: lambda wildcards: training_threads(wildcards.model)
     resources:
-        mem_mb=4000,
-        runtime=240,
+        **job_resources("train"),
         gpu=lambda wildcards: training_gpus(wildcards.model),
     log:
         log_file("train", "{model}", "member_{member}.log"),

@@ -86,7 +86,8 @@ COMPRESSIONS = ("gzip", "zlib", "lzf", "blosc", "zstd", "none")
 def compression_options(compression: str | None, level: int | None) -> dict:
     """``h5py.create_dataset`` keyword arguments for a compression name.
 
-    ``"gzip"`` (alias ``"zlib"``, as spec 000 calls it) and ``"lzf"`` are built
+    ``"gzip"`` (alias ``"zlib"``, the name aenet-python's
+    torch_training docs use) and ``"lzf"`` are built
     into h5py; ``"blosc"`` (zstd inside blosc) and ``"zstd"`` need the
     ``hdf5plugin`` package.  ``None`` or ``"none"`` stores uncompressed chunks.
     The byte-shuffle filter is added for gzip and zstd (it helps with floats and

@@ -1,4 +1,5 @@
-"""The datasets of spec 000 (``aenet-torch-datasets``), on nnpflow's database.
+"""The datasets of the aenet PyTorch dataset specification (aenet-python's torch_training docs),
+on nnpflow's database.
 
 * :class:`StructureDataset` — structures in memory, on-the-fly features, force capable;
 * :class:`CachedStructureDataset` — eager in-memory features, energy-only;

@@ -1,4 +1,5 @@
-"""Behaviour shared by the spec-000 datasets: keys, views, samples, selections.
+"""Behaviour shared by the datasets of the aenet PyTorch dataset specification
+(aenet-python's torch_training docs): keys, views, samples, selections.
 
 Sample dicts (``dataset[i]``), units eV, Å, eV/Å:
 

@@ -1,4 +1,5 @@
-"""``HDF5StructureDataset``: lazy access to an nnpflow database (spec 000).
+"""``HDF5StructureDataset``: lazy access to an nnpflow database (the
+HDF5 dataset of the aenet PyTorch dataset specification (aenet-python's torch_training docs)).
 
 Build once (``mode="build"``, then :meth:`HDF5StructureDataset.build_database`),
 load later (``mode="load"``; ``descriptor=None`` recovers the persisted

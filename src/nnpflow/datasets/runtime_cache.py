@@ -1,4 +1,5 @@
-"""Trainer-owned runtime caches of a dataset instance (spec 000's ``cache_*``).
+"""Trainer-owned runtime caches of a dataset instance (the ``cache_*`` options of
+the aenet PyTorch training configuration, aenet-python's torch_training docs).
 
 The trainer sets them from ``TorchTrainingConfig`` with
 :func:`configure_runtime_caches`; datasets are passive and never enable them on

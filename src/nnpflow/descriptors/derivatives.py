@@ -39,15 +39,12 @@ about 0.13 kB per edge in float32.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .chebyshev import cutoff_function
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .chebyshev import ChebyshevDescriptor
+from .radial import cutoff_function
 
 __all__ = ["DescriptorDerivatives"]
 
@@ -60,7 +57,9 @@ class DescriptorDerivatives:
 
     Attributes
     ----------
-    descriptor : ChebyshevDescriptor
+    descriptor : nnpflow.descriptors.ChebyshevDescriptor
+        The descriptor that made them (this module does not import it: the
+        descriptor imports this one).
     species_index : Tensor (N,) int64
         Species indices of the atoms (descriptor order).
     center, neighbor : Tensor (E,) int64
@@ -71,7 +70,7 @@ class DescriptorDerivatives:
         Atoms per structure (one entry unless concatenated).
     """
 
-    def __init__(self, descriptor: "ChebyshevDescriptor", species_index: torch.Tensor,
+    def __init__(self, descriptor, species_index: torch.Tensor,
                  center: torch.Tensor, neighbor: torch.Tensor, vector: torch.Tensor,
                  atom_counts: Sequence[int] | None = None):
         self.descriptor = descriptor
@@ -189,7 +188,7 @@ class DescriptorDerivatives:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict, species_index, descriptor: "ChebyshevDescriptor"
+    def from_arrays(cls, arrays: dict, species_index, descriptor
                     ) -> "DescriptorDerivatives":
         """Rebuild from :meth:`to_arrays` output and the structure's species
         indices (N,), on the descriptor's device and dtype."""

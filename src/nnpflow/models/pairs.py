@@ -1,9 +1,9 @@
 """Pair lists for layer-stack models: each unordered pair of atoms once.
 
-Molecules (no periodic direction) use all pairs ``i < j`` closer than the cutoff
-(``math.inf``: every pair).  Periodic cells use the descriptor's neighbour search
-(:func:`nnpflow.descriptors.neighbors.neighbor_list`, every periodic image within
-the cutoff) and keep one of each pair of opposite entries ``(i, j, s)`` /
+Both come from the package's neighbour list (:func:`nnpflow.neighbors.neighbor_list`):
+molecules (no periodic direction) keep the pairs ``i < j`` closer than the cutoff
+(``math.inf``: every pair, no search needed); periodic cells keep every periodic
+image within the cutoff, one of each pair of opposite entries ``(i, j, s)`` /
 ``(j, i, -s)``: the one with ``i < j``, or for an atom and its own image the one
 whose image shift is lexicographically positive.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..neighbors import neighbor_list
 
 
 @dataclass
@@ -34,13 +35,12 @@ class PairList:
 
 def molecule_pairs(positions: np.ndarray, cutoff: float) -> PairList:
     """Pairs ``i < j`` of an isolated structure with distance below ``cutoff`` (Å)."""
-    n = positions.shape[0]
-    i, j = np.triu_indices(n, 1)
-    if not math.isinf(cutoff):
-        d = np.linalg.norm(positions[j] - positions[i], axis=1)
-        keep = d < cutoff
-        i, j = i[keep], j[keep]
-    return PairList(i.astype(np.int64), j.astype(np.int64), None)
+    if math.isinf(cutoff):
+        i, j = np.triu_indices(positions.shape[0], 1)
+        return PairList(i.astype(np.int64), j.astype(np.int64), None)
+    pairs = neighbor_list(positions, None, False, cutoff)
+    keep = (pairs.i < pairs.j) & (pairs.distance < cutoff)
+    return PairList(pairs.i[keep], pairs.j[keep], None)
 
 
 def periodic_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
@@ -49,16 +49,9 @@ def periodic_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
     if math.isinf(cutoff):
         raise ConfigError("a periodic structure needs a finite pair cutoff; set cutoff_lr "
                           "for long-range layers such as ElectrostaticEnergy")
-    import torch
-
-    from ..descriptors.neighbors import neighbor_list
-
-    nl = neighbor_list(torch.as_tensor(positions, dtype=torch.float64),
-                       torch.as_tensor(cell, dtype=torch.float64),
-                       torch.as_tensor(np.asarray(pbc, dtype=bool)), float(cutoff))
-    i = nl.center.cpu().numpy().astype(np.int64)
-    j = nl.neighbor.cpu().numpy().astype(np.int64)
-    s = nl.shift.cpu().numpy().astype(np.int64).reshape(-1, 3)
+    pairs = neighbor_list(positions, cell, np.asarray(pbc, dtype=bool), float(cutoff),
+                          backend="torch")
+    i, j, s = pairs.i, pairs.j, pairs.shift
     # lexicographic sign of the shift: first non-zero component
     first = np.where(s[:, 0] != 0, s[:, 0], np.where(s[:, 1] != 0, s[:, 1], s[:, 2]))
     keep = (i < j) | ((i == j) & (first > 0))

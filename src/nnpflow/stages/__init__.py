@@ -5,7 +5,11 @@ Snakemake's ``snakemake`` object to :func:`run_from_snakemake`.  The adapter
 
 1. picks the stage module ``nnpflow.stages.<stage>``, where ``<stage>`` is the
    rule's ``params.stage`` (or the rule name when there is none);
-2. sends ``logging`` (and Python warnings) to the job's log file, ``log[0]``;
+2. sends ``logging`` (and Python warnings) to the job's log file, ``log[0]``,
+   and the process's own stdout and stderr there too (file descriptors 1 and 2,
+   so also what torch, HDF5 and other C libraries print, and the output of the
+   processes the stage starts); warnings and errors are also shown on the
+   console Snakemake runs in;
 3. sets torch's threads from the rule's ``threads`` (:func:`nnpflow.runtime.configure_threads`);
 4. calls ``nnpflow.stages.<stage>.run(**kwargs)`` with the rule's *named* inputs,
    *named* outputs and params (except ``stage`` and ``code``, which only exist to
@@ -22,9 +26,11 @@ on another node, or again, and they can be called directly in tests.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
+import os
 import re
 import sys
 import time
@@ -105,10 +111,13 @@ def stage_kwargs(func: Callable[..., Any], inputs: Mapping[str, Any],
     return kwargs
 
 
-def configure_logging(log_file: str | None, level: int = logging.INFO) -> None:
-    """Send ``logging`` records (and warnings) to ``log_file`` (overwritten) and stderr.
+def configure_logging(log_file: str | None, level: int = logging.INFO,
+                      console: Any = None, append: bool = False) -> None:
+    """Send ``logging`` records (and warnings) to ``log_file`` (overwritten, or
+    appended to with ``append``) and to ``console`` (default: ``sys.stderr``).
 
-    Warnings and errors also go to stderr so they show in Snakemake's own output.
+    With a log file, only warnings and errors go to the console, so that they show
+    in Snakemake's own output.
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -116,10 +125,11 @@ def configure_logging(log_file: str | None, level: int = logging.INFO) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                             datefmt="%Y-%m-%d %H:%M:%S")
     if log_file:
-        file_handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        file_handler = logging.FileHandler(log_file, mode="a" if append else "w",
+                                           encoding="utf-8")
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
-    err = logging.StreamHandler(sys.stderr)
+    err = logging.StreamHandler(sys.stderr if console is None else console)
     err.setLevel(logging.WARNING if log_file else level)
     err.setFormatter(fmt)
     root.addHandler(err)
@@ -128,12 +138,51 @@ def configure_logging(log_file: str | None, level: int = logging.INFO) -> None:
     logging.captureWarnings(True)
 
 
+@contextlib.contextmanager
+def output_to_log(log_file: str | None):
+    """Within the block, file descriptors 1 and 2 (stdout, stderr) write to
+    ``log_file`` (truncated first, then appended to, so that the ``logging``
+    handler opened with ``append=True`` and the raw output interleave in order).
+
+    Yields a text stream on the original stderr (the console), or ``sys.stderr``
+    when there is no log file.  Restores both descriptors on exit.
+    """
+    if not log_file:
+        yield sys.stderr
+        return
+    open(log_file, "w").close()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    target = os.open(log_file, os.O_WRONLY | os.O_APPEND)
+    console = os.fdopen(os.dup(saved[2]), "w", buffering=1, encoding="utf-8",
+                        errors="backslashreplace")
+    try:
+        for fd in (1, 2):
+            os.dup2(target, fd)
+        yield console
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(target)
+        console.close()
+
+
 def run_from_snakemake(smk: Any) -> Any:
     """Run the stage of a Snakemake job (the ``snakemake`` object of a script)."""
+    log_files = list(getattr(smk, "log", None) or [])
+    with output_to_log(str(log_files[0]) if log_files else None) as console:
+        return _run_job(smk, str(log_files[0]) if log_files else None, console)
+
+
+def _run_job(smk: Any, log_file: str | None, console: Any) -> Any:
     params = _named(smk.params)
     stage = params.get("stage") or smk.rule
-    log_files = list(getattr(smk, "log", None) or [])
-    configure_logging(str(log_files[0]) if log_files else None)
+    configure_logging(log_file, console=console, append=True)
     threads = getattr(smk, "threads", None)
     try:
         from ..runtime import configure_threads, keep_freed_memory
@@ -156,3 +205,6 @@ def run_from_snakemake(smk: Any) -> Any:
         raise
     finally:
         logging.shutdown()
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # they write to streams closed after the job
+            root.removeHandler(handler)

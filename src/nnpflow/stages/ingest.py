@@ -69,7 +69,8 @@ def run(specs: list[dict], shard: int, n_shards: int, manifest: str, rejected: s
 
     ``species``: allowed species (others are rejected); ``min_cutoff`` (Å): reject
     structures with two atoms this close or closer; ``max_energy`` (eV/atom) with
-    ``atomic_energies`` (eV per species): the referenced-energy filter of spec 000;
+    ``atomic_energies`` (eV per species): the referenced-energy filter of aenet's
+    PyTorch training (aenet-python's torch_training docs);
     ``require_energy``: structures without a total energy are bad input.
     """
     if not isinstance(n_shards, int) or n_shards < 1:

@@ -1,4 +1,4 @@
-"""``nnpflow train -c train.yaml -o DIR``: Enerzyme-compatible training (spec 004)."""
+"""``nnpflow train -c train.yaml -o DIR``: Enerzyme-compatible training (Enerzyme's train.yaml)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Submodules (imported on demand, so ``import nnpflow.models`` stays cheap):
 
 - :mod:`nnpflow.models.fields` -- the named fields layers read and write (N, Ra,
   Za, E, Fa, Qa, Q, M2 and internal ones such as pair lists and distances).
-- :mod:`nnpflow.models.layers` -- the layers of spec 004 (``RangeSeparation``,
+- :mod:`nnpflow.models.layers` -- the layers of Enerzyme's layer stack (``RangeSeparation``,
   ``GaussianSmearing``, ``RandomAtomEmbedding``, the SchNet ``Core``,
   ``AtomicAffine``, ``ChargeConservation``, ``AtomicCharge2Dipole``,
   ``ElectrostaticEnergy``, ``EnergyReduce``, ``Force``) and their registry.

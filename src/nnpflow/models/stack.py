@@ -2,7 +2,7 @@
 
 A model is described by its ``architecture`` (the class of its ``Core``), the
 shared ``build_params`` and the list of ``layers`` (``{name, params}``), exactly
-as in a Modelhub entry of spec 004.  Every layer receives each build parameter
+as in a Modelhub entry of Enerzyme's train.yaml.  Every layer receives each build parameter
 whose name is one of its constructor parameters; its own ``params`` win.  An
 unknown layer name, an unknown parameter or a missing required parameter is a
 :class:`~nnpflow.errors.ConfigError` naming the layer.

@@ -13,7 +13,7 @@ imported here):
   files, RNG capture/restore, and the resume guard.
 - :mod:`~nnpflow.training.interrupt` -- SIGTERM -> finish the step, checkpoint, exit.
 
-The Enerzyme-style trainer (spec 004, ``nnpflow train -c train.yaml -o DIR``):
+The Enerzyme-style trainer (Enerzyme's train.yaml, ``nnpflow train -c train.yaml -o DIR``):
 :mod:`~nnpflow.training.yaml_config` (train.yaml), :mod:`~nnpflow.training.datahub`
 (processed data), :mod:`~nnpflow.training.splitter` (splits),
 :mod:`~nnpflow.training.modelhub` (models and architectures),

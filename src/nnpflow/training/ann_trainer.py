@@ -294,7 +294,7 @@ def _fmt(x) -> str:
 class ANNTrainer:
     """Trains ``potential`` on ``train`` (monitoring ``validation``, may be None).
 
-    ``train``/``validation`` are datasets or ``Subset``s of the spec-000
+    ``train``/``validation`` are datasets or ``Subset``s of the aenet-style
     datasets; ``resume_from`` a checkpoint; ``force_resume`` resumes despite a
     changed identity; ``on_step(epoch, step)`` (0-based) runs after every
     optimiser step.
@@ -392,7 +392,7 @@ class ANNTrainer:
         if has_val and self.alpha > 0:
             vf = np.asarray(self.val_base.has_forces(), dtype=bool)[self.val_idx]
             self.val_forces = bool(vf.any())
-        # runtime caches (trainer-owned, spec 000)
+        # runtime caches (trainer-owned, the aenet PyTorch training docs)
         for base in {id(b): b for b in (self.train_base, self.val_base) if b is not None}.values():
             if hasattr(base, "runtime_caches"):
                 configure_runtime_caches(

@@ -1,4 +1,5 @@
-"""``TorchTrainingConfig``, ``Adam`` and ``SGD``: the settings of ANN training (spec 000).
+"""``TorchTrainingConfig``, ``Adam`` and ``SGD``: the settings of ANN training (as in
+aenet-python's PyTorch training docs).
 
 Datasets are passive; every runtime choice of a training run lives here.
 Every field does something or is rejected: unknown names, wrong types and
@@ -54,7 +55,7 @@ Fields (units eV, Å, eV/Å)
     Filter threshold on the referenced energy per atom (eV/atom) and reference
     energies (eV) for datasets the trainer builds from ``structures=...``.
     Prebuilt datasets own their filtering and references: both are then
-    ignored with a warning (spec 000).  ``atomic_energies="fit"`` fits the
+    ignored with a warning (the aenet PyTorch training docs).  ``atomic_energies="fit"`` fits the
     references by least squares on the training part only
     (:func:`nnpflow.energy_reference.fit_atomic_energies`), for built and
     prebuilt datasets alike, applies them to the training and validation data

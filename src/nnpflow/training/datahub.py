@@ -161,7 +161,7 @@ def _targets_present(structures: list[Structure], datahub: Mapping) -> list[str]
             raise InputError(f"target {name} ({attr}) missing in {len(missing)} of "
                              f"{len(structures)} structures", source=s.name or datahub["data_path"])
     # the total charge is a target whenever it is known: mapped as a target, or as a
-    # feature (spec 004's example maps Q under features and weights it in the loss)
+    # feature (Enerzyme's tutorial maps Q under features and weights it in the loss)
     keep = set(wanted) | ({"Q"} if "Q" in datahub["features"] else set())
     return [t for t in present if (not wanted and t != "Q") or t in keep]
 

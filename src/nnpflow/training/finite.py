@@ -34,7 +34,7 @@ def _bad_atoms_per_structure(values: torch.Tensor, owner: torch.Tensor, n: int) 
 
 def nonfinite_inputs(dataset: Any, indices: Sequence[int], chunk: int = 64) -> list[str]:
     """``"<name>: non-finite features"``-style descriptions of the structures among
-    ``dataset[indices]`` (a spec-000 dataset with ``get_batch``) whose features,
+    ``dataset[indices]`` (a aenet-style dataset with ``get_batch``) whose features,
     reference forces or energy (±inf; NaN means "no energy") are not finite."""
     found: list[str] = []
     indices = np.asarray(list(indices), dtype=np.int64)

@@ -1,6 +1,6 @@
 """Which training structures have their forces in the loss in an epoch.
 
-``force_fraction`` f and ``force_sampling`` (spec 000): of the ``n`` training
+``force_fraction`` f and ``force_sampling`` (the aenet PyTorch training docs): of the ``n`` training
 structures with reference forces, ``k = max(1, round(f * n))`` are *force
 structures* of an epoch; the others contribute their energies only.
 

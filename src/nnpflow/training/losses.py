@@ -1,7 +1,7 @@
 """Weighted multi-target losses and whole-set metrics over named fields.
 
 A *term table* maps a metric kind (``rmse``, ``mae``, ``mse``) to a mapping of
-field name to weight, as in spec 004::
+field name to weight, as in Enerzyme's train.yaml::
 
     {"rmse": {"E": 1, "Fa": 52.917721}, "mae": {"Qa": 1}}
 

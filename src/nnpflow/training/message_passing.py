@@ -146,7 +146,7 @@ def chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def make_adam(params: list[torch.Tensor], lr) -> torch.optim.Adam:
-    """Adam (spec 004's optimiser), fused into one kernel per step where torch supports
+    """Adam (Enerzyme's optimiser), fused into one kernel per step where torch supports
     it for the parameters' device and dtype."""
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)

@@ -1,4 +1,4 @@
-"""``TorchANNPotential``: the aenet-style potential's API (spec 000).
+"""``TorchANNPotential``: the aenet-style potential's API (the aenet PyTorch training docs).
 
 A thin facade over the shared parts:
 
@@ -51,7 +51,7 @@ def _delegate(name: str, doc: str) -> property:
 
 
 class TorchANNPotential:
-    """Per-species atomic networks on a ``ChebyshevDescriptor`` (spec 000).
+    """Per-species atomic networks on a ``ChebyshevDescriptor`` (the aenet PyTorch training docs).
 
     Parameters
     ----------
@@ -189,7 +189,7 @@ class TorchANNPotential:
               interrupt: Any = None) -> list[dict]:
         """Train the networks; returns the history (one dict per epoch).
 
-        Inputs, by precedence (spec 000): an explicit ``train_dataset`` (and
+        Inputs, by precedence (the aenet PyTorch training docs): an explicit ``train_dataset`` (and
         optional ``test_dataset``, the validation set); else ``dataset``, split by
         ``config.testpercent``; else raw ``structures`` (paths, ``ase.Atoms``,
         ``Structure``s), from which a ``CachedStructureDataset`` is built when
@@ -290,7 +290,7 @@ class TorchANNPotential:
 
     def predict_dataset(self, dataset: Any, eval_forces: bool = True, batch_size: int = 64,
                         show_progress: bool = False) -> PredictionResult:
-        """Predictions for a spec-000 dataset or ``Subset``, reusing its persisted
+        """Predictions for a aenet-style dataset or ``Subset``, reusing its persisted
         or cached features (and derivatives of structures with reference forces;
         forces of other structures are featurised on the fly)."""
         return self.model.predict_dataset(dataset, eval_forces, batch_size, show_progress)

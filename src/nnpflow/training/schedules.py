@@ -8,7 +8,7 @@ number of warmup steps (``round(warmup_ratio * T)``):
 
 ``constant``  ``k / W`` during warmup, then 1.
 ``linear``    ``k / W`` during warmup, then ``(T - k + 1) / (T - W)``: from the full
-              rate down to ``1 / (T - W)`` at the last step (spec 004's
+              rate down to ``1 / (T - W)`` at the last step (Enerzyme's
               ``schedule: linear`` with ``warmup_ratio``; no step is taken at 0).
 ``cosine``    ``k / W`` during warmup, then
               ``m + (1 - m) (1 + cos(pi (k - W - 1) / (T - W))) / 2`` with ``m = min_lr_ratio``.

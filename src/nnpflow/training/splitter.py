@@ -1,4 +1,4 @@
-"""Random splits of a processed data set into named parts (spec 004's Splitter).
+"""Random splits of a processed data set into named parts (Enerzyme's Splitter).
 
 ``ratios`` gives one entry per part: a fraction in [0, 1] (a float), a number
 of structures (an integer) or ``null`` for the part that takes every structure

@@ -1,4 +1,4 @@
-"""``train.yaml`` (spec 004): load, validate, fill defaults.
+"""``train.yaml`` (Enerzyme's train.yaml): load, validate, fill defaults.
 
 Sections and keys are Enerzyme's.  Every key is checked: an unknown key is a
 :class:`~nnpflow.errors.ConfigError` that names its full path (``Trainer.Splitter.ratio:

@@ -1,4 +1,4 @@
-"""The layers of the layer stack (spec 004) and their registry.
+"""The layers of the layer stack (Enerzyme's train.yaml) and their registry.
 
 ``LAYERS`` maps the names users write in ``Modelhub.<FF>.layers[].name`` to layer
 classes.  ``Core`` is not in it: the model's ``architecture`` picks the class of

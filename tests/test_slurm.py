@@ -128,8 +128,9 @@ def test_example_workflow_runs_through_sbatch(local_slurm, tmp_path, copy_workfl
     assert jobs, f"sacct lists no job that ran in {tmp_path}"
     rules = Counter(job["comment"].split("_wildcards")[0].removeprefix("rule_")
                     for job in jobs)
-    assert rules == Counter({"example": 1, "ingest": 2, "manifest": 1, "build": 2,
-                             "merge": 1, "split": 1, "train": 1, "evaluate": 1}), jobs
+    assert rules == Counter({"example": 1, "ingest": 2, "manifest": 1, "species": 1,
+                             "build": 2, "merge": 1, "split": 1, "train": 1, "evaluate": 1,
+                             "summary": 1}), jobs
     assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
     # and Snakemake reported the SLURM job ids it submitted
     for job in jobs:

@@ -91,7 +91,7 @@ def test_errors_name_the_structure(database, tmp_path):
         LazyGraphs(tmp_path / "no_energy.h5", cutoff_sr=3.0, targets=("E",)).batch([0])
 
 
-def _train(data, split, out_dir):
+def _train(data, split, out_dir, workers=0):
     from nnpflow.training.losses import parse_terms
     from nnpflow.training.message_passing import ModelJob, train_model
     from nnpflow.training.modelhub import resolve_layer_stack_entry
@@ -105,7 +105,7 @@ def _train(data, split, out_dir):
          "loss": parse_terms({"rmse": {"E": 0.5, "Fa": 0.5}}, "t")}, "t")
     trainer = {"batch_size": 4, "cuda": False, "dtype": "float32", "schedule": "linear",
                "schedule_params": {}, "learning_rate": 0.005, "max_epochs": 3,
-               "num_workers": 0, "patience": None, "seed": 5, "warmup_ratio": 0.0,
+               "num_workers": workers, "patience": None, "seed": 5, "warmup_ratio": 0.0,
                "ema_decay": 0.9, "max_grad_norm": None}
     report = train_model(ModelJob(name="m", entry=entry, trainer=trainer, metrics={}, data=data,
                                   split=split, split_key="k", out_dir=out_dir, force=True))
@@ -144,3 +144,17 @@ def test_lazy_training_equals_in_memory_training(database, tmp_path):
     assert packed[2].keys() == lazy[2].keys()
     for name in packed[2]:
         assert torch.equal(packed[2][name], lazy[2][name]), name
+
+
+def test_lazy_training_in_worker_processes(database, tmp_path):
+    """Batches assembled in a DataLoader worker (its own database handle) give the
+    same training as in the main process."""
+    from nnpflow.training.datahub import ProcessedData
+    db, _ = database
+    split = {"training": np.arange(0, 20), "validation": np.arange(20, 26)}
+    data = ProcessedData(directory=tmp_path, hash="h", n_structures=40, targets=["E", "Fa"],
+                         features=["N", "Ra", "Za"], reused=True, database_file=db)
+    main = _train(data, split, tmp_path / "main")
+    worker = _train(data, split, tmp_path / "worker", workers=1)
+    for name in main[2]:
+        assert torch.equal(main[2][name], worker[2][name]), name

@@ -1,6 +1,6 @@
 """SchNet training throughput: structures/s of optimiser steps with forces.
 
-    python benchmarks/train_schnet.py [--batch-sizes 8,64] [--threads 1] [--conventional]
+    python benchmarks/train_schnet.py [--batch-sizes 8,64] [--threads 1] [--conventional] [--lazy]
     python benchmarks/train_schnet.py --device cuda --batch-sizes 8,64,512 [--cuda-graphs]
 
 The model is the spec-004 SchNet stack (RangeSeparation, GaussianSmearing,
@@ -15,7 +15,9 @@ windows (the best is closest to a quiet machine), in wall time.
 ``--conventional`` also times :class:`ConventionalSchNet` (the same model written
 the usual way: directed pair list with both directions, one ``nn.Linear`` filter
 network per interaction, no other changes) in interleaved windows, so the ratio
-between the two holds on a busy machine too.
+between the two holds on a busy machine too.  ``--lazy`` likewise times the
+batches the trainer reads from a database (:class:`nnpflow.models.lazy_graphs.LazyGraphs`,
+its cache filled) against the packed in-memory batches.
 
 Reference figures (issue 6): on one CPU core Enerzyme's SchNet reaches 227 and
 PyTorch Geometric's 206 structures/s at batch 8 (target: 2x Enerzyme); on an
@@ -112,16 +114,40 @@ class ConventionalSchNet(torch.nn.Module):
         return {"E": energy, "Fa": -grad}
 
 
+def lazy_data(structures: list[Structure], batch_size: int, n_batches: int):
+    """The structures in a temporary database, read per batch (LazyGraphs, as the
+    trainer reads a data set on disk), its cache filled by one pass (the state from
+    the second epoch on when the data set fits the cache)."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from nnpflow.database import write_database
+    from nnpflow.models.lazy_graphs import lazy_for_model
+    folder = Path(tempfile.mkdtemp(prefix="nnpflow-bench-"))
+    atexit.register(shutil.rmtree, folder, True)
+    write_database(folder / "db.h5", structures)
+    data = lazy_for_model(folder / "db.h5", LayerStack("SchNet", LAYERS, BUILD),
+                          targets=("E", "Fa"))
+    for k in range(n_batches):
+        data.batch(np.arange(k * batch_size, (k + 1) * batch_size))
+    return data
+
+
 def make_step(batch_size: int, device: torch.device, cuda_graphs: bool, dtype: torch.dtype,
-              conventional: bool = False):
+              conventional: bool = False, lazy: bool = False):
     """A function ``step(k)`` doing the k-th optimiser step of one set-up."""
     torch.manual_seed(0)
     model = (ConventionalSchNet() if conventional else LayerStack("SchNet", LAYERS, BUILD))
     model = model.to(device=device, dtype=dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     n_batches = 16
-    data = packed_for_model(molecules(batch_size * n_batches),
-                            LayerStack("SchNet", LAYERS, BUILD), targets=("E", "Fa"))
+    if lazy:
+        data = lazy_data(molecules(batch_size * n_batches), batch_size, n_batches)
+    else:
+        data = packed_for_model(molecules(batch_size * n_batches),
+                                LayerStack("SchNet", LAYERS, BUILD), targets=("E", "Fa"))
     batches = [data.batch(np.arange(k * batch_size, (k + 1) * batch_size), dtype=dtype,
                           device=device) for k in range(n_batches)]
     loss_fn = WeightedLoss({"rmse": {"E": 1.0, "Fa": 10.0}})
@@ -196,6 +222,10 @@ def main() -> None:
                         help="also time a conventional SchNet implementation (full directed "
                              "pair list, nn.Linear filters per interaction) under the same "
                              "conditions, for a ratio that machine noise does not distort")
+    parser.add_argument("--lazy", action="store_true",
+                        help="also time batches read from a database (LazyGraphs, cache "
+                             "filled) in interleaved windows, against the packed in-memory "
+                             "batches")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.cuda_graphs and device.type != "cuda":
@@ -214,10 +244,19 @@ def main() -> None:
         steppers = {"nnpflow": make_step(bs, device, args.cuda_graphs, dtype)}
         if args.conventional:
             steppers["conventional"] = make_step(bs, device, False, dtype, conventional=True)
+        if args.lazy:
+            steppers["lazy"] = make_step(bs, device, args.cuda_graphs, dtype, lazy=True)
         rates = measure(steppers, bs, device, steps, args.repeats)
         ours = rates["nnpflow"]
         print(f"  batch {bs:4d}: {statistics.median(ours):9.1f} structures/s (median of "
               f"{args.repeats} windows of {steps} steps), best {max(ours):9.1f}")
+        if args.lazy:
+            lazy = rates["lazy"]
+            ratios = [a / b for a, b in zip(lazy, ours)]
+            print(f"    read per batch from a database (LazyGraphs): "
+                  f"{statistics.median(lazy):9.1f} structures/s, best {max(lazy):9.1f}; "
+                  f"lazy / packed in the same windows: median {statistics.median(ratios):.2f}, "
+                  f"best-to-best {max(lazy) / max(ours):.2f}")
         if args.conventional:
             conv = rates["conventional"]
             ratios = [a / b for a, b in zip(ours, conv)]

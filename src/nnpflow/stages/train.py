@@ -250,7 +250,7 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
                           "available for ann models only")
     with DatabaseReader(database) as reader:
         parts = load_split(split, reader.structures_fingerprint, len(reader))
-        structures = list(reader.iter_structures())
+        n_structures = len(reader)
         fingerprint = reader.structures_fingerprint
         all_forces = bool(np.all(reader.has_forces))
         all_energies = bool(np.all(np.isfinite(reader.energies)))
@@ -282,9 +282,10 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
                "ema_decay": training["ema_decay"] or None, "max_grad_norm": None}
     split_key = hashlib.sha256(Path(split).read_bytes()).hexdigest()
     data = ProcessedData(directory=Path(database).parent, hash=fingerprint,
-                         n_structures=len(structures),
+                         n_structures=n_structures,
                          targets=["E"] + (["Fa"] if all_forces else []),
-                         features=["N", "Ra", "Za"], reused=True, _structures=structures)
+                         features=["N", "Ra", "Za"], reused=True,
+                         database_file=Path(database))
     out_dir = Path(checkpoint_dir) / "schnet"
     resume = (out_dir / "model_last.pt").is_file()
 

@@ -92,10 +92,30 @@ class ProcessedData:
     features: list[str]
     reused: bool
     _structures: list[Structure] | None = field(default=None, repr=False)
+    #: the database file when it is not ``directory/dataset.h5`` (the workflow's database)
+    database_file: Path | None = None
 
     @property
     def database(self) -> Path:
-        return self.directory / DATASET_FILE
+        return Path(self.database_file) if self.database_file is not None else \
+            self.directory / DATASET_FILE
+
+    @property
+    def in_memory(self) -> bool:
+        """The structures were given in memory (else they are read from :attr:`database`)."""
+        return self._structures is not None
+
+    def structures_at(self, indices) -> Iterator[Structure]:
+        """Structures ``indices``, one at a time (from memory, else from the database)."""
+        if self._structures is not None:
+            for i in indices:
+                yield self._structures[int(i)]
+            return
+        from ..database import DatabaseReader
+
+        with DatabaseReader(self.database, cache_size=0) as reader:
+            for i in indices:
+                yield reader.structure(int(i))
 
     def structures(self) -> list[Structure]:
         """All structures (loaded once, then kept)."""

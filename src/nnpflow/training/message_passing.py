@@ -44,6 +44,7 @@ from ..errors import ConfigError, ResumeMismatchError
 from ..evaluation.metrics import energy_force_metrics
 from ..history import history_csv
 from ..models.batch import PackedGraphs, packed_for_model
+from ..models.lazy_graphs import lazy_for_model
 from ..models.model_file import (MODEL_SCHEMA, MODEL_SCHEMA_VERSION, dtype_from_name,
                                  model_payload, read_torch_file, save_layer_stack)
 from ..models.stack import LayerStack
@@ -290,6 +291,17 @@ def _prepare_output(job: ModelJob) -> dict[str, Path]:
     return paths
 
 
+def graphs_for_model(data, model: LayerStack, fields, show_progress: bool = False):
+    """The batch source of a training: structures given in memory are packed
+    (:class:`PackedGraphs`, every pair list made at once); a data set on disk is
+    read per batch (:class:`LazyGraphs`: bounded memory, whatever its size)."""
+    total_charge = "Q" in data.features
+    if data.in_memory:
+        return packed_for_model(data.structures(), model, targets=fields,
+                                total_charge=total_charge, show_progress=show_progress)
+    return lazy_for_model(data.database, model, targets=fields, total_charge=total_charge)
+
+
 def train_model(job: ModelJob) -> dict:
     """Train one layer-stack model; returns its test metrics (``{}`` without a test part)."""
     log, cfg, entry = job.logger, job.trainer, job.entry
@@ -318,11 +330,12 @@ def train_model(job: ModelJob) -> dict:
     # SIGTERM while the pair lists are made stops at once: there is nothing to save yet
     with (job.interrupt.immediate("making pair lists") if job.interrupt is not None
           else contextlib.nullcontext()):
-        packed = packed_for_model(job.data.structures(), model, targets=fields,
-                                  total_charge="Q" in job.data.features,
-                                  show_progress=job.show_progress)
-    log.info("%s: pair lists for %d structures in %.1f s (%s pairs)", job.name, len(packed),
-             time.perf_counter() - t0, packed.n_pairs)
+        packed = graphs_for_model(job.data, model, fields, job.show_progress)
+    if isinstance(packed, PackedGraphs):
+        log.info("%s: pair lists for %d structures in %.1f s (%s pairs)", job.name, len(packed),
+                 time.perf_counter() - t0, packed.n_pairs)
+    else:
+        log.info("%s: %s", job.name, packed.describe())
 
     train_idx = np.asarray(job.split["training"], dtype=np.int64)
     val_idx = np.asarray(job.split.get("validation", []), dtype=np.int64)
@@ -495,8 +508,7 @@ def _nonfinite(job: ModelJob, value: float, epoch: int, step: int | None, indice
     """The error for a non-finite loss at ``epoch``/``step`` (0-based), naming the
     structures among ``indices`` with non-finite inputs."""
     from .finite import nonfinite_loss_error, nonfinite_structures
-    structures = job.data.structures()
-    culprits = nonfinite_structures(structures[int(i)] for i in indices)
+    culprits = nonfinite_structures(job.data.structures_at(indices))
     searched = "the batch" if step is not None else f"the {where} split"
     return nonfinite_loss_error(value, epoch + 1, None if step is None else step + 1, culprits,
                                 f"{job.name} ({where})", searched)

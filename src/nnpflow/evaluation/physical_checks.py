@@ -432,8 +432,11 @@ def nve_checks(calculator: Any, atoms_list: Sequence, settings: MDCheckSettings 
 
     With an :class:`~nnpflow.calculator.NNPCalculator` the runs go in lockstep
     and each step predicts every run's forces in one call per committee member
-    (:func:`_run_batched`, ~2-3x faster for small structures); any other ASE
-    calculator runs them one after the other.  Returns one record per run (the
+    (:func:`_run_batched`, ~2-3x faster for small structures; ANN potentials
+    sharing a descriptor predict through one
+    :class:`~nnpflow.models.ann_trajectory.ANNTrajectory`, whose Verlet list
+    carries over from step to step, another ~2x); any other ASE calculator runs
+    them one after the other.  Returns one record per run (the
     module docstring), plus ``time_ps``, ``total_energy`` (eV/atom, relative to
     the start), ``max_force_trace`` (eV/Å) and, for a committee,
     ``spread_trace`` (eV/atom): one entry per step done (for the plot;

@@ -175,8 +175,11 @@ class _Run:
     def active(self) -> bool:
         return self.failure is None and self.steps_done < self.settings.steps
 
-    def record(self, epot: float, forces: np.ndarray, committee_energies=None) -> None:
-        """Record the state after ``steps_done`` steps; sets ``failure`` when it blew up."""
+    def record(self, epot: float, forces: np.ndarray, committee_energies=None,
+               closest: float | None | bool = False) -> None:
+        """Record the state after ``steps_done`` steps; sets ``failure`` when it blew up.
+        ``closest``: the smallest interatomic distance (Å, ``None`` beyond
+        :data:`DISTANCE_SEARCH`) when the prediction found it, else ``False``."""
         step, st = self.steps_done, self.settings
         etot = float(epot) + self.atoms.get_kinetic_energy()
         pos = self.atoms.positions
@@ -189,7 +192,7 @@ class _Run:
         self.fmax.append(f)
         if self.committee and committee_energies is not None:
             self.spreads.append(float(np.std(committee_energies)) / self.n)
-        d = self.distance(self.atoms)
+        d = self.distance(self.atoms) if closest is False else closest
         if d is not None:
             self.min_d = d if self.min_d is None else min(self.min_d, d)
         if self.min_d is not None and self.min_d < st.min_distance_limit:
@@ -264,6 +267,17 @@ class _Prepared:
         class _Calc(Calculator):
             implemented_properties = ["energy", "free_energy", "forces"]
 
+            def get_property(calc, name, atoms=None, allow_calculation=True):
+                # VelocityVerlet asks for the forces at the positions prepared for it:
+                # hand them over without ASE's comparison of the whole Atoms state
+                if atoms is not None and self.positions is not None and name in self.results \
+                        and np.array_equal(atoms.positions, self.positions):
+                    calc.results = dict(self.results)
+                    calc.atoms = None                    # (a later call recomputes)
+                    return np.array(self.results[name]) if name == "forces" \
+                        else self.results[name]
+                return Calculator.get_property(calc, name, atoms, allow_calculation)
+
             def calculate(calc, atoms=None, properties=("energy",), system_changes=()):
                 Calculator.calculate(calc, atoms, properties, system_changes)
                 pos = calc.atoms.get_positions()
@@ -290,6 +304,54 @@ def _committee_predict(calculator: Any, structures: list) -> list[dict]:
             for k in range(len(structures))]
 
 
+def _ann_models(calculator: Any) -> list | None:
+    """The committee's ANN potentials when every member is one and they share
+    their descriptor (:class:`~nnpflow.models.ann_trajectory.ANNTrajectory` can
+    predict them), else ``None``."""
+    from ..models.ann_model import ANNModel
+    models = [getattr(getattr(m, "loaded", None), "module", None) for m in calculator.models]
+    if not models or not all(isinstance(m, ANNModel) for m in models):
+        return None
+    if len({m.descriptor.fingerprint for m in models}) != 1:
+        return None
+    return models
+
+
+class _TrajectoryPredictor:
+    """Committee predictions of the runs' new positions with one
+    :class:`~nnpflow.models.ann_trajectory.ANNTrajectory` per set of active runs
+    (its Verlet list carries over from step to step)."""
+
+    def __init__(self, models: list, runs: list[_Run]):
+        self.models, self.runs = models, runs
+        self.current: tuple = ()
+        self.trajectory = None
+
+    def __call__(self, items: list[tuple[int, np.ndarray]]) -> list[dict]:
+        from ..models.ann_trajectory import ANNTrajectory
+        keys = tuple(k for k, _ in items)
+        if keys != self.current or self.trajectory is None:
+            atoms = [self.runs[k].atoms for k in keys]
+            self.trajectory = ANNTrajectory(
+                self.models, [a.get_chemical_symbols() for a in atoms],
+                [a.cell[:] for a in atoms], [a.pbc for a in atoms])
+            self.current = keys
+        traj = self.trajectory
+        step = traj.predict(np.concatenate([pos for _, pos in items]))
+        use_closest = traj.cutoff >= DISTANCE_SEARCH
+        out = []
+        for b in range(len(items)):
+            members = step.energies[:, b]
+            e = float(members.mean(axis=0))
+            d = float(step.closest[b])
+            out.append({"energy": e, "free_energy": e,
+                        "forces": step.member_forces(b).mean(axis=0),
+                        "committee_energies": members,
+                        "closest": (d if d <= DISTANCE_SEARCH else None) if use_closest
+                        else False})
+        return out
+
+
 def _run_batched(runs: list[_Run], calculator: Any) -> None:
     """The runs in lockstep with one committee prediction per step for all of them.
 
@@ -303,7 +365,12 @@ def _run_batched(runs: list[_Run], calculator: Any) -> None:
         run.atoms.calc = prep.calc
     forces: dict[int, np.ndarray] = {}
 
+    ann = _ann_models(calculator)
+    fast = _TrajectoryPredictor(ann, runs) if ann is not None else None
+
     def predict(items: list[tuple[int, np.ndarray]]) -> list[dict]:
+        if fast is not None:
+            return fast(items)
         structs = []
         for k, pos in items:
             a = runs[k].atoms.copy()
@@ -325,7 +392,8 @@ def _run_batched(runs: list[_Run], calculator: Any) -> None:
                 res = dict(calculator.results)
                 run.atoms.calc = prepared[k].calc
             forces[k] = res["forces"]
-            run.record(res["energy"], res["forces"], res.get("committee_energies"))
+            run.record(res["energy"], res["forces"], res.get("committee_energies"),
+                       res.get("closest", False))
         except _RUN_ERRORS as exc:
             run.fail(exc)
     while True:
@@ -349,7 +417,8 @@ def _run_batched(runs: list[_Run], calculator: Any) -> None:
                 forces[k] = run.dyn.step(forces[k])
                 run.steps_done += 1
                 r = prep.calc.results
-                run.record(r["energy"], forces[k], r.get("committee_energies"))
+                run.record(r["energy"], forces[k], r.get("committee_energies"),
+                           r.get("closest", False))
             except _RUN_ERRORS as exc:
                 run.fail(exc)
     seconds = time.perf_counter() - start
@@ -363,8 +432,11 @@ def nve_checks(calculator: Any, atoms_list: Sequence, settings: MDCheckSettings 
 
     With an :class:`~nnpflow.calculator.NNPCalculator` the runs go in lockstep
     and each step predicts every run's forces in one call per committee member
-    (:func:`_run_batched`, ~2-3x faster for small structures); any other ASE
-    calculator runs them one after the other.  Returns one record per run (the
+    (:func:`_run_batched`, ~2-3x faster for small structures; ANN potentials
+    sharing a descriptor predict through one
+    :class:`~nnpflow.models.ann_trajectory.ANNTrajectory`, whose Verlet list
+    carries over from step to step, another ~2x); any other ASE calculator runs
+    them one after the other.  Returns one record per run (the
     module docstring), plus ``time_ps``, ``total_energy`` (eV/atom, relative to
     the start), ``max_force_trace`` (eV/Å) and, for a committee,
     ``spread_trace`` (eV/atom): one entry per step done (for the plot;

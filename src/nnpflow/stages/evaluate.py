@@ -97,12 +97,12 @@ def run(database: str, split: str, models: Sequence[str], histories: Sequence[st
                                             part=part)
         evaluation.metrics["physical_checks"] = summary
         _log_physical_checks(model_name, summary)
-    if md_check is not None:
-        md_check_plot(md_check, runs, title=f"{model_name}: NVE checks")
     write_evaluation(evaluation, metrics=metrics, per_species=per_species,
                      worst_structures_csv=worst_structures, parity_energy=parity_energy,
                      parity_forces=parity_forces, learning_curve=learning_curve,
                      histories=histories, worst=WORST, max_points=MAX_POINTS)
+    if md_check is not None:    # (after the parity plots, which pay matplotlib's set-up)
+        md_check_plot(md_check, runs, title=f"{model_name}: NVE checks")
     for path in remove_stale_plots(os.path.dirname(os.path.abspath(metrics)),
                                    [parity_energy, parity_forces, learning_curve,
                                     md_check]):

@@ -108,14 +108,14 @@ def as_structure_list(obj: Any, descriptor: Any) -> list:
 
 
 def is_feature_dataset(obj: Any) -> bool:
-    """Whether ``obj`` is a spec-000 dataset (or ``Subset`` of one) with batches of
+    """Whether ``obj`` is an aenet-style dataset (or ``Subset`` of one) with batches of
     features, as opposed to structures to featurise."""
     from torch.utils.data import Dataset
     return isinstance(obj, Dataset) and hasattr(subset_indices(obj)[0], "get_batch")
 
 
 def _structure_of(base: Any, i: int):
-    """Structure ``i`` of a spec-000 dataset (in-memory or HDF5)."""
+    """Structure ``i`` of an aenet-style dataset (in-memory or HDF5)."""
     if hasattr(base, "structures") and isinstance(base.structures, list):
         return base.structures[i]
     return base.structure(i)
@@ -333,7 +333,7 @@ class ANNModel(nn.Module):
 
     def predict_dataset(self, dataset: Any, eval_forces: bool = True, batch_size: int = 64,
                         show_progress: bool = False) -> PredictionResult:
-        """Predictions for a spec-000 dataset or ``Subset``, reusing its persisted
+        """Predictions for an aenet-style dataset or ``Subset``, reusing its persisted
         or cached features (and derivatives of structures with reference forces;
         forces of other structures are featurised on the fly)."""
         base, idx = subset_indices(dataset)

@@ -42,15 +42,16 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError, ResumeMismatchError
 from ..safe_write import atomic_path, write_text
+from ..training.settings import DEFAULTS, TrainingSettings, reject_unknown
 
 log = logging.getLogger(__name__)
 
-#: the workflow's ``training`` keys and their defaults (config.schema.yaml)
+#: the workflow's ``training`` keys and their defaults (config.schema.yaml): the one
+#: set of :data:`nnpflow.training.settings.DEFAULTS`
 TRAINING_DEFAULTS: dict[str, Any] = {
-    "epochs": 200, "batch_size": 32, "learning_rate": 0.001, "schedule": "plateau",
-    "force_weight": 0.1, "force_fraction": 1.0, "force_sampling": "random", "patience": 20,
-    "ema_decay": 0.0, "device": "auto", "devices": 1, "seed": 42,
-}
+    key: DEFAULTS[key] for key in (
+        "epochs", "batch_size", "learning_rate", "schedule", "force_weight", "force_fraction",
+        "force_sampling", "patience", "ema_decay", "device", "devices", "seed")}
 #: numbered checkpoints (checkpoint_<epoch>.pt) kept besides checkpoint_last.pt
 KEEP_CHECKPOINTS = 3
 MODEL_KEYS = {"ann": ("architecture", "active", "committee", "training", "hidden"),
@@ -60,7 +61,9 @@ MODEL_KEYS = {"ann": ("architecture", "active", "committee", "training", "hidden
 
 def resolve_training(training_cfg: Mapping | None, model_cfg: Mapping) -> dict:
     """The training settings: defaults, ``training_cfg``, then the model's own
-    ``training`` overrides; unknown keys raise ``ConfigError``."""
+    ``training`` overrides; unknown keys and values out of range raise
+    ``ConfigError``.  The trainers read it as
+    :meth:`~nnpflow.training.settings.TrainingSettings.from_workflow`."""
     out = dict(TRAINING_DEFAULTS)
     blocks = (("training", training_cfg), ("models.training", model_cfg.get("training")))
     for where, block in blocks:
@@ -68,10 +71,7 @@ def resolve_training(training_cfg: Mapping | None, model_cfg: Mapping) -> dict:
             continue
         if not isinstance(block, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {block!r}")
-        unknown = sorted(set(block) - set(TRAINING_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
-                              f"{', '.join(TRAINING_DEFAULTS)}")
+        reject_unknown(block, TRAINING_DEFAULTS, where)
         out.update(block)
     if out["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"training.device: expected auto, cpu or cuda, got {out['device']!r}")
@@ -83,6 +83,7 @@ def resolve_training(training_cfg: Mapping | None, model_cfg: Mapping) -> dict:
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"training.{key}: expected an integer >= 0, got {v!r}")
+    TrainingSettings.from_workflow(out)  # every other field's type and range
     return out
 
 
@@ -107,17 +108,11 @@ def _check_model(model_name: str, model_cfg: Mapping, member: int) -> str:
 def ann_training_config(training: Mapping, member: int, checkpoint_dir: Path | None):
     """The :class:`~nnpflow.training.config.TorchTrainingConfig` of a workflow
     ``training`` block for committee member ``member``."""
-    from ..training.config import Adam, TorchTrainingConfig
-    return TorchTrainingConfig(
-        iterations=training["epochs"],
-        method=Adam(mu=training["learning_rate"], batchsize=training["batch_size"]),
-        testpercent=0, seed=training["seed"] + member, force_weight=training["force_weight"],
-        force_fraction=training["force_fraction"], force_sampling=training["force_sampling"],
-        schedule=training["schedule"], ema_decay=training["ema_decay"],
-        patience=training["patience"] or None, save_best=True,
+    from ..training.config import TorchTrainingConfig
+    return TorchTrainingConfig.from_settings(
+        TrainingSettings.from_workflow(training, member), save_best=True,
         checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
-        max_checkpoints=None if checkpoint_dir is None else KEEP_CHECKPOINTS,
-        device=training["device"])
+        max_checkpoints=None if checkpoint_dir is None else KEEP_CHECKPOINTS)
 
 
 def _log_files() -> list[str]:
@@ -274,12 +269,8 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
          "layers": list(model_cfg["layers"]), "loss": parse_terms({"rmse": terms}, where),
          "active": True, "suffix": None}, where)
     device = resolve_device(training["device"])
-    trainer = {"batch_size": training["batch_size"], "cuda": device.type == "cuda",
-               "dtype": "float32", "schedule": training["schedule"], "schedule_params": {},
-               "learning_rate": training["learning_rate"], "max_epochs": training["epochs"],
-               "num_workers": 0, "patience": training["patience"] or None,
-               "seed": training["seed"] + member, "warmup_ratio": 0.0,
-               "ema_decay": training["ema_decay"] or None, "max_grad_norm": None}
+    trainer = TrainingSettings.from_workflow(training, member).layer_stack_trainer(
+        cuda=device.type == "cuda")
     split_key = hashlib.sha256(Path(split).read_bytes()).hexdigest()
     data = ProcessedData(directory=Path(database).parent, hash=fingerprint,
                          n_structures=n_structures,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import ConfigError
+from .settings import TrainingSettings, reject_unknown
 
 ANN_KEYS = ("hidden", "descriptor")
 DESCRIPTOR_DEFAULTS = {"rad_order": 10, "rad_cutoff": 6.0, "ang_order": 3, "ang_cutoff": 4.0,
@@ -52,10 +53,7 @@ def resolve_ann_entry(entry: dict, where: str) -> dict:
     given = entry.get("descriptor") or {}
     if not isinstance(given, Mapping):
         raise ConfigError(f"{where}.descriptor: expected a mapping, got {given!r}")
-    unknown = sorted(set(given) - set(DESCRIPTOR_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"{where}.descriptor: unknown key(s) {', '.join(unknown)}; allowed: "
-                          f"{', '.join(DESCRIPTOR_DEFAULTS)}")
+    reject_unknown(given, DESCRIPTOR_DEFAULTS, f"{where}.descriptor")
     desc.update(given)
     loss = entry["loss"]
     if set(loss) != {"rmse"} or not set(loss["rmse"]) <= {"E", "Fa"}:
@@ -111,7 +109,7 @@ def _setup(job):
     from ..datasets import StructureDataset
     from ..descriptors import ChebyshevDescriptor
     from ..structure import atomic_number
-    from .config import Adam, TorchTrainingConfig
+    from .config import TorchTrainingConfig
     from .potential import TorchANNPotential
 
     entry, trainer = job.entry, job.trainer
@@ -130,16 +128,9 @@ def _setup(job):
     train = Subset(dataset, np.asarray(job.split["training"]).tolist())
     val_idx = np.asarray(job.split.get("validation", []), dtype=np.int64)
     validation = Subset(dataset, val_idx.tolist()) if len(val_idx) else None
-    config = TorchTrainingConfig(
-        iterations=trainer["max_epochs"],
-        method=Adam(mu=trainer["learning_rate"], batchsize=trainer["batch_size"]),
-        testpercent=0, seed=trainer["seed"], force_weight=alpha, schedule=trainer["schedule"],
-        schedule_params=trainer["schedule_params"], warmup_ratio=trainer["warmup_ratio"],
-        ema_decay=trainer["ema_decay"] or 0.0, patience=trainer["patience"],
-        max_grad_norm=trainer["max_grad_norm"], cache_features=True, cache_force_triplets=True,
-        num_workers=trainer["num_workers"], checkpoint_dir=str(out),
-        device="cuda" if trainer["cuda"] else "cpu", precision=dtype,
-        show_progress=job.show_progress)
+    config = TorchTrainingConfig.from_settings(
+        TrainingSettings.from_trainer(trainer, force_weight=alpha), cache_features=True,
+        cache_force_triplets=True, checkpoint_dir=str(out), show_progress=job.show_progress)
     pot = TorchANNPotential(arch, descriptor)
     return pot, config, dataset, train, validation, alpha
 

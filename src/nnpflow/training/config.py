@@ -93,6 +93,11 @@ Fields (units eV, Å, eV/Å)
     features too).  Predictions convert the inputs to the networks' type.
 ``show_progress`` (False)
     Progress bar over epochs.
+
+The training settings proper translate into
+:class:`~nnpflow.training.settings.TrainingSettings` (:meth:`TorchTrainingConfig.settings`,
+:meth:`TorchTrainingConfig.from_settings`); docs/training-settings.md documents them
+once, with the defaults that differ between this class, the workflow and train.yaml.
 """
 
 from __future__ import annotations
@@ -105,39 +110,15 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from .schedules import SCHEDULE_PARAMS, SCHEDULES
+from .settings import (DEFAULTS, SURFACE_DEFAULTS, TrainingSettings, boolean, integer,
+                       number)
 
 __all__ = ["Adam", "SGD", "TorchTrainingConfig", "TrainingMethod"]
 
 
-def _number(value: Any, name: str, *, minimum: float | None = None,
-            maximum: float | None = None, exclusive_min: bool = False,
-            exclusive_max: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ConfigError(f"{name}: must be finite, got {value!r}")
-    if minimum is not None and (v < minimum or (exclusive_min and v == minimum)):
-        raise ConfigError(f"{name}: must be {'>' if exclusive_min else '>='} {minimum}, "
-                          f"got {value!r}")
-    if maximum is not None and (v > maximum or (exclusive_max and v == maximum)):
-        raise ConfigError(f"{name}: must be {'<' if exclusive_max else '<='} {maximum}, "
-                          f"got {value!r}")
-    return v
-
-
-def _integer(value: Any, name: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name}: must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _boolean(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected True or False, got {value!r}")
-    return value
+_number = number  # the one implementation (nnpflow.training.settings)
+_integer = integer
+_boolean = boolean
 
 
 def _strict_init(cls):
@@ -189,8 +170,8 @@ class Adam(TrainingMethod):
     """Adam: learning rate ``mu``, ``batchsize`` structures per step, L2
     ``weight_decay``, moment decays ``beta1``/``beta2``, ``epsilon``."""
 
-    mu: float = 0.001
-    batchsize: int = 32
+    mu: float = DEFAULTS["learning_rate"]
+    batchsize: int = DEFAULTS["batch_size"]
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
@@ -234,7 +215,7 @@ class SGD(TrainingMethod):
     ``momentum``, L2 ``weight_decay``."""
 
     lr: float = 0.01
-    batchsize: int = 32
+    batchsize: int = DEFAULTS["batch_size"]
     momentum: float = 0.0
     weight_decay: float = 0.0
 
@@ -266,6 +247,9 @@ RUNTIME_FIELDS = ("cache_features", "cache_feature_max_entries", "cache_neighbor
                   "prefetch_factor", "persistent_workers", "checkpoint_dir",
                   "checkpoint_interval", "max_checkpoints", "show_progress", "device")
 
+#: this surface's documented defaults where they differ from the one set
+_OWN = SURFACE_DEFAULTS["TorchTrainingConfig"]
+
 _CACHE_DEFAULTS = {"cache_feature_max_entries": 1024, "cache_neighbor_max_entries": 512,
                    "cache_force_triplet_max_entries": 256}
 
@@ -273,16 +257,21 @@ _CACHE_DEFAULTS = {"cache_feature_max_entries": 1024, "cache_neighbor_max_entrie
 @_strict_init
 @dataclass
 class TorchTrainingConfig:
-    """Settings of one ANN training run; see the module docstring for every field."""
+    """Settings of one ANN training run; see the module docstring for every field.
 
-    iterations: int = 100
+    Defaults are :data:`nnpflow.training.settings.DEFAULTS`, except where
+    aenet-python's PyTorch training documents another
+    (``SURFACE_DEFAULTS["TorchTrainingConfig"]``: 100 epochs, energies only, a
+    constant rate, no early stopping), set here explicitly from that table."""
+
+    iterations: int = _OWN["epochs"]
     method: TrainingMethod | None = None
     testpercent: float = 10
-    seed: int = 42
+    seed: int = DEFAULTS["seed"]
     split_seed: int | None = None
-    force_weight: float = 0.0
-    force_fraction: float = 1.0
-    force_sampling: str = "random"
+    force_weight: float = _OWN["force_weight"]
+    force_fraction: float = DEFAULTS["force_fraction"]
+    force_sampling: str = DEFAULTS["force_sampling"]
     cache_features: bool = False
     cache_feature_max_entries: int | None = 1024
     cache_neighbors: bool = False
@@ -298,16 +287,16 @@ class TorchTrainingConfig:
     schedule: str | None = None
     use_scheduler: bool = False
     schedule_params: dict = field(default_factory=dict)
-    warmup_ratio: float = 0.0
-    ema_decay: float = 0.0
-    patience: int | None = None
-    max_grad_norm: float | None = None
+    warmup_ratio: float = DEFAULTS["warmup_ratio"]
+    ema_decay: float = DEFAULTS["ema_decay"]
+    patience: int | None = _OWN["patience"] or None  # 0 and None: off
+    max_grad_norm: float | None = DEFAULTS["max_grad_norm"]
     save_best: bool = True
     checkpoint_dir: str | None = None
     checkpoint_interval: int = 1
     max_checkpoints: int | None = None
-    device: str = "auto"
-    precision: str = "float32"
+    device: str = DEFAULTS["device"]
+    precision: str = DEFAULTS["precision"]
     show_progress: bool = False
 
     def __post_init__(self) -> None:
@@ -370,7 +359,7 @@ class TorchTrainingConfig:
             self.atomic_energies = {str(k): _number(v, f"atomic_energies[{k!r}]")
                                     for k, v in self.atomic_energies.items()}
         if self.schedule is None:
-            self.schedule = "plateau" if self.use_scheduler else "constant"
+            self.schedule = "plateau" if self.use_scheduler else _OWN["schedule"]
         elif self.use_scheduler and self.schedule != "plateau":
             raise ConfigError(f"use_scheduler=True is the plateau schedule; it contradicts "
                               f"schedule={self.schedule!r}")
@@ -415,6 +404,7 @@ class TorchTrainingConfig:
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"precision: must be 'float32' or 'float64', "
                               f"got {self.precision!r}")
+        self.settings()  # the one settings object's checks of every field
 
     # -------------------------------------------------------------- helpers
     @property
@@ -434,6 +424,36 @@ class TorchTrainingConfig:
     def dtype(self):
         import torch
         return torch.float64 if self.precision == "float64" else torch.float32
+
+    def settings(self) -> TrainingSettings:
+        """These settings as the one internal object (the runtime fields --
+        caches, checkpoints, progress -- and the data options stay here)."""
+        return TrainingSettings(
+            epochs=self.iterations, batch_size=self.batch_size,
+            learning_rate=self.method.learning_rate, schedule=self.schedule,
+            schedule_params=self.schedule_params, warmup_ratio=self.warmup_ratio,
+            ema_decay=self.ema_decay, patience=self.patience or 0,
+            max_grad_norm=self.max_grad_norm, seed=self.seed, force_weight=self.force_weight,
+            force_fraction=self.force_fraction, force_sampling=self.force_sampling,
+            device=self.device, precision=self.precision, num_workers=self.num_workers,
+            where="")
+
+    @classmethod
+    def from_settings(cls, settings: TrainingSettings, **runtime) -> "TorchTrainingConfig":
+        """The configuration of :class:`~nnpflow.training.settings.TrainingSettings`
+        (Adam), with ``runtime`` fields (caches, checkpoints, progress) added and no
+        validation split of its own (``testpercent=0``: the caller gives the parts)."""
+        s = settings
+        values = dict(
+            iterations=s.epochs, method=Adam(mu=s.learning_rate, batchsize=s.batch_size),
+            testpercent=0, seed=s.seed, force_weight=s.force_weight,
+            force_fraction=s.force_fraction, force_sampling=s.force_sampling,
+            schedule=s.schedule, schedule_params=dict(s.schedule_params),
+            warmup_ratio=s.warmup_ratio, ema_decay=s.ema_decay, patience=s.patience or None,
+            max_grad_norm=s.max_grad_norm, num_workers=s.num_workers, device=s.device,
+            precision=s.precision)
+        values.update(runtime)
+        return cls(**values)
 
     def to_dict(self) -> dict:
         """JSON-compatible form (``method`` as ``{"method": "adam", ...}``)."""

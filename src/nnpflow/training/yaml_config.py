@@ -44,8 +44,6 @@ Sections
 from __future__ import annotations
 
 import copy
-import difflib
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -57,6 +55,8 @@ from ..errors import ConfigError
 from ..models.fields import FEATURE_NAMES, TARGET_NAMES
 from .losses import parse_terms
 from .schedules import SCHEDULE_PARAMS, SCHEDULES
+from .settings import (DEFAULTS, SURFACE_DEFAULTS, TrainingSettings, boolean, integer, number,
+                       suggest)
 
 DATA_FORMATS = ("pickle", "npz", "extxyz", "xsf", "hdf5")
 SECTIONS = ("Datahub", "Modelhub", "Trainer", "Metrics", "Provenance")
@@ -70,17 +70,22 @@ SPLITTER_DEFAULTS: dict[str, Any] = {
     "method": "random", "parts": ["training", "validation", "test"], "ratios": [0.8, 0.1, 0.1],
     "seed": None, "save": True, "preload": True,
 }
+#: the Trainer keys' defaults: the one set of :data:`nnpflow.training.settings.DEFAULTS`,
+#: except where Enerzyme's train.yaml documents another (``max_epochs`` 100,
+#: ``schedule`` linear, ``warmup_ratio`` 0.01, ``ema_decay`` 0.99, ``patience`` 50:
+#: ``SURFACE_DEFAULTS["train.yaml"]``), which are set here explicitly
+_D = {**DEFAULTS, **SURFACE_DEFAULTS["train.yaml"]}
 TRAINER_DEFAULTS: dict[str, Any] = {
-    "Splitter": SPLITTER_DEFAULTS, "batch_size": 32, "cuda": False, "dtype": "float32",
-    "schedule": "linear", "schedule_params": {}, "learning_rate": 1e-3, "max_epochs": 100,
-    "num_workers": 0, "patience": 50, "seed": 42, "warmup_ratio": 0.01, "ema_decay": 0.99,
-    "max_grad_norm": None,
+    "Splitter": SPLITTER_DEFAULTS, "batch_size": _D["batch_size"], "cuda": False,
+    "dtype": _D["precision"], "schedule": _D["schedule"], "schedule_params": {},
+    "learning_rate": _D["learning_rate"], "max_epochs": _D["epochs"],
+    "num_workers": _D["num_workers"], "patience": _D["patience"], "seed": _D["seed"],
+    "warmup_ratio": _D["warmup_ratio"], "ema_decay": _D["ema_decay"],
+    "max_grad_norm": _D["max_grad_norm"],
 }
 
 
-def _suggest(key: str, choices) -> str:
-    close = difflib.get_close_matches(str(key), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_suggest = suggest  # the one implementation (nnpflow.training.settings)
 
 
 def check_keys(mapping: Mapping, allowed, where: str) -> None:
@@ -100,38 +105,17 @@ def _mapping(value: Any, where: str) -> dict:
 
 
 def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    return value
+    return boolean(value, where, wording="yaml")
 
 
 def _int(value: Any, where: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{where}: must be at least {minimum}, got {value}")
-    return value
+    return integer(value, where, minimum, wording="yaml")
 
 
 def _float(value: Any, where: str, minimum: float | None = None, maximum: float | None = None,
            exclusive_min: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, str):
-            try:  # YAML reads 1e-3 as a string
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        else:
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ConfigError(f"{where}: {value} is not a finite number")
-    if minimum is not None and (value < minimum or (exclusive_min and value == minimum)):
-        relation = ">" if exclusive_min else ">="
-        raise ConfigError(f"{where}: must be {relation} {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{where}: must be <= {maximum}, got {value}")
-    return value
+    return number(value, where, minimum=minimum, maximum=maximum, exclusive_min=exclusive_min,
+                  wording="yaml")
 
 
 def _choice(value: Any, choices, where: str) -> str:
@@ -259,6 +243,7 @@ def resolve_trainer(raw: Mapping) -> dict:
     if out["max_grad_norm"] is not None:
         out["max_grad_norm"] = _float(out["max_grad_norm"], f"{where}.max_grad_norm", 0.0,
                                       exclusive_min=True)
+    TrainingSettings.from_trainer(out)  # the one settings object's checks of every field
     return out
 
 

@@ -1,0 +1,270 @@
+"""One internal settings object of a training run, with one set of defaults.
+
+Three surfaces configure training: the workflow's ``training`` block
+(``workflow/schemas/config.schema.yaml``, resolved by
+:func:`nnpflow.stages.train.resolve_training`), the Python API's
+:class:`~nnpflow.training.config.TorchTrainingConfig`, and the ``Trainer``
+section of ``nnpflow train``'s train.yaml (:mod:`nnpflow.training.yaml_config`).
+Each is validated on its own terms (its key names and its error messages) and
+then translated into :class:`TrainingSettings`, the one place that states what a
+setting means, its unit and its default (:data:`DEFAULTS`).  Where a surface
+documents a different default, the translation sets that value explicitly from
+:data:`SURFACE_DEFAULTS` -- the table docs/training-settings.md shows.
+
+The validators here (:func:`number`, :func:`integer`, :func:`boolean`,
+:func:`reject_unknown`) are the one implementation every surface uses; a
+surface chooses the wording of its messages (``python`` for keyword arguments,
+``yaml`` for YAML keys, which also reads YAML's ``"1e-3"`` strings as numbers).
+NaN and infinity are refused naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+__all__ = ["TrainingSettings", "DEFAULTS", "SURFACE_DEFAULTS", "FIELD_DOCS", "number",
+           "integer", "boolean", "reject_unknown", "suggest"]
+
+
+# ------------------------------------------------------------------ validators
+def suggest(key: Any, choices) -> str:
+    """`` (did you mean 'x'?)`` for a close match of ``key`` among ``choices``, else ``''``."""
+    close = difflib.get_close_matches(str(key), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def number(value: Any, where: str, *, minimum: float | None = None,
+           maximum: float | None = None, exclusive_min: bool = False,
+           exclusive_max: bool = False, wording: str = "python") -> float:
+    """``value`` as a finite float within the bounds; else ``ConfigError`` naming ``where``.
+
+    ``wording="yaml"`` also accepts numeric strings (YAML 1.1 reads ``1e-3`` as a
+    string) and words its messages for YAML files."""
+    yaml = wording == "yaml"
+    if isinstance(value, str) and yaml:
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    v = float(value)
+    shown = str(v) if yaml else repr(value)
+    if not math.isfinite(v):
+        raise ConfigError(f"{where}: {v} is not a finite number" if yaml
+                          else f"{where}: must be finite, got {value!r}")
+    if minimum is not None and (v < minimum or (exclusive_min and v == minimum)):
+        raise ConfigError(f"{where}: must be {'>' if exclusive_min else '>='} {minimum}, "
+                          f"got {shown}")
+    if maximum is not None and (v > maximum or (exclusive_max and v == maximum)):
+        raise ConfigError(f"{where}: must be {'<' if exclusive_max else '<='} {maximum}, "
+                          f"got {shown}")
+    return v
+
+
+def integer(value: Any, where: str, minimum: int | None = None,
+            wording: str = "python") -> int:
+    """``value`` as an int (not a bool) of at least ``minimum``; else ``ConfigError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        relation = "at least" if wording == "yaml" else ">="
+        raise ConfigError(f"{where}: must be {relation} {minimum}, got {value}")
+    return int(value)
+
+
+def boolean(value: Any, where: str, wording: str = "python") -> bool:
+    """``value`` if it is a bool; else ``ConfigError``."""
+    if not isinstance(value, bool):
+        words = "true or false" if wording == "yaml" else "True or False"
+        raise ConfigError(f"{where}: expected {words}, got {value!r}")
+    return value
+
+
+def reject_unknown(block: Mapping, allowed, where: str) -> None:
+    """``ConfigError`` listing every key of ``block`` not in ``allowed`` (sorted)."""
+    unknown = sorted(set(block) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
+                          f"{', '.join(allowed)}")
+
+
+# ------------------------------------------------------------ the settings
+#: every field: (unit, meaning) -- the documentation docs/training-settings.md repeats
+FIELD_DOCS: dict[str, tuple[str, str]] = {
+    "epochs": ("epochs", "passes over the training structures"),
+    "batch_size": ("structures", "structures per optimiser step"),
+    "learning_rate": ("1", "Adam learning rate (the peak of a warmed-up schedule)"),
+    "schedule": ("-", "learning-rate schedule per optimiser step: constant, linear, cosine, "
+                      "plateau (on the validation loss)"),
+    "schedule_params": ("-", "the schedule's own parameters (nnpflow.training.schedules)"),
+    "warmup_ratio": ("fraction of steps", "linear warm-up from 0 over this part of the steps"),
+    "ema_decay": ("1", "exponential moving average of the weights; 0 = off"),
+    "patience": ("epochs", "early stopping after this many epochs without a better "
+                           "validation score; 0 = off"),
+    "max_grad_norm": ("1", "gradient clipping by total norm; None = off"),
+    "seed": ("-", "weights, batch order and force subsets"),
+    "force_weight": ("1", "alpha in (1 - alpha) RMSE(E/N) + alpha RMSE(F), normalised targets"),
+    "force_fraction": ("fraction", "force-labelled training structures whose forces enter "
+                                   "the loss each epoch"),
+    "force_sampling": ("-", "random (new subset each epoch) or fixed (one subset)"),
+    "device": ("-", "auto, cpu, cuda or cuda:N"),
+    "devices": ("processes", "data-parallel processes (one per GPU or core group)"),
+    "precision": ("-", "float32 or float64: networks and force contraction"),
+    "num_workers": ("processes", "DataLoader worker processes"),
+}
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The settings of one training run, whichever surface gave them.
+
+    Defaults are the workflow's (config/config.yaml); the other surfaces'
+    differing defaults are in :data:`SURFACE_DEFAULTS`.  Every field is checked
+    on construction (:data:`FIELD_DOCS` states units and meaning); errors name
+    ``where`` + the field (``training.epochs``)."""
+
+    epochs: int = 200
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    schedule: str = "plateau"
+    schedule_params: Mapping[str, float] = field(default_factory=dict)
+    warmup_ratio: float = 0.0
+    ema_decay: float = 0.0
+    patience: int = 20
+    max_grad_norm: float | None = None
+    seed: int = 42
+    force_weight: float = 0.1
+    force_fraction: float = 1.0
+    force_sampling: str = "random"
+    device: str = "auto"
+    devices: int = 1
+    precision: str = "float32"
+    num_workers: int = 0
+    where: str = field(default="training", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from .schedules import SCHEDULE_PARAMS, SCHEDULES  # torch: only when used
+        w = self.where + "." if self.where else ""
+        set_ = _setter(self)
+        set_("epochs", integer(self.epochs, w + "epochs", 0))
+        set_("batch_size", integer(self.batch_size, w + "batch_size", 1))
+        set_("learning_rate", number(self.learning_rate, w + "learning_rate", minimum=0.0,
+                                     exclusive_min=True))
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"{w}schedule: {self.schedule!r} is not one of "
+                              f"{', '.join(SCHEDULES)}{suggest(self.schedule, SCHEDULES)}")
+        if not isinstance(self.schedule_params, Mapping):
+            raise ConfigError(f"{w}schedule_params: expected a mapping, "
+                              f"got {self.schedule_params!r}")
+        reject_unknown(self.schedule_params, SCHEDULE_PARAMS[self.schedule],
+                       f"{w}schedule_params")
+        for k, v in self.schedule_params.items():
+            number(v, f"{w}schedule_params.{k}")  # checked; kept as given (int patience)
+        set_("schedule_params", MappingProxyType(dict(self.schedule_params)))
+        set_("warmup_ratio", number(self.warmup_ratio, w + "warmup_ratio", minimum=0.0,
+                                    maximum=1.0))
+        set_("ema_decay", number(self.ema_decay, w + "ema_decay", minimum=0.0, maximum=1.0,
+                                 exclusive_max=True))
+        set_("patience", integer(self.patience, w + "patience", 0))
+        if self.max_grad_norm is not None:
+            set_("max_grad_norm", number(self.max_grad_norm, w + "max_grad_norm", minimum=0.0,
+                                         exclusive_min=True))
+        set_("seed", integer(self.seed, w + "seed"))  # the surfaces bound it themselves
+        set_("force_weight", number(self.force_weight, w + "force_weight", minimum=0.0,
+                                    maximum=1.0))
+        set_("force_fraction", number(self.force_fraction, w + "force_fraction", minimum=0.0,
+                                      maximum=1.0, exclusive_min=True))
+        if self.force_sampling not in ("random", "fixed"):
+            raise ConfigError(f"{w}force_sampling: must be 'random' or 'fixed', "
+                              f"got {self.force_sampling!r}")
+        device = str(self.device)
+        if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
+            raise ConfigError(f"{w}device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                              f"got {self.device!r}")
+        set_("device", device)
+        set_("devices", integer(self.devices, w + "devices", 1))
+        if self.precision not in ("float32", "float64"):
+            raise ConfigError(f"{w}precision: must be 'float32' or 'float64', "
+                              f"got {self.precision!r}")
+        set_("num_workers", integer(self.num_workers, w + "num_workers", 0))
+
+    # ------------------------------------------------------ from the surfaces
+    @classmethod
+    def from_workflow(cls, training: Mapping, member: int = 0) -> "TrainingSettings":
+        """The workflow's resolved ``training`` block (:func:`nnpflow.stages.train.
+        resolve_training`) for committee member ``member`` (seed ``seed + member``).
+        Its keys and defaults are this object's; ``patience: 0`` and ``ema_decay: 0``
+        mean off."""
+        values = {k: v for k, v in training.items() if k in _FIELDS}
+        values["seed"] = training["seed"] + member
+        return cls(**values)
+
+    @classmethod
+    def from_trainer(cls, trainer: Mapping, **overrides) -> "TrainingSettings":
+        """A resolved train.yaml ``Trainer`` section (:func:`nnpflow.training.yaml_config.
+        resolve_trainer`, which filled in :data:`SURFACE_DEFAULTS` ``["train.yaml"]``).
+        ``patience``/``ema_decay`` null become 0 (off); ``force_weight`` comes from
+        the model's loss (``overrides``)."""
+        values = dict(
+            epochs=trainer["max_epochs"], batch_size=trainer["batch_size"],
+            learning_rate=trainer["learning_rate"], schedule=trainer["schedule"],
+            schedule_params=trainer["schedule_params"], warmup_ratio=trainer["warmup_ratio"],
+            ema_decay=trainer["ema_decay"] or 0.0, patience=trainer["patience"] or 0,
+            max_grad_norm=trainer["max_grad_norm"], seed=trainer["seed"],
+            device="cuda" if trainer["cuda"] else "cpu", precision=trainer["dtype"],
+            num_workers=trainer["num_workers"], force_weight=0.0, where="Trainer")
+        values.update(overrides)
+        return cls(**values)
+
+    # -------------------------------------------------------- to the trainers
+    # (to TorchTrainingConfig: TorchTrainingConfig.from_settings)
+    def layer_stack_trainer(self, cuda: bool) -> dict:
+        """The ``Trainer`` mapping of the layer-stack trainer
+        (:mod:`nnpflow.training.message_passing`); 0 (off) of ``patience`` and
+        ``ema_decay`` becomes its null.  Part of a checkpoint's identity: keys and
+        values must stay as they are."""
+        return {"batch_size": self.batch_size, "cuda": bool(cuda), "dtype": self.precision,
+                "schedule": self.schedule, "schedule_params": dict(self.schedule_params),
+                "learning_rate": self.learning_rate, "max_epochs": self.epochs,
+                "num_workers": self.num_workers, "patience": self.patience or None,
+                "seed": self.seed, "warmup_ratio": self.warmup_ratio,
+                "ema_decay": self.ema_decay or None, "max_grad_norm": self.max_grad_norm}
+
+
+def _setter(obj):
+    """A setter of a frozen dataclass's fields (for normalising in ``__post_init__``)."""
+    def set_(name: str, value: Any) -> None:
+        object.__setattr__(obj, name, value)
+    return set_
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingSettings) if f.name != "where")
+
+#: the one set of defaults
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
+              else f.default)
+     for f in dataclasses.fields(TrainingSettings) if f.name != "where"})
+
+#: where a surface documents another default, in this object's field names; the
+#: surface's translation sets these explicitly (docs/training-settings.md)
+SURFACE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    # the workflow's config.schema.yaml: the defaults above
+    "workflow": MappingProxyType({}),
+    # aenet-python's PyTorch training: 100 epochs, constant rate, energies only,
+    # no early stopping (nnpflow.training.config)
+    "TorchTrainingConfig": MappingProxyType({
+        "epochs": 100, "schedule": "constant", "patience": 0, "force_weight": 0.0}),
+    # Enerzyme's train.yaml: linear decay with 1 % warm-up, EMA 0.99, patience 50
+    "train.yaml": MappingProxyType({
+        "epochs": 100, "schedule": "linear", "warmup_ratio": 0.01, "ema_decay": 0.99,
+        "patience": 50}),
+})

@@ -14,13 +14,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from nnpflow import Structure
 from nnpflow.cli import main as cli_main
 from nnpflow.database import write_database
 from nnpflow.io.xsf import write_xsf
+from test_reliability_schema import cells  # the same 4-atom Cu/Au cells
 
 LIMITED = textwrap.dedent("""
     import resource, signal, sys
@@ -32,15 +31,6 @@ LIMITED = textwrap.dedent("""
 """)
 DESCRIPTOR = ["--species", "Cu", "Au", "--rad-order", "2", "--rad-cutoff", "3",
               "--ang-order", "1", "--ang-cutoff", "2.5"]
-
-
-def cells(n: int) -> list[Structure]:
-    rng = np.random.default_rng(0)
-    base = np.array([[0, 0, 0], [1.8, 1.8, 0], [1.8, 0, 1.8], [0, 1.8, 1.8]])
-    return [Structure(positions=base + rng.normal(scale=0.05, size=(4, 3)),
-                      species=["Cu", "Au", "Cu", "Au"], cell=np.eye(3) * 3.6,
-                      energy=-12.0 + 0.01 * i, forces=rng.normal(size=(4, 3)), name=f"c{i}")
-            for i in range(n)]
 
 
 @pytest.fixture(scope="module")

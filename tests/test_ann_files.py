@@ -234,8 +234,6 @@ def test_max_checkpoints_keeps_the_newest(cells, tmp_path):
     ({"force_weight": 1.5}, "force_weight: must be <= 1"),
     ({"force_weight": 0.1, "force_fraction": 0.0}, "force_fraction: must be > 0"),
     ({"force_weight": 0.1, "force_sampling": "sometimes"}, "force_sampling: must be"),
-    ({"force_fraction": 0.5}, "with force_weight=0 no forces do"),
-    ({"cache_neighbors": True}, "cache_neighbors: nnpflow has no separate neighbour-list"),
     ({"cache_feature_max_entries": 10}, "cache_feature_max_entries=10 bounds a cache that is "
                                         "disabled"),
     ({"cache_force_triplets": True, "cache_force_triplet_max_entries": 0},

@@ -14,21 +14,38 @@ on nnpflow's database.
   dataset or split.
 
 Sample dicts, views and the force selection are described in
-:mod:`nnpflow.datasets.base`.
+:mod:`nnpflow.datasets.base`; docs/aenet-datasets.md maps every option of the
+specification to what nnpflow does with it.
+
+``aenet.torch_training.dataset`` of the specification maps to this package.  The
+names are imported on first use (module ``__getattr__``): importing one submodule
+(e.g. :mod:`nnpflow.datasets.split`) does not load the HDF5 dataset.
 """
 
 from __future__ import annotations
 
-from .base import FeatureDataset
-from .cached import CachedStructureDataset
-from .collate import Batch, BatchView, batch_loader, collate_samples
-from .hdf5 import HDF5StructureDataset
-from .runtime_cache import RuntimeCaches, configure_runtime_caches
-from .split import (feature_statistics, fit_reference_energies, split_indices,
-                    subset_indices, train_test_split, train_test_split_dataset)
-from .structure_dataset import StructureDataset
+from ..lazy_exports import lazy_exports
 
-__all__ = ["StructureDataset", "CachedStructureDataset", "HDF5StructureDataset",
-           "FeatureDataset", "train_test_split", "train_test_split_dataset", "split_indices",
-           "subset_indices", "feature_statistics", "fit_reference_energies", "collate_samples", "Batch", "BatchView", "batch_loader",
-           "configure_runtime_caches", "RuntimeCaches"]
+#: public name -> module it lives in (imported on first access)
+_EXPORTS = {
+    "StructureDataset": ".structure_dataset",
+    "CachedStructureDataset": ".cached",
+    "HDF5StructureDataset": ".hdf5",
+    "FeatureDataset": ".base",
+    "train_test_split": ".split",
+    "train_test_split_dataset": ".split",
+    "split_indices": ".split",
+    "subset_indices": ".split",
+    "feature_statistics": ".split",
+    "fit_reference_energies": ".split",
+    "collate_samples": ".collate",
+    "Batch": ".collate",
+    "BatchView": ".collate",
+    "batch_loader": ".collate",
+    "configure_runtime_caches": ".runtime_cache",
+    "RuntimeCaches": ".runtime_cache",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -1,5 +1,15 @@
 """Training: shared infrastructure and the trainers.
 
+The aenet-style API is importable from here, as from aenet-python's
+``aenet.torch_training`` (the aenet PyTorch dataset specification, with
+``aenet.torch_training`` -> ``nnpflow.training``): :class:`TorchANNPotential`,
+:class:`TorchTrainingConfig`, :class:`Adam`, :class:`SGD`,
+:class:`TrainingMethod`, :class:`Structure` (``nnpflow.Structure``),
+:class:`StructureDataset` and :func:`train_test_split` (from
+:mod:`nnpflow.datasets`), and :class:`PredictionResult`.  They are loaded on
+first use (module ``__getattr__``), so importing :mod:`nnpflow.training.settings`
+or another light submodule does not import torch.
+
 Shared by every trainer (import the submodule you need; nothing heavy is
 imported here):
 
@@ -20,3 +30,24 @@ The Enerzyme-style trainer (Enerzyme's train.yaml, ``nnpflow train -c train.yaml
 :mod:`~nnpflow.training.message_passing` (the loop for layer-stack models) and
 :mod:`~nnpflow.training.session` (one whole ``train`` invocation).
 """
+
+from __future__ import annotations
+
+from ..lazy_exports import lazy_exports
+
+#: public name -> module it lives in (imported on first access)
+_EXPORTS = {
+    "Adam": ".config",
+    "SGD": ".config",
+    "TrainingMethod": ".config",
+    "TorchTrainingConfig": ".config",
+    "TorchANNPotential": ".potential",
+    "PredictionResult": "..models.prediction_result",
+    "Structure": "..structure",
+    "StructureDataset": "..datasets",
+    "train_test_split": "..datasets",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

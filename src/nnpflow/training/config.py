@@ -33,7 +33,9 @@ Fields (units eV, Å, eV/Å)
     Fraction of the force-labelled training structures whose forces enter the
     loss in an epoch (``round(fraction * n)``, at least 1); 'random' draws a new
     subset every epoch, 'fixed' one subset for the whole run.  Structures outside
-    the subset still contribute their energies.  Only with ``force_weight > 0``.
+    the subset still contribute their energies.  With ``force_weight=0`` no
+    forces enter the loss, so other values are accepted (as in aenet-python)
+    but have no effect; that is logged once (WARNING).
 ``cache_features`` (False), ``cache_feature_max_entries`` (1024; None = unbounded)
     Energy-view feature cache of the dataset (energy-only training from
     ``structures=...`` uses ``CachedStructureDataset`` instead).
@@ -41,9 +43,12 @@ Fields (units eV, Å, eV/Å)
     Cache of on-the-fly features + descriptor derivatives of force-view samples
     (structures without persisted derivatives).
 ``cache_neighbors`` (False), ``cache_neighbor_max_entries`` (512)
-    nnpflow has no separate neighbour-list cache (neighbour searches happen
-    inside featurisation, whose results the two caches above keep), so
-    ``cache_neighbors=True`` is rejected with that advice.
+    Accepted for aenet-python compatibility, without effect: nnpflow has no
+    separate neighbour-list cache (neighbour searches happen inside
+    featurisation, whose results the two caches above keep, and persisted
+    features/derivatives need no search at all).  ``cache_neighbors=True`` is
+    logged once (INFO) saying so; a bound without the flag is rejected like the
+    other caches' bounds.
 ``cache_warmup`` (False)
     Fill the enabled runtime caches before the first epoch (single process; with
     ``num_workers > 0`` the workers own their caches and the warm-up is skipped
@@ -104,6 +109,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -113,7 +119,28 @@ from .schedules import SCHEDULE_PARAMS, SCHEDULES
 from .settings import (DEFAULTS, SURFACE_DEFAULTS, TrainingSettings, boolean, integer,
                        number)
 
-__all__ = ["Adam", "SGD", "TorchTrainingConfig", "TrainingMethod"]
+__all__ = ["Adam", "SGD", "TorchTrainingConfig", "TrainingMethod", "NO_EFFECT"]
+
+log = logging.getLogger(__name__)
+
+#: options of aenet-python's TorchTrainingConfig that nnpflow accepts but that
+#: have nothing to do in its design: name -> why (logged once at INFO when set)
+NO_EFFECT = {
+    "cache_neighbors": (
+        "nnpflow keeps no separate neighbour-list cache: neighbour searches happen "
+        "inside featurisation, whose results cache_features=True (energy view) and "
+        "cache_force_triplets=True (force view) keep, and an HDF5 database with "
+        "persisted features/derivatives needs no search at all"),
+}
+
+#: messages already logged in this process (each is logged once)
+_LOGGED: set[str] = set()
+
+
+def _log_once(key: str, level: int, message: str) -> None:
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.log(level, message)
 
 
 _number = number  # the one implementation (nnpflow.training.settings)
@@ -317,9 +344,12 @@ class TorchTrainingConfig:
                               f"got {self.force_sampling!r}")
         if self.force_weight == 0.0 and (self.force_fraction != 1.0
                                          or self.force_sampling != "random"):
-            raise ConfigError("force_fraction/force_sampling select the structures whose forces "
-                              "enter the loss; with force_weight=0 no forces do (set "
-                              "force_weight > 0 or leave them at their defaults)")
+            _log_once("force_fraction", logging.WARNING,
+                      f"TorchTrainingConfig: force_fraction={self.force_fraction:g}, "
+                      f"force_sampling={self.force_sampling!r} have no effect with "
+                      "force_weight=0: they select the structures whose forces enter the "
+                      "loss, and with force_weight=0 no forces do (set force_weight > 0 to "
+                      "train on forces)")
         for name in ("cache_features", "cache_neighbors", "cache_force_triplets", "cache_warmup",
                      "persistent_workers", "use_scheduler", "save_best", "show_progress"):
             setattr(self, name, _boolean(getattr(self, name), name))
@@ -333,11 +363,10 @@ class TorchTrainingConfig:
                                   f"({flag}=False); enable the cache or leave the bound at "
                                   "its default")
         if self.cache_neighbors:
-            raise ConfigError(
-                "cache_neighbors: nnpflow has no separate neighbour-list cache -- neighbour "
-                "searches happen inside featurisation, whose results cache_features=True "
-                "(energy view) and cache_force_triplets=True (force view) keep, and an HDF5 "
-                "database with persisted features/derivatives needs no search at all")
+            _log_once("cache_neighbors", logging.INFO,
+                      "TorchTrainingConfig: cache_neighbors=True (and "
+                      "cache_neighbor_max_entries) accepted, no effect: "
+                      + NO_EFFECT["cache_neighbors"])
         if self.cache_warmup and not (self.cache_features or self.cache_force_triplets):
             raise ConfigError("cache_warmup=True needs a runtime cache to fill "
                               "(cache_features or cache_force_triplets)")
@@ -442,8 +471,18 @@ class TorchTrainingConfig:
     def from_settings(cls, settings: TrainingSettings, **runtime) -> "TorchTrainingConfig":
         """The configuration of :class:`~nnpflow.training.settings.TrainingSettings`
         (Adam), with ``runtime`` fields (caches, checkpoints, progress) added and no
-        validation split of its own (``testpercent=0``: the caller gives the parts)."""
+        validation split of its own (``testpercent=0``: the caller gives the parts).
+
+        The surfaces that translate through here (the workflow, train.yaml) are
+        nnpflow's own grammar and keep its strictness: ``force_fraction`` or
+        ``force_sampling`` without force training is refused (the constructor,
+        aenet-python's surface, accepts it with a warning)."""
         s = settings
+        if s.force_weight == 0.0 and (s.force_fraction != 1.0 or s.force_sampling != "random"):
+            w = s.where + "." if s.where else ""
+            raise ConfigError(f"{w}force_fraction/{w}force_sampling select the structures whose "
+                              f"forces enter the loss; with {w}force_weight=0 no forces do (set "
+                              "force_weight > 0 or leave them at their defaults)")
         values = dict(
             iterations=s.epochs, method=Adam(mu=s.learning_rate, batchsize=s.batch_size),
             testpercent=0, seed=s.seed, force_weight=s.force_weight,

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -759,3 +760,45 @@ def test_hdf5_blocks_build_train_and_split(page_dir, h_clusters, h_descriptor, c
     with ns["dataset"] as large:
         assert len(large) == len(db) and large.in_memory_cache_size == 4096
     assert ns["config"].num_workers == 16 and ns["config"].force_weight == 0.0
+
+
+# --------------------------------------------------------------------------------
+# docs
+# --------------------------------------------------------------------------------
+#: TorchTrainingConfig options the page names in its prose only
+PROSE_CONFIG_OPTIONS = ("cache_force_triplets", "cache_force_triplet_max_entries",
+                        "cache_warmup", "use_scheduler", "save_best")
+
+
+def page_keywords() -> dict[str, set[str]]:
+    """``{callable: keyword names}`` of every call in the page's code blocks."""
+    found: dict[str, set[str]] = {}
+    for block in CODE_BLOCKS:
+        for node in ast.walk(ast.parse(textwrap.dedent(block))):
+            if isinstance(node, ast.Call) and node.keywords:
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", "?")
+                found.setdefault(name, set()).update(k.arg for k in node.keywords)
+    return found
+
+
+def test_docs_list_every_option_of_the_page_with_the_code_defaults(repo_root):
+    from nnpflow.training import TorchTrainingConfig
+    doc = (repo_root / "docs" / "aenet-datasets.md").read_text()
+    # the table rows "| `name` (default) | what nnpflow does |"
+    rows = dict(re.findall(r"^\| `(\w+)` \((.*?)\) \|", doc, flags=re.M))
+    keywords = page_keywords()
+    config_options = keywords["TorchTrainingConfig"] | set(PROSE_CONFIG_OPTIONS)
+    assert config_options <= set(rows), sorted(config_options - set(rows))
+    defaults = TorchTrainingConfig()
+    for name in config_options - {"method"}:
+        assert ast.literal_eval(rows[name]) == getattr(defaults, name), name
+    assert rows["method"] == "`Adam()`" and defaults.method == TorchTrainingConfig().method
+    # every keyword the page passes to a dataset, a source or build_database is named
+    for func in ("StructureDataset", "CachedStructureDataset", "HDF5StructureDataset",
+                 "build_database", "train_test_split_dataset"):
+        for name in keywords[func] - {"structures", "descriptor", "dataset"}:
+            assert f"`{name}`" in doc or f"{name}," in doc or f"{name})" in doc, (func, name)
+    for name in ("AtomicStructure.from_file", "to_TorchStructure()", "read_structures",
+                 "Structure.from_ase", "to_ase()"):
+        assert name in doc

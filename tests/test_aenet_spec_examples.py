@@ -18,7 +18,6 @@ import doctest
 import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -700,13 +699,13 @@ def test_cached_features_path_and_explicit_fixed_split(h_clusters, h_descriptor,
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 8 worker processes")
-def test_hdf5_blocks_build_train_and_split(page_dir, h_clusters, h_descriptor, caplog):
+def test_hdf5_blocks_build_train_and_split(page_dir, h_clusters, h_descriptor):
     """The HDF5 section end to end: build (8 build workers, zlib level 5, the
     max_energy filter), the tar source, loading with the recovered descriptor, the
     training configuration with 8 DataLoader workers, the splitting blocks and the
     large-dataset configuration."""
     from nnpflow.datasets import HDF5StructureDataset
-    from nnpflow.training import TorchANNPotential
+    from nnpflow.training import TorchANNPotential, TorchTrainingConfig
     descriptor = h_descriptor
     e = per_atom(h_clusters)
     ns = run_block(HDF5_BUILD, {"descriptor": descriptor})
@@ -723,10 +722,9 @@ def test_hdf5_blocks_build_train_and_split(page_dir, h_clusters, h_descriptor, c
     ns["db"].close()
 
     pot = TorchANNPotential(arch={"H": [(4, "tanh")]}, descriptor=descriptor)
-    with caplog.at_level(logging.INFO):
-        ns = run_block(HDF5_TRAINING, {"pot": pot})
+    ns = run_block(HDF5_TRAINING, {"pot": pot})
     dataset, config = ns["dataset"], ns["config"]
-    assert dataset.descriptor.n_features == descriptor.n_features    # recovered
+    assert dataset.descriptor.fingerprint == descriptor.fingerprint   # recovered
     assert config.num_workers == 8 and config.prefetch_factor == 4
     assert len(pot.history) == 100
     last = pot.history[-1]
@@ -756,7 +754,7 @@ def test_hdf5_blocks_build_train_and_split(page_dir, h_clusters, h_descriptor, c
     shutil.copy("datasets/training.h5", "large_dataset.h5")
     ns = run_block(LARGE_DATASETS, {"descriptor": descriptor,
                                     "HDF5StructureDataset": HDF5StructureDataset,
-                                    "TorchTrainingConfig": config.__class__})
+                                    "TorchTrainingConfig": TorchTrainingConfig})
     with ns["dataset"] as large:
         assert len(large) == len(db) and large.in_memory_cache_size == 4096
     assert ns["config"].num_workers == 16 and ns["config"].force_weight == 0.0

@@ -618,6 +618,24 @@ def test_runtime_training_options_are_accepted(caplog, fresh_no_effect_log):
     assert config.identity() == config.replace(cache_neighbors=False).identity()
 
 
+def test_page_config_trains_like_one_without_caches(h_clusters, h_descriptor):
+    """The page's runtime options change how a run is carried out, not its result:
+    the page's configuration trains to the same weights as one without caches."""
+    from nnpflow.datasets import StructureDataset
+    from nnpflow.training import Adam, TorchANNPotential
+    config = run_block(RUNTIME_TRAINING_OPTIONS, {})["config"].replace(
+        iterations=3, method=Adam(batchsize=8))
+    plain = config.replace(cache_features=False, cache_neighbors=False)
+    weights = []
+    for cfg in (config, plain):
+        pot = TorchANNPotential(arch={"H": [(4, "tanh")]}, descriptor=h_descriptor)
+        history = pot.train(dataset=StructureDataset(h_clusters, h_descriptor), config=cfg)
+        assert {row["force_structures"] for row in history} == {round(0.3 * 22)}
+        weights.append(pot.net.state_dict())
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+
+
 def test_options_without_effect_are_logged_not_refused_and_bad_ones_still_refused(
         caplog, fresh_no_effect_log):
     from nnpflow.training import TorchTrainingConfig

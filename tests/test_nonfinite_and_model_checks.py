@@ -236,26 +236,38 @@ def test_a_model_file_with_bad_numbers_is_refused(ann_file, what):
             load()
 
 
-def test_a_layer_stack_file_with_bad_weights_is_refused(tmp_path):
-    from nnpflow.models.model_file import save_layer_stack
+@pytest.mark.parametrize("layout", ["envelope", "layer_stack_v1"])
+def test_a_layer_stack_file_with_bad_weights_is_refused(tmp_path, layout):
+    from nnpflow.models.model_file import load_layer_stack, save_layer_stack
     from nnpflow.models.stack import LayerStack
 
     from test_calculator import SCHNET_BUILD, SCHNET_LAYERS
     path = tmp_path / "schnet.pt"
-    save_layer_stack(path, LayerStack("SchNet", SCHNET_LAYERS, SCHNET_BUILD).double())
+
+    def save():
+        save_layer_stack(path, LayerStack("SchNet", SCHNET_LAYERS, SCHNET_BUILD).double())
+        if layout == "layer_stack_v1":   # the schema before the envelope: "config"
+            p = torch.load(path, weights_only=True)
+            torch.save({"schema": "nnpflow.layer_stack", "schema_version": 1,
+                        "config": p["settings"], "dtype": p["dtype"],
+                        "state_dict": p["state_dict"], "metadata": p["metadata"]}, path)
+    save()
     key = next(k for k, v in torch.load(path, weights_only=True)["state_dict"].items()
                if v.is_floating_point() and v.dim() == 2)
 
     def nan(p):
         p["state_dict"][key][0, 0] = float("nan")
     _edit(path, nan)
-    with pytest.raises(SchemaError, match=rf"^{path}: .*non-finite .*{key}"):
-        NNPCalculator(path)
-    save_layer_stack(path, LayerStack("SchNet", SCHNET_LAYERS, SCHNET_BUILD).double())
-    _edit(path, lambda p: p["settings"]["layers"][3]["params"].update(hidden_channels=16))
-    with pytest.raises(SchemaError, match=rf"^{path}: the stored weights do not fit the "
-                                          "stored architecture"):
-        NNPCalculator(path)
+    for load in (NNPCalculator, load_layer_stack):
+        with pytest.raises(SchemaError, match=rf"^{path}: .*non-finite .*{key}"):
+            load(path)
+    save()
+    _edit(path, lambda p: settings(p).get("config", settings(p))["layers"][3]["params"].update(
+        hidden_channels=16))
+    for load in (NNPCalculator, load_layer_stack):
+        with pytest.raises(SchemaError, match=rf"^{path}: the stored weights do not fit the "
+                                              "stored architecture"):
+            load(path)
 
 
 def test_evaluate_never_uses_the_features_of_another_descriptor(data, tmp_path, capsys):

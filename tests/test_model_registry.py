@@ -128,6 +128,7 @@ def test_every_family_writes_the_envelope_and_reads_it_back_the_same(path, kind,
     assert raw["state_dict"].keys() == old.payload["state_dict"].keys()
     assert all(torch.equal(raw["state_dict"][k], v) for k, v in old.payload["state_dict"].items())
     legacy = torch.load(path, weights_only=True)
+    assert old.payload["upgraded_from"] == f"{legacy['schema']} v1" and "upgraded_from" not in raw
     assert set(legacy["state_dict"]) == set(raw["state_dict"])
     if kind == "layer_stack":
         assert raw["settings"] == legacy["config"]

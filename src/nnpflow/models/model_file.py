@@ -20,7 +20,8 @@ version 2) with its own content in ``settings``::
 writes any family's model and :func:`nnpflow.models.registry.read_model_file` /
 :func:`~nnpflow.models.registry.load_model` read any model file: the envelope,
 and the two schemas written before it (``nnpflow.ann_potential`` v1 and
-``nnpflow.layer_stack`` v1, upgraded in memory by their family's ``upgrade``).
+``nnpflow.layer_stack`` v1, upgraded in memory by their family's ``upgrade``;
+such an envelope also says ``upgraded_from``, e.g. ``"nnpflow.ann_potential v1"``).
 
 :func:`read_torch_file` is the checked loader shared with training checkpoints:
 a file of another schema, or of a newer schema version than this code knows,

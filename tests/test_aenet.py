@@ -283,6 +283,9 @@ def test_aenet_trained_potential_imports_to_predict_x_values(aenet, aenet_traine
     from nnpflow.io import read_structures
     atoms = next(read_structures(structures[-1])).to_ase()
     atoms.calc = NNPCalculator(tmp_path / "imported.pt")
+    raw = torch.load(tmp_path / "imported.pt", weights_only=True)   # the one model file
+    assert (raw["schema"], raw["family"], raw["training"]["imported_from"]) == (
+        "nnpflow.model", "ann", "aenet")
     n = len(atoms)
     assert abs(atoms.get_potential_energy() - results[-1]["total_energy"]) / n <= E_TOL
     assert np.abs(atoms.get_forces() - results[-1]["forces"]).max() <= F_TOL

@@ -45,7 +45,7 @@ import math
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 

@@ -283,6 +283,9 @@ def test_aenet_trained_potential_imports_to_predict_x_values(aenet, aenet_traine
     from nnpflow.io import read_structures
     atoms = next(read_structures(structures[-1])).to_ase()
     atoms.calc = NNPCalculator(tmp_path / "imported.pt")
+    raw = torch.load(tmp_path / "imported.pt", weights_only=True)   # the one model file
+    assert (raw["schema"], raw["family"], raw["training"]["imported_from"]) == (
+        "nnpflow.model", "ann", "aenet")
     n = len(atoms)
     assert abs(atoms.get_potential_energy() - results[-1]["total_energy"]) / n <= E_TOL
     assert np.abs(atoms.get_forces() - results[-1]["forces"]).max() <= F_TOL
@@ -374,6 +377,29 @@ def test_reads_aenet_python_ascii_layout(tio2_model, tmp_path):
         np.testing.assert_allclose(b.numpy(), a.double().numpy(), rtol=1e-13, atol=1e-16,
                                    err_msg=k)
     assert back.atomic_energies == pytest.approx(tio2_model.atomic_energies, abs=1e-12)
+
+
+def test_ascii_values_are_read_and_refused_by_line():
+    """The ASCII reader's numbers: Fortran reals (``D`` exponents, three-digit
+    exponents without a letter, commas between values), and each bad value named
+    with its line."""
+    from nnpflow.aenet.potential_file import _LineReader
+    r = _LineReader("7\n1 2\n3\n1.5D+00, 2\n2.5+100 -1.0E-2\n1 x\n", "f.ascii")
+    assert r.int("a") == 7
+    assert r.ints("b", 3).tolist() == [1, 2, 3]
+    assert r.real("c") == 1.5
+    assert r.reals("d", 2).tolist() == [2.5e100, -0.01]
+    with pytest.raises(InputError, match=r"^f\.ascii, line 6: e: expected integers$"):
+        r.ints("e", 2)
+    for text, read, message in [
+            ("two", lambda r: r.int("n"), "n: expected an integer, got 'two'"),
+            ("abc, 1", lambda r: r.real("q"), "q: expected a real number, got 'abc 1'"),
+            ("1 zz", lambda r: r.reals("w", 2), "w: not a Fortran real: 'zz'"),
+            ("", lambda r: r.real("q"), r"q: file ends here \(truncated file\?\)")]:
+        with pytest.raises(InputError, match=rf"^s, line 1: {message}$"):
+            read(_LineReader(text, "s"))
+    with pytest.raises(InputError, match=r"^O\.nn\.ascii, line 1: nlayers: expected an integer"):
+        AenetPotential.from_ascii("x\n", "O.nn.ascii")
 
 
 # -------------------------------------------------- round trip

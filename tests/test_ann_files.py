@@ -67,10 +67,11 @@ def test_save_and_load_round_trip_is_exact(uninterrupted, cells, tmp_path):
     path = tmp_path / "model.pt"
     pot.save(path)
     payload = torch.load(path, weights_only=True)        # no pickled code
-    assert payload["schema"] == "nnpflow.ann_potential" and payload["schema_version"] == 1
-    assert payload["architecture"] == {"Cu": [[6, "tanh"], [6, "tanh"]],
-                                       "Au": [[6, "tanh"], [6, "tanh"]]}
-    assert payload["descriptor"] == pot.descriptor.config()
+    assert payload["schema"] == "nnpflow.model" and payload["schema_version"] == 2
+    assert payload["family"] == "ann" and payload["family_version"] == 1
+    assert payload["settings"]["architecture"] == {"Cu": [[6, "tanh"], [6, "tanh"]],
+                                                   "Au": [[6, "tanh"], [6, "tanh"]]}
+    assert payload["settings"]["descriptor"] == pot.descriptor.config()
     assert payload["state_dict"]["feature_mean"].shape == (2, pot.descriptor.n_features)
     loaded = TorchANNPotential.from_file(path)
     assert same_weights(pot, loaded)
@@ -90,17 +91,18 @@ def test_unknown_newer_or_broken_files_are_refused(uninterrupted, tmp_path):
     pot, folder = uninterrupted
     payload = pot.to_payload()
     newer = tmp_path / "newer.pt"
-    torch.save({**payload, "schema_version": 2}, newer)
+    torch.save({**payload, "schema_version": 3}, newer)
     with pytest.raises(SchemaError, match="newer than this nnpflow understands"):
         TorchANNPotential.from_file(newer)
-    with pytest.raises(SchemaError, match="expected 'nnpflow.ann_potential'"):
+    with pytest.raises(SchemaError, match="holds 'nnpflow.checkpoint', not an nnpflow model"):
         TorchANNPotential.from_file(folder / "ckpt" / "checkpoint_last.pt")
     broken = tmp_path / "broken.pt"
     broken.write_bytes((tmp_path / "newer.pt").read_bytes()[:200])
-    with pytest.raises(SchemaError, match="not a readable nnpflow file"):
+    with pytest.raises(SchemaError, match="not a readable nnpflow model file"):
         TorchANNPotential.from_file(broken)
     bad = tmp_path / "bad.pt"
-    torch.save({**payload, "architecture": {"Cu": [[6, "tanh"]]}}, bad)
+    torch.save({**payload, "settings": {**payload["settings"],
+                                        "architecture": {"Cu": [[6, "tanh"]]}}}, bad)
     with pytest.raises(SchemaError, match="malformed ANN potential"):
         TorchANNPotential.from_file(bad)
 

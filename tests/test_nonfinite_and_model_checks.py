@@ -143,13 +143,27 @@ def test_an_evaluation_with_non_finite_errors_writes_strict_json(data, tmp_path)
 
 # ------------------------------------------------------------ model files
 
-@pytest.fixture
-def ann_file(tmp_path):
+@pytest.fixture(params=["envelope", "ann_potential_v1"])
+def ann_file(tmp_path, request):
+    """An ANN model file as written today (the ``nnpflow.model`` envelope) and in
+    the schema before it (``nnpflow.ann_potential`` v1: the settings at the top
+    level), which must be checked the same way."""
     pot = TorchANNPotential(ARCH, small_descriptor())
     pot.net.init_weights(torch.Generator().manual_seed(0))
     path = tmp_path / "model.pt"
     pot.save(path)
+    if request.param == "ann_potential_v1":
+        p = torch.load(path, weights_only=True)
+        torch.save({"schema": "nnpflow.ann_potential", "schema_version": 1, **p["settings"],
+                    **{k: p[k] for k in ("dtype", "state_dict", "history", "training",
+                                         "metadata")}}, path)
     return path
+
+
+def settings(payload: dict) -> dict:
+    """The family settings of a model-file dict (the envelope's ``settings``; a file
+    of the schemas before it has them at the top level)."""
+    return payload["settings"] if "settings" in payload else payload
 
 
 def _edit(path: Path, change) -> None:
@@ -164,7 +178,7 @@ def _loaders(path):
 
 
 def test_a_model_file_with_edited_descriptor_settings_is_refused(ann_file):
-    _edit(ann_file, lambda p: p["descriptor"].update(rad_cutoff=4.0))
+    _edit(ann_file, lambda p: settings(p)["descriptor"].update(rad_cutoff=4.0))
     for load in _loaders(ann_file):
         with pytest.raises(SchemaError, match=rf"^{ann_file}: .*do not match the descriptor "
                                               r"fingerprint stored with them"):
@@ -173,9 +187,9 @@ def test_a_model_file_with_edited_descriptor_settings_is_refused(ann_file):
 
 def test_a_model_file_whose_weights_do_not_fit_its_architecture_is_refused(ann_file):
     def widen(p):
-        p["architecture"] = {s: [[5, act] if k == 0 else [n, act]
-                                 for k, (n, act) in enumerate(layers)]
-                             for s, layers in p["architecture"].items()}
+        settings(p)["architecture"] = {s: [[5, act] if k == 0 else [n, act]
+                                           for k, (n, act) in enumerate(layers)]
+                                       for s, layers in settings(p)["architecture"].items()}
     _edit(ann_file, widen)
     for load in _loaders(ann_file):
         with pytest.raises(SchemaError, match=rf"^{ann_file}: .*has shape \(\d+, \d+\), but the "
@@ -185,9 +199,9 @@ def test_a_model_file_whose_weights_do_not_fit_its_architecture_is_refused(ann_f
 
 def test_an_absurd_width_is_refused_before_allocating(ann_file):
     def absurd(p):
-        p["architecture"] = {s: [[400_000_000, act] if k == 0 else [n, act]
-                                 for k, (n, act) in enumerate(layers)]
-                             for s, layers in p["architecture"].items()}
+        settings(p)["architecture"] = {s: [[400_000_000, act] if k == 0 else [n, act]
+                                           for k, (n, act) in enumerate(layers)]
+                                       for s, layers in settings(p)["architecture"].items()}
     _edit(ann_file, absurd)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with pytest.raises(SchemaError, match=rf"^{ann_file}: .*needs \(400000000, \d+\)"):
@@ -208,9 +222,9 @@ def test_a_model_file_with_bad_numbers_is_refused(ann_file, what):
         elif what == "zero_std":
             sd["feature_std"][1, 2] = 0.0
         elif what == "nan_scale":
-            p["normalization"]["energy_scale"] = float("nan")
+            settings(p)["normalization"]["energy_scale"] = float("nan")
         else:
-            p["atomic_energies"] = {"Cu": float("nan")}
+            settings(p)["atomic_energies"] = {"Cu": float("nan")}
     _edit(ann_file, damage)
     expected = {"nan_weight": r"non-finite value\(s\) .* 'nets\.0\.0\.weight'",
                 "inf_bias": r"non-finite value\(s\) .* 'nets\.1\.0\.bias'",
@@ -222,26 +236,38 @@ def test_a_model_file_with_bad_numbers_is_refused(ann_file, what):
             load()
 
 
-def test_a_layer_stack_file_with_bad_weights_is_refused(tmp_path):
-    from nnpflow.models.model_file import save_layer_stack
+@pytest.mark.parametrize("layout", ["envelope", "layer_stack_v1"])
+def test_a_layer_stack_file_with_bad_weights_is_refused(tmp_path, layout):
+    from nnpflow.models.model_file import load_layer_stack, save_layer_stack
     from nnpflow.models.stack import LayerStack
 
     from test_calculator import SCHNET_BUILD, SCHNET_LAYERS
     path = tmp_path / "schnet.pt"
-    save_layer_stack(path, LayerStack("SchNet", SCHNET_LAYERS, SCHNET_BUILD).double())
+
+    def save():
+        save_layer_stack(path, LayerStack("SchNet", SCHNET_LAYERS, SCHNET_BUILD).double())
+        if layout == "layer_stack_v1":   # the schema before the envelope: "config"
+            p = torch.load(path, weights_only=True)
+            torch.save({"schema": "nnpflow.layer_stack", "schema_version": 1,
+                        "config": p["settings"], "dtype": p["dtype"],
+                        "state_dict": p["state_dict"], "metadata": p["metadata"]}, path)
+    save()
     key = next(k for k, v in torch.load(path, weights_only=True)["state_dict"].items()
                if v.is_floating_point() and v.dim() == 2)
 
     def nan(p):
         p["state_dict"][key][0, 0] = float("nan")
     _edit(path, nan)
-    with pytest.raises(SchemaError, match=rf"^{path}: .*non-finite .*{key}"):
-        NNPCalculator(path)
-    save_layer_stack(path, LayerStack("SchNet", SCHNET_LAYERS, SCHNET_BUILD).double())
-    _edit(path, lambda p: p["config"]["layers"][3]["params"].update(hidden_channels=16))
-    with pytest.raises(SchemaError, match=rf"^{path}: the stored weights do not fit the "
-                                          "stored architecture"):
-        NNPCalculator(path)
+    for load in (NNPCalculator, load_layer_stack):
+        with pytest.raises(SchemaError, match=rf"^{path}: .*non-finite .*{key}"):
+            load(path)
+    save()
+    _edit(path, lambda p: settings(p).get("config", settings(p))["layers"][3]["params"].update(
+        hidden_channels=16))
+    for load in (NNPCalculator, load_layer_stack):
+        with pytest.raises(SchemaError, match=rf"^{path}: the stored weights do not fit the "
+                                              "stored architecture"):
+            load(path)
 
 
 def test_evaluate_never_uses_the_features_of_another_descriptor(data, tmp_path, capsys):
@@ -276,7 +302,7 @@ def test_evaluate_never_uses_the_features_of_another_descriptor(data, tmp_path, 
     # the model's descriptor edited to the database's: refused, the file named
     edited = tmp_path / "edited.pt"
     payload = _torch.load(out / "model.pt", weights_only=True)
-    payload["descriptor"]["rad_cutoff"] = 4.0
+    payload["settings"]["descriptor"]["rad_cutoff"] = 4.0
     _torch.save(payload, edited)
     code = main(["evaluate", str(edited), "--database", str(db), "-o", str(tmp_path / "ev")])
     assert code != 0

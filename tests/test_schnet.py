@@ -214,7 +214,8 @@ def test_model_file_round_trip(tmp_path):
     path = tmp_path / "model.pt"
     save_layer_stack(path, model, metadata={"note": "test"})
     payload = torch.load(path, weights_only=True)  # no pickled code
-    assert payload["schema"] == "nnpflow.layer_stack"
+    assert payload["schema"] == "nnpflow.model" and payload["family"] == "layer_stack"
+    assert payload["settings"] == model.config()
     loaded, meta = load_layer_stack(path)
     assert meta == {"note": "test"}
     s = [molecule(1, n=5)]

@@ -417,9 +417,9 @@ def _models(model: Any) -> list:
 def _model_file(path: str | os.PathLike) -> tuple[Any, dict]:
     """``(ANNModel, training_info)`` of an ANN model file."""
     from ..errors import SchemaError
-    from ..models.ann_model import SCHEMA, SCHEMA_VERSION, ANNModel
-    from ..models.model_file import read_torch_file
-    payload = read_torch_file(path, SCHEMA, SCHEMA_VERSION)
+    from ..models.ann_model import ANNModel
+    from ..models.registry import read_model_file
+    payload = read_model_file(path, "ann")[1]
     try:
         return ANNModel.from_payload(payload), dict(payload.get("training") or {})
     except SchemaError as exc:

@@ -45,7 +45,7 @@ import math
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -439,6 +439,16 @@ def _network_from_header(fail, nlayers, nnodes_max, wsize, nvalues, nnodes, f_a,
     return net
 
 
+def _potential(net: AenetNetwork, setup: AenetSetup, ts: AenetTrainingSetInfo, n_inputs: int,
+               nsf: int, source: str | None) -> AenetPotential:
+    """The potential of a parsed file (binary or ASCII), once the network's
+    ``n_inputs`` are the setup's ``nsf`` basis functions."""
+    if n_inputs != nsf:
+        raise InputError(f"the network has {n_inputs} inputs but the fingerprint "
+                         f"setup {nsf} functions", source=source)
+    return AenetPotential(net, setup, ts, path=source)
+
+
 def _parse_binary(data: bytes, source: str | None) -> AenetPotential:
     r = _RecordReader(data, source)
     nlayers = _check_count(r, "nlayers", r.int("nlayers"), 2, 10_000)
@@ -487,10 +497,7 @@ def _parse_binary(data: bytes, source: str | None) -> AenetPotential:
                          "E_av) of an aenet potential", source=source)
     ts = AenetTrainingSetInfo(ts_file, normalized, scale, shift, type_names, e_atom,
                               n_atoms_total, n_structures, e_min, e_max, e_av)
-    if nnodes[0] != nsf:
-        raise InputError(f"the network has {int(nnodes[0])} inputs but the fingerprint "
-                         f"setup {nsf} functions", source=source)
-    return AenetPotential(net, setup, ts, path=source)
+    return _potential(net, setup, ts, int(nnodes[0]), nsf, source)
 
 
 # ---------------------------------------------------------- ASCII form
@@ -618,33 +625,40 @@ class _LineReader:
     def peek(self) -> str | None:
         return self.lines[self.k] if self.k < len(self.lines) else None
 
-    def int(self, what: str) -> int:
-        parts = self.line(what).split()
+    def first(self, what: str, parse: Callable[[str], Any], expected: str,
+              separators: str = "") -> Any:
+        """``parse`` of the first value on the next line (``separators`` split values
+        as whitespace does); ``expected`` names it in the error."""
+        line = self.line(what)
+        for sep in separators:
+            line = line.replace(sep, " ")
+        parts = line.split()
         try:
-            return int(parts[0])
+            return parse(parts[0])
         except (IndexError, ValueError):
-            raise self.fail(what, f"expected an integer, got {' '.join(parts)!r}") from None
+            raise self.fail(what, f"expected {expected}, got {' '.join(parts)!r}") from None
+
+    def array(self, what: str, count: int, parse: Callable[[str], Any], dtype: Any,
+              expected: str | None = None) -> np.ndarray:
+        """``count`` values (:meth:`tokens`) through ``parse`` as an array of ``dtype``;
+        the error says ``expected`` (else the parse error)."""
+        toks = self.tokens(what, count)
+        try:
+            return np.array([parse(t) for t in toks], dtype=dtype)
+        except ValueError as exc:
+            raise self.fail(what, expected or str(exc)) from None
+
+    def int(self, what: str) -> int:
+        return self.first(what, int, "an integer")
 
     def ints(self, what: str, count: int) -> np.ndarray:
-        toks = self.tokens(what, count)
-        try:
-            return np.array([int(t) for t in toks], dtype=np.int64)
-        except ValueError:
-            raise self.fail(what, "expected integers") from None
+        return self.array(what, count, int, np.int64, "expected integers")
 
     def real(self, what: str) -> float:
-        parts = self.line(what).replace(",", " ").split()
-        try:
-            return parse_fortran_real(parts[0])
-        except (IndexError, ValueError):
-            raise self.fail(what, f"expected a real number, got {' '.join(parts)!r}") from None
+        return self.first(what, parse_fortran_real, "a real number", ",")
 
     def reals(self, what: str, count: int) -> np.ndarray:
-        toks = self.tokens(what, count)
-        try:
-            return np.array([parse_fortran_real(t) for t in toks], dtype=np.float64)
-        except ValueError as exc:
-            raise self.fail(what, str(exc)) from None
+        return self.array(what, count, parse_fortran_real, np.float64)
 
     def logical(self, what: str) -> bool:
         t = self.line(what).strip().upper().lstrip(".")
@@ -740,7 +754,4 @@ def _parse_ascii(text: str, source: str | None) -> AenetPotential:
         raise r.fail("E_min, E_max, E_av", f"expected three numbers, got {len(parts)}")
     ts = AenetTrainingSetInfo(ts_file, normalized, scale, shift, type_names, e_atom,
                               n_atoms_total, n_structures, e_min, e_max, e_av)
-    if nnodes[0] != nsf:
-        raise InputError(f"the network has {int(nnodes[0])} inputs but the fingerprint "
-                         f"setup {nsf} functions", source=source)
-    return AenetPotential(net, setup, ts, path=source)
+    return _potential(net, setup, ts, int(nnodes[0]), nsf, source)

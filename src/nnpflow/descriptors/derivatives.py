@@ -30,7 +30,7 @@ products (``(rows, channels, orders) @ (rows, orders, k)``) with the per-centre
 weights, the centre's share of the force is a dense sum over a row, and only the
 neighbour's share is a scatter (``index_add``).  Its adjoint (dE/dG of a force
 loss) is the same products transposed.  Both are linear in dE/dG and are each
-other's derivative (:class:`_ForceContraction`, :class:`_ForceContractionAdjoint`),
+other's derivative (:class:`_ForceContraction`, which applies either),
 so the contraction is differentiable to any order.  The geometric coefficients
 (row layout, radial d/dr[T_n fc] and angular monomials per slot, harmonic sums
 B per atom) are computed on first use (:meth:`DescriptorDerivatives.precompute`),
@@ -250,30 +250,18 @@ class DescriptorDerivatives:
 
 
 class _ForceContraction(torch.autograd.Function):
-    """``F^T (3, N) = contraction(dE/dG (N, F))``; backward: the adjoint."""
+    """The contraction ``F^T (3, N) = C(dE/dG (N, F))`` (``adjoint=False``) or its
+    adjoint ``(N, F) = C^T(g (3, N))`` (``adjoint=True``); both maps are linear and
+    each other's transpose, so the backward of one is the other (any order)."""
 
     @staticmethod
-    def forward(ctx, w, geometry):
-        ctx.geometry = geometry
-        return geometry.forces_t(w)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _ForceContractionAdjoint.apply(grad, ctx.geometry), None
-
-
-class _ForceContractionAdjoint(torch.autograd.Function):
-    """``dE/dG-shaped (N, F) = adjoint(F^T-shaped (3, N))``; backward: the
-    contraction (both maps are linear and each other's transpose)."""
-
-    @staticmethod
-    def forward(ctx, grad_t, geometry):
-        ctx.geometry = geometry
-        return geometry.adjoint(grad_t)
+    def forward(ctx, x, geometry, adjoint: bool = False):
+        ctx.geometry, ctx.adjoint = geometry, adjoint
+        return geometry.adjoint(x) if adjoint else geometry.forces_t(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return _ForceContraction.apply(grad, ctx.geometry), None
+        return _ForceContraction.apply(grad, ctx.geometry, not ctx.adjoint), None, None
 
 
 #: cost of one row of the padded layout, in slots (per-row work of the batched

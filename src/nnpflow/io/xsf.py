@@ -76,6 +76,16 @@ def _is_keyword(first_token: str) -> bool:
     return word in _KEYWORDS or word.startswith("BEGIN_")
 
 
+def _line_kind(s: str) -> str:
+    """``"skip"`` for a blank or comment line, ``"energy"`` for a comment holding
+    ``total energy`` and ``=``, ``"content"`` otherwise (``s``: the stripped line)."""
+    if not s:
+        return "skip"
+    if s[0] != "#":
+        return "content"
+    return "energy" if "total energy" in s.lower() and "=" in s else "skip"
+
+
 #: line breaks ``str.splitlines`` knows besides ``\n`` and ``\r\n`` (as UTF-8 bytes;
 #: a lone ``\r`` is checked apart)
 _OTHER_BREAKS = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8",
@@ -275,14 +285,12 @@ class _Parser:
         ncol = None
         while i < n and (count is None or len(rows) < count):
             s = lines[i].strip()
-            if not s:
-                i += 1
-                continue
-            if s[0] == "#":
-                if "total energy" in s.lower() and "=" in s:
-                    if count is None:  # ATOMS: the energy of the next frame ends the block
-                        break
-                    energies.append((self.energy_from_comment(s, i + 1), i + 1))
+            kind = _line_kind(s)
+            if kind == "energy":
+                if count is None:  # ATOMS: the energy of the next frame ends the block
+                    break
+                energies.append((self.energy_from_comment(s, i + 1), i + 1))
+            if kind != "content":
                 i += 1
                 continue
             tokens = s.split()
@@ -355,16 +363,14 @@ class _Parser:
                 release(i)
                 released = i
             s = lines[i].strip()
-            if not s:
-                i += 1
-                continue
-            if s[0] == "#":
-                if "total energy" in s.lower() and "=" in s:
-                    value = self.energy_from_comment(s, i + 1)
-                    if pending_energy is not None:
-                        raise self.error("a second total energy line before the next "
-                                         f"structure (first at line {pending_energy[1]})", i + 1)
-                    pending_energy = (value, i + 1)
+            kind = _line_kind(s)
+            if kind == "energy":
+                value = self.energy_from_comment(s, i + 1)
+                if pending_energy is not None:
+                    raise self.error("a second total energy line before the next "
+                                     f"structure (first at line {pending_energy[1]})", i + 1)
+                pending_energy = (value, i + 1)
+            if kind != "content":
                 i += 1
                 continue
             tokens = s.split()

@@ -2,9 +2,11 @@
 
 A family is an ``nn.Module`` whose forward takes a batch of named fields and
 returns named fields (``E``, ``Fa``, and ``Qa``, ``M2``, ... where the model makes
-them), a model file (``torch.load(weights_only=True)`` safe, schema-versioned)
-and an entry in :mod:`nnpflow.models.registry`, which loads any model file
-(:func:`~nnpflow.models.registry.load_model`) and predicts with the family's
+them), its content of the one model file (the ``nnpflow.model`` envelope,
+``torch.load(weights_only=True)`` safe, versioned) and a line in
+:mod:`nnpflow.models.registry`, which writes
+(:func:`~nnpflow.models.registry.save_model`) and loads
+(:func:`~nnpflow.models.registry.load_model`) any model file and predicts with the family's
 own path (:class:`~nnpflow.models.prediction_result.PredictionResult`,
 :func:`~nnpflow.models.prediction_result.committee_mean`).  Families:
 :mod:`nnpflow.models.ann_model` (descriptor features + per-species networks)
@@ -23,8 +25,9 @@ Submodules (imported on demand, so ``import nnpflow.models`` stays cheap):
   architecture name (``SchNet``) to the class of its ``Core`` layer.
 - :mod:`nnpflow.models.pairs` -- pair lists (all pairs for molecules, periodic
   images for cells) and batch assembly for layer-stack models.
-- :mod:`nnpflow.models.model_file` -- saving and loading layer-stack models
-  (``torch.load(weights_only=True)`` safe).
+- :mod:`nnpflow.models.model_file` -- the one model file: the versioned,
+  weights-only ``nnpflow.model`` envelope every family writes (``family``,
+  ``settings``, ``state_dict``, ...), and the layer-stack family's part of it.
 - :mod:`nnpflow.models.prediction` -- energies, forces (and charges, dipoles) of
   a layer-stack model for structures or ``ase.Atoms``.
 

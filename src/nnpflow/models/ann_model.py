@@ -17,21 +17,22 @@ named fields (:class:`nnpflow.datasets.collate.Batch`: ``features``,
 descriptor ``derivatives`` of the atoms ``force_atom_index``) and returns named
 fields: ``E`` (B,) eV and ``Fa`` (A_f, 3) eV/Å.
 
-Model file (schema ``nnpflow.ann_potential``), one ``torch.save``'d dict of
-plain tensors and JSON-compatible values, read with ``torch.load(weights_only=True)``::
+Model file: the envelope of :mod:`nnpflow.models.model_file` (schema
+``nnpflow.model``, read with ``torch.load(weights_only=True)``) with
+``family: "ann"``, ``family_version: 1`` and::
 
-    {"schema": "nnpflow.ann_potential", "schema_version": 1,
-     "architecture": {species: [[n_nodes, activation], ...]},
-     "descriptor": ChebyshevDescriptor.config(), "descriptor_sha256": str,
-     "dtype": "float32" | "float64",
-     "normalization": {"energy_shift": eV/atom, "energy_scale": eV/atom},
-     "atomic_energies": {species: eV},
-     "atomic_energies_fit": None | {"method", "atomic_energies", "n_structures", "rank",
-                                    "rmse_per_atom"},   # when the references were fitted
-     "state_dict": {...},        # nets.<t>.<layer>.weight/bias, feature_mean/feature_std (T, F)
-     "history": [{epoch, lr, train_loss, ...}, ...],
-     "training": {...},          # epochs, best epoch, config, data identity
-     "metadata": {"created_by": "nnpflow <version>"}}
+    "settings": {"architecture": {species: [[n_nodes, activation], ...]},
+                 "descriptor": ChebyshevDescriptor.config(), "descriptor_sha256": str,
+                 "normalization": {"energy_shift": eV/atom, "energy_scale": eV/atom},
+                 "atomic_energies": {species: eV},
+                 "atomic_energies_fit": None | {"method", "atomic_energies", "n_structures",
+                                                "rank", "rmse_per_atom"}},  # when fitted
+    "state_dict": {...},   # nets.<t>.<layer>.weight/bias, feature_mean/feature_std (T, F)
+    "history": [{epoch, lr, train_loss, ...}, ...],
+    "training": {...}      # epochs, best epoch, config, data identity
+
+Files of the schema ``nnpflow.ann_potential`` v1 (written before the envelope:
+the same entries, the settings at the top level) are read too (:func:`upgrade`).
 
 The module-level functions ``load_payload``, ``predict_structures`` and
 ``predict_database`` are this family's entry in :mod:`nnpflow.models.registry`.
@@ -50,12 +51,32 @@ from torch import nn
 from ..datasets.split import subset_indices
 from ..errors import ConfigError, SchemaError
 from .ann import AtomicNetworks, architecture_json, parse_architecture
-from .model_file import dtype_from_name, dtype_name
+from .model_file import (MODEL_SCHEMA, MODEL_SCHEMA_VERSION, dtype_from_name, legacy_envelope,
+                         model_envelope)
 from .prediction_result import PredictionResult, empty_result, result_for_structures
 
-SCHEMA = "nnpflow.ann_potential"
-SCHEMA_VERSION = 1
+#: the schema this family's files are written in
+SCHEMA = MODEL_SCHEMA
+SCHEMA_VERSION = MODEL_SCHEMA_VERSION
 KIND = "ann"
+#: the version of the ``settings`` layout
+VERSION = 1
+#: the schema of ANN files written before the envelope
+LEGACY_SCHEMA = "nnpflow.ann_potential"
+#: the entries of ``settings``
+SETTINGS_KEYS = ("architecture", "descriptor", "descriptor_sha256", "normalization",
+                 "atomic_energies", "atomic_energies_fit")
+
+
+def upgrade(payload: Mapping[str, Any]) -> dict:
+    """The envelope of a ``nnpflow.ann_potential`` v1 dict (settings at its top level)."""
+    return legacy_envelope(payload, KIND, {k: payload[k] for k in SETTINGS_KEYS if k in payload},
+                           "float64")
+
+
+def as_envelope(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``payload`` as an envelope (a ``nnpflow.ann_potential`` v1 dict upgraded)."""
+    return upgrade(payload) if payload.get("schema") == LEGACY_SCHEMA else payload
 
 
 @dataclass(frozen=True)
@@ -161,63 +182,64 @@ class ANNModel(nn.Module):
         return self.net.feature_mean.dtype
 
     # ------------------------------------------------------------ the file
-    def to_payload(self, history: Sequence[Mapping] = (), training: Mapping | None = None
-                   ) -> dict:
-        """The model-file dict (see the module docstring)."""
-        from .. import __version__
-        return {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+    def to_payload(self, history: Sequence[Mapping] = (), training: Mapping | None = None,
+                   metadata: Mapping | None = None) -> dict:
+        """The model-file dict (the envelope; see the module docstring)."""
+        settings = {
             "architecture": architecture_json(self.architecture),
             "descriptor": self.descriptor.config(),
             "descriptor_sha256": self.descriptor.fingerprint,
-            "dtype": dtype_name(self.dtype),
             "normalization": {"energy_shift": float(self.energy_normalization.shift),
                               "energy_scale": float(self.energy_normalization.scale)},
             "atomic_energies": {str(k): float(v) for k, v in self.atomic_energies.items()},
             "atomic_energies_fit": (None if self.atomic_energies_fit is None
                                     else dict(self.atomic_energies_fit)),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-            "history": [dict(r) for r in history],
-            "training": dict(training or {}),
-            "metadata": {"created_by": f"nnpflow {__version__}"},
         }
+        return model_envelope(KIND, VERSION, settings, self.net.state_dict(), self.dtype,
+                              metadata=metadata, history=history, training=training)
 
     def load_payload_state(self, payload: Mapping[str, Any]) -> None:
-        """Take weights, normalisation and references from a model-file dict whose
-        architecture and descriptor equal this model's."""
-        if payload.get("architecture") != architecture_json(self.architecture):
-            raise ValueError(f"architecture {payload.get('architecture')} differs from "
+        """Take weights, normalisation and references from a model-file dict (the
+        envelope, or ``nnpflow.ann_potential`` v1) whose architecture and descriptor
+        equal this model's."""
+        payload = as_envelope(payload)
+        settings = payload["settings"]
+        if settings.get("architecture") != architecture_json(self.architecture):
+            raise ValueError(f"architecture {settings.get('architecture')} differs from "
                              f"{architecture_json(self.architecture)}")
-        if payload.get("descriptor") != self.descriptor.config():
-            raise ValueError(f"descriptor {payload.get('descriptor')} differs from "
+        if settings.get("descriptor") != self.descriptor.config():
+            raise ValueError(f"descriptor {settings.get('descriptor')} differs from "
                              f"{self.descriptor.config()}")
         self.net.to(dtype=dtype_from_name(payload.get("dtype", "float64")))
         self.net.load_state_dict(payload["state_dict"])
-        norm = payload["normalization"]
+        norm = settings["normalization"]
         self.energy_normalization = EnergyNormalization(float(norm["energy_shift"]),
                                                         float(norm["energy_scale"]))
         self.atomic_energies = {str(k): float(v) for k, v in
-                                dict(payload.get("atomic_energies") or {}).items()}
-        fit = payload.get("atomic_energies_fit")
+                                dict(settings.get("atomic_energies") or {}).items()}
+        fit = settings.get("atomic_energies_fit")
         self.atomic_energies_fit = dict(fit) if fit else None
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], device: str | torch.device = "cpu"
                      ) -> "ANNModel":
-        """The model of a model-file dict, checked (:mod:`nnpflow.models.model_checks`)
-        before a weight is allocated; a malformed dict raises ``SchemaError``."""
+        """The model of a model-file dict (the envelope, or ``nnpflow.ann_potential``
+        v1), checked (:mod:`nnpflow.models.model_checks`) before a weight is
+        allocated; a malformed dict raises ``SchemaError``."""
         from ..descriptors import ChebyshevDescriptor
         from .model_checks import (check_ann_numbers, check_descriptor_fingerprint,
                                    check_state_dict, expected_shapes)
         try:
-            check_descriptor_fingerprint(payload)
-            descriptor = ChebyshevDescriptor.from_config(payload["descriptor"], device=device)
+            payload = as_envelope(payload)
+            settings = payload["settings"]
+            check_descriptor_fingerprint(settings)
+            descriptor = ChebyshevDescriptor.from_config(settings["descriptor"], device=device)
             arch = {s: [tuple(layer) for layer in layers]
-                    for s, layers in payload["architecture"].items()}
+                    for s, layers in settings["architecture"].items()}
             check_state_dict(payload["state_dict"], expected_shapes(
                 lambda: AtomicNetworks(descriptor.species, descriptor.n_features,
                                        parse_architecture(arch, descriptor.species))))
-            check_ann_numbers(payload, list(descriptor.species))
+            check_ann_numbers(settings, payload["state_dict"], list(descriptor.species))
             model = cls(arch, descriptor)
             model.load_payload_state(payload)
         except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
@@ -395,6 +417,16 @@ class ANNModel(nn.Module):
 
 
 # ----------------------------------------------- the family's registry entry
+MODEL_TYPE = ANNModel
+
+
+def envelope(model: ANNModel, metadata: Mapping[str, Any] | None = None,
+             history: Sequence[Mapping] = (), training: Mapping[str, Any] | None = None
+             ) -> dict:
+    """The model-file dict of ``model``."""
+    return model.to_payload(history, training, metadata)
+
+
 def load_payload(payload: Mapping[str, Any], device: str | torch.device = "cpu") -> ANNModel:
     """The model of a checked model-file dict of this family."""
     return ANNModel.from_payload(payload, device)

@@ -96,10 +96,11 @@ def check_state_dict(state: Any, expected: Mapping[str, tuple[int, ...]]) -> Non
     check_finite(state)
 
 
-def check_descriptor_fingerprint(payload: Mapping[str, Any]) -> None:
-    """The stored ``descriptor_sha256`` is the fingerprint of the stored settings."""
-    stored = payload.get("descriptor_sha256")
-    settings = payload.get("descriptor")
+def check_descriptor_fingerprint(settings: Mapping[str, Any]) -> None:
+    """The stored ``descriptor_sha256`` is the fingerprint of the stored descriptor
+    settings (``settings``: an ANN model file's ``settings``)."""
+    stored = settings.get("descriptor_sha256")
+    settings = settings.get("descriptor")
     if not isinstance(settings, Mapping):
         raise SchemaError("no descriptor settings ('descriptor')")
     if not isinstance(stored, str):
@@ -113,16 +114,17 @@ def check_descriptor_fingerprint(payload: Mapping[str, Any]) -> None:
                           "trained on")
 
 
-def check_ann_numbers(payload: Mapping[str, Any], species: list[str]) -> None:
-    """Feature standard deviations > 0, finite energy normalisation (scale > 0) and
-    finite atomic reference energies."""
-    std = payload["state_dict"].get("feature_std")
+def check_ann_numbers(settings: Mapping[str, Any], state_dict: Mapping[str, Any],
+                      species: list[str]) -> None:
+    """Feature standard deviations > 0 (``state_dict``), finite energy normalisation
+    (scale > 0) and finite atomic reference energies (an ANN model file's ``settings``)."""
+    std = state_dict.get("feature_std")
     if isinstance(std, torch.Tensor) and bool((std <= 0).any()):
         rows = sorted({species[int(t)] for t in torch.nonzero(std <= 0)[:, 0].tolist()
                        if int(t) < len(species)})
         raise SchemaError(f"{int((std <= 0).sum())} feature standard deviation(s) <= 0 "
                           f"(species {', '.join(rows)}): the features would be divided by zero")
-    norm = payload.get("normalization")
+    norm = settings.get("normalization")
     if not isinstance(norm, Mapping):
         raise SchemaError("no energy normalisation ('normalization')")
     for key in ("energy_shift", "energy_scale"):
@@ -132,6 +134,6 @@ def check_ann_numbers(payload: Mapping[str, Any], species: list[str]) -> None:
     if norm["energy_scale"] <= 0:
         raise SchemaError(f"normalization.energy_scale is {norm['energy_scale']!r}; it must be "
                           "> 0")
-    for s, value in dict(payload.get("atomic_energies") or {}).items():
+    for s, value in dict(settings.get("atomic_energies") or {}).items():
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise SchemaError(f"atomic_energies.{s} is {value!r}, not a finite number (eV)")

@@ -3,7 +3,10 @@
 A :class:`~nnpflow.models.stack.LayerStack` is an ``nn.Module`` whose forward
 takes named fields (``N``, ``Ra``, ``Za``, pair lists, ...) and returns named
 fields (``E``, and ``Fa``, ``Qa``, ``M2`` where its layers make them).  Its model
-file has the schema ``nnpflow.layer_stack`` (:mod:`nnpflow.models.model_file`).
+file is the envelope (:mod:`nnpflow.models.model_file`) with ``family:
+"layer_stack"`` and ``settings`` = :meth:`LayerStack.config` (``architecture``,
+``build_params``, ``layers``); files of the schema ``nnpflow.layer_stack`` v1
+(written before the envelope, ``config`` in place of ``settings``) are read too.
 """
 
 from __future__ import annotations
@@ -14,13 +17,26 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .model_file import MODEL_SCHEMA, MODEL_SCHEMA_VERSION, model_from_payload
+from .model_file import (LAYER_STACK, LAYER_STACK_VERSION, MODEL_SCHEMA, MODEL_SCHEMA_VERSION,
+                         model_from_payload, model_payload, upgrade_layer_stack)
 from .prediction_result import PredictionResult, empty_result, result_for_structures
 from .stack import LayerStack
 
+#: the schema this family's files are written in
 SCHEMA = MODEL_SCHEMA
 SCHEMA_VERSION = MODEL_SCHEMA_VERSION
-KIND = "layer_stack"
+KIND = LAYER_STACK
+VERSION = LAYER_STACK_VERSION
+MODEL_TYPE = LayerStack
+#: ``nnpflow.layer_stack`` v1 dict -> envelope
+upgrade = upgrade_layer_stack
+
+
+def envelope(model: LayerStack, metadata: Mapping[str, Any] | None = None,
+             history: Sequence[Mapping] = (), training: Mapping[str, Any] | None = None
+             ) -> dict:
+    """The model-file dict of ``model``."""
+    return model_payload(model, metadata, history=history, training=training)
 
 
 def load_payload(payload: Mapping[str, Any], device: str | torch.device = "cpu") -> LayerStack:

@@ -228,7 +228,7 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
     import numpy as np
 
     from ..database import DatabaseReader
-    from ..models.model_file import MODEL_SCHEMA, MODEL_SCHEMA_VERSION, read_torch_file
+    from ..models.registry import read_model_file
     from ..runtime import resolve_device
     from ..splitting import load_split
     from ..training.datahub import ProcessedData
@@ -295,7 +295,7 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
             log.warning("%s belongs to other settings or data (%s); starting over",
                         out_dir / "model_last.pt", exc)
             train_model(job(False, stop))
-    best = read_torch_file(out_dir / "model_best.pt", MODEL_SCHEMA, MODEL_SCHEMA_VERSION)
+    best = read_model_file(out_dir / "model_best.pt", "layer_stack")[1]
     with atomic_path(model) as tmp:
         shutil.copyfile(out_dir / "model_best.pt", tmp)
     write_text(history, (out_dir / "history.csv").read_text(encoding="utf-8"))

@@ -31,7 +31,7 @@ from ..history import history_csv, read_history_csv
 from ..models.ann_model import SCHEMA as ANN_SCHEMA
 from ..models.ann_model import SCHEMA_VERSION as ANN_SCHEMA_VERSION
 from ..models.ann_model import ANNModel, as_structure_list, is_feature_dataset
-from ..models.model_file import read_torch_file, save_torch_file
+from ..models.model_file import save_torch_file
 from ..models.prediction_result import PredictionResult
 from ..safe_write import write_json, write_text
 
@@ -143,7 +143,8 @@ class TorchANNPotential:
     def from_file(cls, path: str | os.PathLike, device: str | torch.device = "cpu"
                   ) -> "TorchANNPotential":
         """Load a model file written by :meth:`save` (``weights_only=True``)."""
-        payload = read_torch_file(path, ANN_SCHEMA, ANN_SCHEMA_VERSION, map_location="cpu")
+        from ..models.registry import read_model_file
+        payload = read_model_file(path, "ann")[1]
         try:
             return cls.from_payload(payload, device)
         except SchemaError as exc:

@@ -258,3 +258,39 @@ def test_clear_errors(run, tmp_path, capsys, setup, predict_yaml, message):
 def test_missing_predict_yaml(run, tmp_path, capsys):
     assert main(["predict", "-c", "absent.yaml", "-m", str(run)]) == 2
     assert "no such predict configuration" in capsys.readouterr().err
+
+
+def test_ann_run_is_predicted_through_the_registry(tmp_path, monkeypatch):
+    """An ``architecture: ANN`` model of a train.yaml goes the same way."""
+    from nnpflow.training.potential import TorchANNPotential
+
+    make_pickle(tmp_path / "dataset.pkl", 8, seed=1)
+    (tmp_path / "atomic_energy.csv").write_text(
+        "atom_type,atomic_energy\n" + "".join(f"{k},{v}\n" for k, v in REFS.items()))
+    config = copy.deepcopy(CONFIG)
+    config["Modelhub"] = {"FF03": {
+        "architecture": "ANN", "hidden": [[4, "tanh"]],
+        "descriptor": {"rad_order": 3, "rad_cutoff": 4.0, "ang_order": 1, "ang_cutoff": 3.0},
+        "loss": {"rmse": {"E": 1, "Fa": 1}}}}
+    config["Trainer"].update({"ema_decay": None, "batch_size": 2})
+    write_yaml(tmp_path / "train.yaml", config)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "-c", "train.yaml", "-o", "out"]) == 0
+    assert main(["predict", "-c", str(write_yaml(tmp_path / "p.yaml", None)), "-m", "out"]) == 0
+    npz = np.load(tmp_path / "out" / "FF03-ANN-prediction.npz")
+    processed = next((tmp_path / "out").glob("processed_dataset_*"))
+    split = json.loads(next(processed.glob("split_*.json")).read_text())
+    assert npz["frame"].tolist() == split["indices"]["test"]
+    with DatabaseReader(processed / "dataset.h5") as reader:
+        test = reader.structures(split["indices"]["test"])
+    pot = TorchANNPotential.from_file(tmp_path / "out" / "FF03-ANN" / "model_best.pt")
+    want = pot.predict(test)  # the potential's own API, not the registry
+    np.testing.assert_allclose(npz["predict_E"], want.energies, rtol=1e-6)
+    np.testing.assert_allclose(npz["predict_Fa"], np.concatenate(want.forces), rtol=1e-5,
+                               atol=1e-7)
+    trained = json.loads((tmp_path / "out" / "FF03-ANN" / "test_metrics.json").read_text())
+    row = read_csv(tmp_path / "out" / "metric.csv")[0]
+    assert float(row["force_rmse"]) == pytest.approx(trained["force_rmse"], rel=1e-5)
+    assert float(row["energy_rmse_per_atom"]) == pytest.approx(trained["energy_rmse_per_atom"],
+                                                               rel=1e-5)
+    assert float(row["force_rmse"]) == pytest.approx(pot.evaluate(test)["force_rmse"], rel=1e-6)

@@ -19,8 +19,8 @@ def register(subparsers) -> None:
                     "predict.yaml the run's test part is evaluated; with one, every frame of "
                     "that data (processed with the run's transforms).  Writes metric.csv (one "
                     "row per model) and, per model, <model folder>-prediction.csv and .npz "
-                    "(per-frame and per-atom predictions next to the references) into OUT.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "(per-frame and per-atom predictions next to the references) into OUT.  "
+                    "See docs/predict.md.")
     parser.add_argument("-c", "--config", required=True,
                         help="predict.yaml (Datahub, Metric and Trainer sections, all optional)")
     parser.add_argument("-m", "--model-dir", required=True, metavar="MODEL_DIR",

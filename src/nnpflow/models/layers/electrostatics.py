@@ -56,11 +56,12 @@ class ElectrostaticEnergy(Layer):
 
     For a pair at distance ``r`` (units of ``Ra``) with charges ``q_i, q_j`` (e):
 
-        E_ij = k q_i q_j [ s(r) χ_shielded(r) + (1 - s(r)) χ_bare(r) ],   k = Hartree_in_E · Bohr_in_R
+        E_ij = k q_i q_j [ s(r) χ_shielded(r) + (1 - s(r)) χ_bare(r) ]
 
-    with ``χ_shielded = 1/sqrt(r^2 + 1)`` and ``χ_bare = 1/r``.  The switch ``s(r)``
-    is the cutoff function ``cutoff_fn`` (:mod:`nnpflow.models.layers.cutoff`) going
-    from 1 to 0 between ``r_on`` and ``r_off``, set by ``flavor``:
+    with ``k = Hartree_in_E · Bohr_in_R``, ``χ_shielded = 1/sqrt(r^2 + 1)`` and
+    ``χ_bare = 1/r``.  The switch ``s(r)`` is the cutoff function ``cutoff_fn``
+    (:mod:`nnpflow.models.layers.cutoff`) going from 1 to 0 between ``r_on`` and
+    ``r_off``, set by ``flavor``:
 
     ============  =====================  ==================  ==================
     flavor        r_on                   r_off               default cutoff_fn

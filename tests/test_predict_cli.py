@@ -50,8 +50,13 @@ LAYERS = [{"name": "RangeSeparation"}, {"name": "GaussianSmearing", "params": {"
           {"name": "RandomAtomEmbedding"},
           {"name": "Core", "params": {"num_interactions": 1, "hidden_channels": 8,
                                       "activation_fn": "swish"}},
-          {"name": "AtomicAffine", "params": {"shifts": {"Ea": {"values": 0, "learnable": True}},
-                                              "scales": {"Ea": {"values": 1, "learnable": True}}}},
+          {"name": "AtomicAffine", "params": {"shifts": {"Ea": {"values": 0, "learnable": True},
+                                                         "Qa": {"values": 0, "learnable": True}},
+                                              "scales": {"Ea": {"values": 1, "learnable": True},
+                                                         "Qa": {"values": 0.1,
+                                                                "learnable": False}}}},
+          {"name": "ChargeConservation"}, {"name": "AtomicCharge2Dipole"},
+          {"name": "ElectrostaticEnergy", "params": {"flavor": "SpookyNet"}},
           {"name": "EnergyReduce"}, {"name": "Force"}]
 CONFIG = {
     "Datahub": {"data_path": "dataset.pkl", "data_format": "pickle",
@@ -61,7 +66,8 @@ CONFIG = {
     "Modelhub": {
         "FF01": {"suffix": "tiny", "architecture": "SchNet",
                  "build_params": {"dim_embedding": 8, "num_rbf": 6, "max_Za": 10,
-                                  "cutoff_sr": 4.0, "cutoff_fn": "polynomial"},
+                                  "cutoff_sr": 4.0, "cutoff_fn": "polynomial", "cutoff_lr": 6.0,
+                                  "Hartree_in_E": 27.211386, "Bohr_in_R": 0.5291772108},
                  "layers": LAYERS, "loss": {"rmse": {"E": 1, "Fa": 10}}},
         "FF02": {"architecture": "SchNet",
                  "build_params": {"dim_embedding": 8, "num_rbf": 4, "max_Za": 10,
@@ -117,10 +123,8 @@ def direct(model_path: Path, structures) -> dict:
     dtype = next(model.parameters()).dtype
     inputs, _ = packed_for_model(structures, model).batch(np.arange(len(structures)), dtype=dtype)
     out = model.eval()(inputs)
-    result = {"E": out["E"].detach().double().numpy()}
-    if "Fa" in out:
-        result["Fa"] = out["Fa"].detach().double().numpy()
-    return result
+    return {k: out[k].detach().double().numpy() for k in ("E", "Fa", "Qa", "Q", "M2")
+            if k in model.outputs}
 
 
 def test_without_datahub_evaluates_the_runs_test_part(run, tmp_path):
@@ -146,6 +150,12 @@ def test_without_datahub_evaluates_the_runs_test_part(run, tmp_path):
             np.testing.assert_allclose(npz["Fa"], np.concatenate([s.forces for s in structures]))
         else:
             assert "predict_Fa" not in npz.files
+        if "M2" in want:  # charges and dipoles of the electrostatics model, no references
+            for field in ("Qa", "Q", "M2"):
+                np.testing.assert_allclose(npz[f"predict_{field}"], want[field], rtol=1e-5,
+                                           atol=1e-7)
+                assert field not in npz.files
+            assert npz["predict_Qa"].shape == (18,) and npz["predict_M2"].shape == (3, 3)
         # metric.csv holds the run's metrics (here each model's loss terms) of these numbers
         row = rows[folder]
         assert int(row["n_frames"]) == 3 and row["data"] == "test part of out"
@@ -169,6 +179,10 @@ def test_without_datahub_evaluates_the_runs_test_part(run, tmp_path):
             assert float(row[key]) == pytest.approx(value, rel=1e-4), key
         frames = read_csv(tmp_path / "pred" / f"{folder}-prediction.csv")
         assert [int(f["frame"]) for f in frames] == test_idx
+        if "M2" in want:
+            assert [float(f["predict_M2_y"]) for f in frames] == pytest.approx(
+                npz["predict_M2"][:, 1].tolist(), rel=1e-12)
+            assert all(f["M2_y"] == "" for f in frames)
         assert [float(f["predict_E"]) for f in frames] == pytest.approx(npz["predict_E"].tolist(),
                                                                         rel=1e-12)
 
@@ -234,8 +248,8 @@ def test_with_datahub_evaluates_every_frame_of_new_data(run, tmp_path):
                                           "'batch_size'?)"),
     ("ok", {"Metric": {"Qa": {"rmse": 1}}}, "Metric.rmse.Qa: the data (test part of out) has "
                                             "no reference Qa for 18 atoms"),
-    ("ok", {"Metric": {"M2": {"rmse": 1}}}, "Metric.rmse.M2: model FF01 does not predict M2 "
-                                            "(it predicts E, Fa, Qa)"),
+    ("ok", {"Metric": {"Q": {"rmse": 1}}}, "Metric.rmse.Q: model FF02 does not predict Q "
+                                           "(it predicts E, Qa)"),
     ("ok", {"Metric": {"Fa": {"rmse": 1}}}, "Metric.rmse.Fa: model FF02 does not predict Fa"),
     ("ok", {"Datahub": {"data_path": "missing.pkl"}}, "missing.pkl: cannot read data file"),
     ("ok", {"Metric": {"E": {"rsme": 1}}}, "Metric.E.rsme: unknown metric"),

@@ -192,7 +192,8 @@ def test_unsaved_split_is_drawn_again(run, tmp_path):
     split_file = next(processed.glob("split_*.json"))
     test_idx = json.loads(split_file.read_text())["indices"]["test"]
     split_file.unlink()  # as with Splitter.save: false
-    config = write_yaml(tmp_path / "predict.yaml", {"Metric": {"E": {"mae": 1}}})
+    config = write_yaml(tmp_path / "predict.yaml", {"Metric": {"E": {"mae": 1}},
+                                                    "Trainer": {"non_target_features": None}})
     assert main(["predict", "-c", str(config), "-m", str(run)]) == 0  # OUT defaults to MODEL_DIR
     npz = np.load(run / "FF02-SchNet-prediction.npz")
     assert npz["frame"].tolist() == test_idx
@@ -253,6 +254,9 @@ def test_with_datahub_evaluates_every_frame_of_new_data(run, tmp_path):
     ("ok", {"Metric": {"Fa": {"rmse": 1}}}, "Metric.rmse.Fa: model FF02 does not predict Fa"),
     ("ok", {"Datahub": {"data_path": "missing.pkl"}}, "missing.pkl: cannot read data file"),
     ("ok", {"Metric": {"E": {"rsme": 1}}}, "Metric.E.rsme: unknown metric"),
+    ("ok", {"Trainer": {"non_target_features": ["E_var"]}},
+     "Trainer.non_target_features: ['E_var']: the models nnpflow trains from a train.yaml are "
+     "single models"),
 ])
 def test_clear_errors(run, tmp_path, capsys, setup, predict_yaml, message):
     model_dir = run

@@ -80,7 +80,8 @@ from .losses import METRIC_KINDS, MetricAccumulator, metric, parse_terms
 LOGGER_NAME = "nnpflow.predict"
 
 PREDICT_SECTIONS = ("Datahub", "Metric", "Metrics", "Trainer")
-PREDICT_TRAINER_KEYS = ("inference_batch_size", "batch_size", "dtype", "cuda")
+PREDICT_TRAINER_KEYS = ("inference_batch_size", "batch_size", "dtype", "cuda",
+                        "non_target_features")
 #: Datahub keys of predict.yaml that never replace the run's (Enerzyme's rule)
 KEPT_FROM_RUN = ("transforms", "neighbor_list")
 #: per-frame fields and their number of components
@@ -162,6 +163,12 @@ def read_predict_config(path: str | os.PathLike) -> dict:
         if not isinstance(trainer, Mapping):
             raise ConfigError(f"Trainer: expected a mapping, got {trainer!r}")
         check_keys(trainer, PREDICT_TRAINER_KEYS, "Trainer")
+        extra = trainer.get("non_target_features")
+        if extra:  # Enerzyme's committee variances (E_var, Qa_var, ...)
+            raise ConfigError(f"Trainer.non_target_features: {extra!r}: the models nnpflow "
+                              "trains from a train.yaml are single models, without the "
+                              "committee variances (E_var, ...) this saves in Enerzyme; "
+                              "remove the key or leave it empty")
         if "inference_batch_size" in trainer and "batch_size" in trainer:
             raise ConfigError("Trainer: give either inference_batch_size or batch_size")
         batch = trainer.get("inference_batch_size", trainer.get("batch_size"))

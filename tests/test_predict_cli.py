@@ -206,7 +206,9 @@ def test_with_datahub_evaluates_every_frame_of_new_data(run, tmp_path):
         "Datahub": {"data_path": "new.pkl", "data_format": "pickle",
                     "features": {"Ra": "coordinates", "Za": "atomic_numbers"},
                     "targets": {"E": "energy", "Fa": "gradient"},
-                    "transforms": {"negative_gradient": False}},  # ignored: the run's are kept
+                    # the run's energy reference is kept; its negative_gradient applies too
+                    # (data of the run's format)
+                    "transforms": {"atomic_energy": "other.csv"}},
         "Metric": {"E": {"rmse": 1, "mae": 2}},  # Enerzyme's form
         "Trainer": {"inference_batch_size": 2, "dtype": "float64"}})
     assert main(["predict", "-c", str(config), "-m", str(run), "-o", "pred"]) == 0
@@ -271,6 +273,43 @@ def test_clear_errors(run, tmp_path, capsys, setup, predict_yaml, message):
     err = capsys.readouterr().err
     assert message in err
     assert not (tmp_path / "pred" / "metric.csv").exists()
+
+
+def test_new_data_in_another_format(run, tmp_path):
+    """extxyz data of a periodic cell: no field mapping and no sign flip are inherited
+    from the run's pickle, its energy reference is."""
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+    from ase.io import read, write
+
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(3):
+        atoms = molecule("CH3OH")
+        atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
+        atoms.cell = np.diag([7.0, 7.5, 8.0])  # images within the 6 Å cutoff_lr
+        atoms.pbc = True
+        atoms.center()
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        frames.append(atoms)
+    write(tmp_path / "new.extxyz", frames)
+    frames = read(tmp_path / "new.extxyz", ":")  # the values as written (rounded)
+    config = write_yaml(tmp_path / "predict.yaml", {
+        "Datahub": {"data_path": "new.extxyz", "data_format": "extxyz"}})
+    assert main(["predict", "-c", str(config), "-m", str(run), "-o", "pred"]) == 0
+    npz = np.load(tmp_path / "pred" / "FF01-SchNet-tiny-prediction.npz")
+    offset = sum(REFS[s] for s in frames[0].get_chemical_symbols())
+    np.testing.assert_allclose(npz["E"], [a.get_potential_energy() - offset for a in frames],
+                               rtol=1e-10)
+    np.testing.assert_allclose(npz["Fa"], np.concatenate([a.get_forces() for a in frames]),
+                               rtol=1e-10, atol=1e-12)
+    from nnpflow.structure import Structure
+    structures = [Structure.from_ase(a) for a in frames]
+    assert structures[0].cell is not None
+    want = direct(run / "FF01-SchNet-tiny" / "model_best.pt", structures)
+    np.testing.assert_allclose(npz["predict_E"], want["E"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(npz["predict_Fa"], want["Fa"], rtol=1e-5, atol=1e-6)
 
 
 def test_missing_predict_yaml(run, tmp_path, capsys):

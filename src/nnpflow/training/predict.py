@@ -25,8 +25,11 @@ Without a ``Datahub`` the structures of the run's ``test`` part are evaluated
 (its saved split, or the same split drawn again from the run's Splitter settings
 when it was not saved).  With one, every frame of that data is evaluated: its
 keys replace the run's Datahub keys they name, except ``transforms`` and
-``neighbor_list``, which stay the run's (so energies are referenced and forces
-signed as in training; Enerzyme's rule); the data is processed into
+``neighbor_list``, which stay the run's (Enerzyme's rule: energies are referenced
+as in training).  The one exception is ``transforms.negative_gradient``, a
+property of the data file: predict.yaml's when given, else the run's for data of
+the run's ``data_format``, else false; likewise data of another format does not
+inherit the run's ``features``/``targets`` mapping.  The data is processed into
 ``OUT/processed_dataset_<hash>/`` (reused with ``preload``).  Relative paths are
 relative to the working directory.
 
@@ -82,7 +85,7 @@ LOGGER_NAME = "nnpflow.predict"
 PREDICT_SECTIONS = ("Datahub", "Metric", "Metrics", "Trainer")
 PREDICT_TRAINER_KEYS = ("inference_batch_size", "batch_size", "dtype", "cuda",
                         "non_target_features")
-#: Datahub keys of predict.yaml that never replace the run's (Enerzyme's rule)
+#: Datahub keys of predict.yaml that do not simply replace the run's (see new_data)
 KEPT_FROM_RUN = ("transforms", "neighbor_list")
 #: per-frame fields and their number of components
 FRAME_FIELDS = {"E": 1, "Q": 1, "M2": 3}
@@ -263,12 +266,33 @@ def new_data(datahub: Mapping, config: Mapping, out: Path, log: logging.Logger,
     from .datahub import prepare_data
     from .yaml_config import resolve_datahub
 
-    merged = dict(config["Datahub"])
+    run = config["Datahub"]
+    merged = dict(run)
     for key, value in datahub.items():
         if key in KEPT_FROM_RUN:
-            log.info("Datahub.%s: kept from the training run (predict.yaml's is not used)", key)
             continue
         merged[key] = value
+    same_format = merged["data_format"] == run["data_format"]
+    if not same_format:  # the run's field mapping and sign convention describe its file
+        for key in ("features", "targets"):
+            if key not in datahub:
+                merged[key] = {}
+    # the transforms that define the models' energies stay the run's; the sign of the
+    # forces is a property of the data file: predict.yaml's, else the run's for data of
+    # the run's format, else false
+    given = datahub.get("transforms") or {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"predict.yaml: Datahub.transforms: expected a mapping, got {given!r}")
+    transforms = dict(run.get("transforms") or {})
+    transforms["negative_gradient"] = given.get(
+        "negative_gradient", transforms.get("negative_gradient", False) if same_format else False)
+    merged["transforms"] = transforms
+    for key in given:
+        if key != "negative_gradient":
+            log.info("Datahub.transforms.%s: the training run's is used (it defines the "
+                     "energies the models were trained on)", key)
+    if "neighbor_list" in datahub:
+        log.info("Datahub.neighbor_list: the training run's is used")
     if "compressed" in datahub:
         merged.pop("compression", None)
     try:

@@ -99,12 +99,18 @@ def test_electrostatics_two_charges(r, cutoff_lr):
         assert abs(out.sum().item() - k * q1 * q2 / r) < 1e-12
 
 
-def test_atomic_affine_per_element():
-    layer = AtomicAffine(max_Za=10, shifts={"Ea": {"values": {"H": 1.0, "O": -2.0}}},
-                         scales={"Ea": {"values": 2.0, "learnable": False}})
+@pytest.mark.parametrize("order", ["shift_then_scale", "scale_then_shift"])
+def test_atomic_affine_per_element(order):
+    # element keys as symbols and as atomic numbers (Enerzyme takes both)
+    layer = AtomicAffine(max_Za=10, shifts={"Ea": {"values": {"H": 1.0, 8: -2.0}}},
+                         scales={"Ea": {"values": 2.0, "learnable": False}}, order=order)
     layer.double()
     out = layer({"Ea": t([0.5, 0.5, 1.0]), "Za": torch.tensor([1, 8, 6])})["Ea"]
-    torch.testing.assert_close(out, t([2 * 0.5 + 1.0, 2 * 0.5 - 2.0, 2 * 1.0 + 0.0]))
+    if order == "shift_then_scale":  # Enerzyme's (x + shift) * scale
+        expected = [(0.5 + 1.0) * 2, (0.5 - 2.0) * 2, (1.0 + 0.0) * 2]
+    else:
+        expected = [2 * 0.5 + 1.0, 2 * 0.5 - 2.0, 2 * 1.0 + 0.0]
+    torch.testing.assert_close(out, t(expected))
     assert layer.shifts["Ea"].requires_grad and not layer.scales["Ea"].requires_grad
 
 
@@ -115,6 +121,11 @@ def test_atomic_affine_rejects_bad_tables():
         AtomicAffine(max_Za=10, shifts={"Ea": {"value": 1.0}})
     with pytest.raises(ConfigError, match="above max_Za"):
         AtomicAffine(max_Za=5, shifts={"Ea": {"values": {"O": 1.0}}})
+    with pytest.raises(ConfigError, match="element H given twice"):
+        AtomicAffine(max_Za=5, shifts={"Ea": {"values": {"H": 1.0, 1: 2.0}}})
+    with pytest.raises(ConfigError, match="unknown order 'scale_first'; choose one of "
+                                          "shift_then_scale, scale_then_shift"):
+        AtomicAffine(max_Za=5, order="scale_first")
 
 
 def test_energy_reduce_sums_all_atomic_terms():

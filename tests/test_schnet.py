@@ -64,8 +64,10 @@ def predict(model, structures):
 
 
 # ------------------------------------------------------------------ reference
-def reference_energy(model, s: Structure, directed_pairs):
-    """Naive SchNet energy from an explicit list of ordered pairs (i, j, offset)."""
+def reference_energy(model, s: Structure, directed_pairs, act=None, cut=None):
+    """Naive SchNet energy from an explicit list of ordered pairs (i, j, offset);
+    ``act(v, k)`` is the k-th activation of the core (default the shifted softplus),
+    ``cut(d)`` the filter cutoff (default the cosine cutoff)."""
     layers = {type(m).__name__: m for m in model.layers}
     core, emb, affine = layers["SchNetCore"], layers["RandomAtomEmbedding"], layers["AtomicAffine"]
     gs = layers["GaussianSmearing"]
@@ -75,9 +77,11 @@ def reference_energy(model, s: Structure, directed_pairs):
     if core.embed_proj is not None:
         x = x @ core.embed_proj
 
-    def ssp(v):
+    def ssp(v, k=None):
         return F.softplus(v) - math.log(2)
 
+    act = act or ssp
+    cut = cut or (lambda d: 0.5 * (torch.cos(d * math.pi / core.cutoff) + 1))
     for t in range(core.T):
         h = x @ core.conv_in[t]
         agg = torch.zeros(len(s), core.F, dtype=F64)
@@ -86,14 +90,14 @@ def reference_energy(model, s: Structure, directed_pairs):
             if d >= core.cutoff:
                 continue
             rbf = torch.exp(-0.5 * ((d - gs.centers) / gs.width) ** 2)
-            w = ssp(rbf @ core.filter_w1[t] + core.filter_b1[t, 0])
+            w = act(rbf @ core.filter_w1[t] + core.filter_b1[t, 0], ("filter", t))
             w = w @ core.filter_w2[t] + core.filter_b2[t, 0]
-            w = w * 0.5 * (torch.cos(d * math.pi / core.cutoff) + 1)
+            w = w * cut(d)
             agg[i] += h[j] * w
-        v = ssp(agg @ core.conv_out[t] + core.conv_out_b[t])
+        v = act(agg @ core.conv_out[t] + core.conv_out_b[t], ("conv", t))
         x = x + v @ core.update_w[t] + core.update_b[t]
-    out = ssp(x @ core.out1 + core.out1_b) @ core.out2 + core.out2_b
-    ea = out[:, 0] * affine.scales["Ea"][Z] + affine.shifts["Ea"][Z]
+    out = act(x @ core.out1 + core.out1_b, ("out", 0)) @ core.out2 + core.out2_b
+    ea = (out[:, 0] + affine.shifts["Ea"][Z]) * affine.scales["Ea"][Z]  # Enerzyme's order
     return ea.sum()
 
 

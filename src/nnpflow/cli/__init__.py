@@ -16,7 +16,7 @@ import sys
 from ..errors import NNPFlowError, os_error_text
 
 #: command modules, in the order ``nnpflow --help`` lists them
-COMMAND_MODULES = ("ingest", "db", "train", "evaluate", "example", "interop")
+COMMAND_MODULES = ("ingest", "db", "train", "predict", "evaluate", "example", "interop")
 
 
 def build_parser() -> argparse.ArgumentParser:

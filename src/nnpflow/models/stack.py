@@ -27,6 +27,13 @@ from .cores import CORES, core_class
 from .fields import TARGET_NAMES
 from .layers import LAYERS, Distance, Force, Layer
 
+#: layer name -> {parameter: value} for model files written before the parameter
+#: existed, where today's default computes something else: ``AtomicAffine`` applied
+#: ``x * scale + shift`` before ``order`` (default now Enerzyme's shift, then scale)
+SAVED_BEFORE: dict[str, dict[str, Any]] = {
+    "AtomicAffine": {"order": "scale_then_shift"},
+}
+
 #: fields a batch may provide before the first layer
 BATCH_FIELDS = ("N", "Ra", "Za", "Q", "batch_seg")
 _LR_FIELDS = ("idx_i", "idx_j", "offsets")
@@ -204,8 +211,23 @@ class LayerStack(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], where: str = "model") -> "LayerStack":
-        return cls(config["architecture"], config["layers"], config.get("build_params"),
-                   where=where)
+        """Rebuild a model from its saved :meth:`config` (a model file's ``config``).
+
+        A saved config lists every constructor parameter of every layer.  A
+        parameter one lacks was added to nnpflow after the file was written; it
+        takes the value that reproduces what the writing code computed
+        (:data:`SAVED_BEFORE`) where that differs from today's default.
+        """
+        layers = []
+        for spec in config["layers"]:
+            spec = dict(spec) if isinstance(spec, Mapping) else spec
+            if isinstance(spec, dict) and spec.get("name") in SAVED_BEFORE:
+                params = dict(spec.get("params") or {})
+                for key, value in SAVED_BEFORE[spec["name"]].items():
+                    params.setdefault(key, value)
+                spec["params"] = params
+            layers.append(spec)
+        return cls(config["architecture"], layers, config.get("build_params"), where=where)
 
     @property
     def max_Za(self) -> int | None:
@@ -231,5 +253,6 @@ class LayerStack(nn.Module):
 def build_layer_stack(model_config: Mapping[str, Any], where: str = "model") -> LayerStack:
     """A :class:`LayerStack` from a Modelhub entry (``architecture``, ``build_params``,
     ``layers``)."""
-    return LayerStack.from_config(model_config, where=where)
+    return LayerStack(model_config["architecture"], model_config["layers"],
+                      model_config.get("build_params"), where=where)
 

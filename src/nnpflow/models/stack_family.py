@@ -49,16 +49,26 @@ def has_forces(model: LayerStack) -> bool:
     return "Fa" in model.outputs
 
 
+#: PredictionResult.extra key -> key of :func:`nnpflow.models.prediction.predict_structures`
+EXTRA_OUTPUTS = {"Qa": "charges", "Q": "total_charge_raw", "M2": "dipoles"}
+
+
 def predict_structures(model: LayerStack, structures: Sequence, eval_forces: bool = True,
                        batch_size: int = 32, show_progress: bool = False) -> PredictionResult:
-    """Energies (eV) and, with a ``Force`` layer, forces (eV/Å) of structures."""
+    """Energies (eV) and, with a ``Force`` layer, forces (eV/Å) of structures.
+
+    The other targets the stack predicts go to ``extra``: ``"Qa"`` (one (N_s,)
+    array of atomic charges per structure, e), ``"Q"`` ((S,) sum of the uncorrected
+    atomic charges, e) and ``"M2"`` ((S, 3) dipole moments, e·Å)."""
     from .prediction import predict_structures as run
     structures = list(structures)
     if not structures:
         return empty_result()
     out = run(model, structures, batch_size=batch_size)
     forces = out.get("forces") if eval_forces else None
-    return result_for_structures(structures, out["energies"], forces)
+    result = result_for_structures(structures, out["energies"], forces)
+    result.extra.update({name: out[key] for name, key in EXTRA_OUTPUTS.items() if key in out})
+    return result
 
 
 def predict_database(model: LayerStack, database: str | os.PathLike, indices: np.ndarray,

@@ -27,10 +27,20 @@ def _affine_entry(field: str, entry, default: float, where: str) -> dict:
         resolved = {}
         for key, value in values.items():
             try:
-                symbol = element_symbol(key)
+                if isinstance(key, bool):
+                    raise ValueError(key)
+                symbol = element_symbol(int(key) if isinstance(key, str) and key.isdigit()
+                                        else key)
             except Exception:
-                raise ConfigError(f"{where}.{field}.values: unknown element {key!r}") from None
-            resolved[symbol] = float(value)
+                raise ConfigError(f"{where}.{field}.values: unknown element {key!r} (give an "
+                                  "element symbol or an atomic number)") from None
+            if symbol in resolved:
+                raise ConfigError(f"{where}.{field}.values: element {symbol} given twice")
+            try:
+                resolved[symbol] = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.{field}.values.{key}: expected a number, "
+                                  f"got {value!r}") from None
         values = dict(sorted(resolved.items(), key=lambda kv: atomic_number(kv[0])))
     else:
         try:
@@ -45,18 +55,31 @@ def _affine_entry(field: str, entry, default: float, where: str) -> dict:
 
 
 class AtomicAffine(Layer):
-    """``y_a = scale[Z_a] * x_a + shift[Z_a]`` for atomic fields (``Ea``, ``Qa``, ...).
+    """``y_a = (x_a + shift[Z_a]) * scale[Z_a]`` for atomic fields (``Ea``, ``Qa``, ...).
 
     ``shifts`` and ``scales`` map a field name to ``{values, learnable}`` where
     ``values`` is one number for every element or a mapping element -> number
-    (elements not listed get 0 for shifts, 1 for scales).  Default: ``Ea`` and
-    ``Qa`` with learnable shift 0 and scale 1.  Shifts are in the field's units
-    (eV for ``Ea``, e for ``Qa``).
+    (element symbols or atomic numbers; elements not listed get 0 for shifts, 1
+    for scales); ``learnable`` (default true) trains the table with the weights.
+    Default: ``Ea`` and ``Qa`` with learnable shift 0 and scale 1.  A field may
+    have a shift, a scale or both.
+
+    ``order`` (an nnpflow addition) says which comes first: ``shift_then_scale``
+    (the default, Enerzyme's ``(x + shift) * scale``: shifts are in the units of the
+    core's raw output) or ``scale_then_shift`` (``x * scale + shift``: shifts in
+    the field's units, eV for ``Ea`` and e for ``Qa``).  nnpflow models saved
+    before ``order`` existed used ``scale_then_shift`` and load with it.
     """
 
+    ORDERS = ("shift_then_scale", "scale_then_shift")
+
     def __init__(self, max_Za: int, shifts: Mapping | None = None,
-                 scales: Mapping | None = None):
+                 scales: Mapping | None = None, order: str = "shift_then_scale"):
         super().__init__()
+        if order not in self.ORDERS:
+            raise ConfigError(f"AtomicAffine.order: unknown order {order!r}; choose one of "
+                              f"{', '.join(self.ORDERS)}")
+        self.order = order
         default = {"Ea": {"values": None, "learnable": True},
                    "Qa": {"values": None, "learnable": True}}
         shifts = default if shifts is None else shifts
@@ -90,11 +113,14 @@ class AtomicAffine(Layer):
 
     def forward(self, fields):
         za = fields["Za"]
+        shift_first = self.order == "shift_then_scale"
         for name in self.writes:
             value = fields[name]
+            if shift_first and name in self.shifts:
+                value = value + self.shifts[name].index_select(0, za)
             if name in self.scales:
                 value = value * self.scales[name].index_select(0, za)
-            if name in self.shifts:
+            if not shift_first and name in self.shifts:
                 value = value + self.shifts[name].index_select(0, za)
             fields[name] = value
         return fields

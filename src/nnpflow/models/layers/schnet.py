@@ -8,11 +8,17 @@ Per interaction ``t`` (of ``num_interactions``), with atom features ``x`` (A, H)
     m_i  = Σ_j h_j ⊙ W_ij                                         (both directions of each pair)
     x   <- x + ssp(m · C_t + c_t) · D_t + d_t
 
-``C(d)`` is the cosine cutoff at ``cutoff_sr`` and ``ssp`` the shifted softplus.
-An output network ``H -> H/2 -> 2`` gives the atomic energy ``Ea`` (eV) and the
-atomic charge ``Qa`` (e).  The filter networks of all interactions share one
-batched matrix product per layer, and each filter is computed once per
-unordered pair, which halves the dominant cost of a full pair list.
+``C(d)`` is the cutoff function at ``cutoff_sr``: the values ``cutoff_values_sr``
+that ``RangeSeparation`` writes when it is given a ``cutoff_fn``, else the cosine
+cutoff (SchNet's).  ``ssp`` is the activation ``activation_fn`` with
+``activation_params`` (:mod:`nnpflow.models.layers.activation`; default the
+shifted softplus ``softplus(x) - log 2``), used at every nonlinearity of the core
+(filter network, interaction, output network), each with its own α and β when
+they are parameters.  An output network ``H -> H/2 -> 2`` gives the atomic
+energy ``Ea`` (eV) and the atomic charge ``Qa`` (e).  The filter networks of all
+interactions share one batched matrix product per layer, and each filter is
+computed once per unordered pair, which halves the dominant cost of a full pair
+list.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from .base import Layer, cosine_cutoff, shifted_softplus
+from .activation import activation_module
+from .base import Layer, cosine_cutoff
 
 
 def _xavier(*shape: int, fan_in: int, fan_out: int) -> torch.Tensor:
@@ -42,14 +49,19 @@ class SchNetCore(Layer):
     num_rbf : number of radial basis functions in ``rbf``.
     cutoff_sr : cosine-cutoff radius in Å.
     num_filters : width ``F`` of the filters (default ``hidden_channels``).
+    activation_fn : ``shifted_softplus`` (default) or ``swish``.
+    activation_params : ``initial_alpha``, ``initial_beta``, ``learnable``,
+        ``dim_feature`` (Enerzyme's; see :mod:`nnpflow.models.layers.activation`).
     """
 
     reads = ("atom_embedding", "rbf", "Dij_sr", "idx_i_sr", "idx_j_sr")
+    optional_reads = ("cutoff_values_sr",)
     writes = ("Ea", "Qa")
 
     def __init__(self, dim_embedding: int, num_rbf: int, cutoff_sr: float,
                  num_interactions: int = 4, hidden_channels: int = 128,
-                 num_filters: int | None = None):
+                 num_filters: int | None = None, activation_fn: str = "shifted_softplus",
+                 activation_params: dict | None = None):
         super().__init__()
         T, H = int(num_interactions), int(hidden_channels)
         Fw = int(num_filters or hidden_channels)
@@ -82,6 +94,14 @@ class SchNetCore(Layer):
         self.out2 = nn.Parameter(_xavier(H // 2, 2, fan_in=H // 2, fan_out=2))
         self.out2_b = nn.Parameter(torch.zeros(2))
 
+        def act():
+            return activation_module(activation_fn, activation_params)
+        self.filter_act = nn.ModuleList(act() for _ in range(T))
+        self.conv_act = nn.ModuleList(act() for _ in range(T))
+        self.out_act = act()
+        #: plain activations are applied to all interactions' filters at once
+        self.plain_filters = all(m.plain for m in self.filter_act)
+
     def requirements(self):
         return {"cutoff_sr": self.cutoff}
 
@@ -94,17 +114,24 @@ class SchNetCore(Layer):
         # message sources and destinations for both directions of every pair
         src = torch.cat((idx_j, idx_i))
         dst = torch.cat((idx_i, idx_j))
-        cut = cosine_cutoff(fields["Dij_sr"], self.cutoff).unsqueeze(-1)
+        cut = fields.get("cutoff_values_sr")
+        if cut is None:
+            cut = cosine_cutoff(fields["Dij_sr"], self.cutoff)
+        cut = cut.unsqueeze(-1)
         # filters of all interactions at once, laid out (T, P, F)
         rbf = fields["rbf"].expand(self.T, -1, -1)
-        hidden = shifted_softplus(torch.baddbmm(self.filter_b1, rbf, self.filter_w1))
+        pre = torch.baddbmm(self.filter_b1, rbf, self.filter_w1)
+        if self.plain_filters:
+            hidden = self.filter_act[0](pre)
+        else:
+            hidden = torch.stack([self.filter_act[t](pre[t]) for t in range(self.T)])
         filters = (torch.baddbmm(self.filter_b2, hidden, self.filter_w2) * cut).unbind(0)
         for t in range(self.T):
             h = (x @ self.conv_in[t]).index_select(0, src).view(2, n_pairs, Fw)
             agg = x.new_zeros((n_atoms, Fw)).index_add_(0, dst, (h * filters[t]).view(-1, Fw))
-            v = shifted_softplus(torch.addmm(self.conv_out_b[t], agg, self.conv_out[t]))
+            v = self.conv_act[t](torch.addmm(self.conv_out_b[t], agg, self.conv_out[t]))
             x = x + torch.addmm(self.update_b[t], v, self.update_w[t])
-        out = shifted_softplus(torch.addmm(self.out1_b, x, self.out1))
+        out = self.out_act(torch.addmm(self.out1_b, x, self.out1))
         out = torch.addmm(self.out2_b, out, self.out2)
         fields["Ea"] = out[:, 0]
         fields["Qa"] = out[:, 1]

@@ -142,6 +142,12 @@ def check_ann_job(job, with_data: bool = True) -> None:
     change).  Reads, never writes."""
     from .ann_trainer import training_identity
     from .checkpoint import check_resume, load_checkpoint
+    if job.trainer.get("ema_use_num_updates") is False:
+        raise ConfigError(f"Trainer.ema_use_num_updates: false is implemented for layer-stack "
+                          f"architectures; the ANN ({job.name}) always ramps its EMA decay")
+    if job.trainer.get("inference_batch_size") is not None and not with_data:
+        job.logger.info("%s: Trainer.inference_batch_size has no effect on the ANN (it "
+                        "validates with its training batches)", job.name)
     paths = {name: Path(job.out_dir) / name for name in OUTPUTS}
     _check_outputs(job, paths)
     if job.resume and with_data:

@@ -25,8 +25,11 @@ name      meaning                     shape / unit
 ``M2``    dipole moment               (3,) e·Å
 ========  ==========================  =====================
 
-``Ra`` and ``Za`` are required.  Without a mapping, the standard names present
-in the file are used as keys.  When ``N`` is mapped, per-atom arrays are cut to
+``Ra`` and ``Za`` are required; ``Za`` may hold atomic numbers or element symbols
+(converted, as Enerzyme does).  Without a mapping, the standard names present
+in the file are used as keys.  A mapping value ``None`` means the standard name
+itself; where the file has no such field, ``N`` is inferred from ``Za`` and ``Q``
+is 0 (Enerzyme's rules).  When ``N`` is mapped, per-atom arrays are cut to
 their first ``N`` rows (Enerzyme pads frames of different size).  Values must
 already be in eV and Å.  Structures are isolated (no cell).
 

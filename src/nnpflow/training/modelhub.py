@@ -1,9 +1,14 @@
 """Modelhub: the named models of a train.yaml and the architectures that train them.
 
-Each model entry (``FF01: {...}``, optionally grouped under ``internal_FFs``) has
-the common keys ``architecture``, ``active`` (default true), ``suffix`` (default
-null) and ``loss`` (a term table, :mod:`nnpflow.training.losses`), plus the keys
-of its architecture.  Its outputs go to ``<DIR>/<name>-<architecture>[-<suffix>]/``.
+Each model entry (``FF01: {...}``, flat or grouped under ``internal_FFs`` /
+``external_FFs``) has the common keys ``architecture``, ``active`` (default true),
+``suffix`` (default null; blank = null), ``loss`` (a term table,
+:mod:`nnpflow.training.losses`), ``Metric`` (this model's metric table, instead of
+the top-level one) and ``pretrain_path`` (a saved model of the same architecture
+to start from: :func:`initial_weights`, :func:`build_model`), plus the keys of its
+architecture.  Its outputs go to ``<DIR>/<name>-<architecture>[-<suffix>]/``.  An
+inactive entry of an architecture nnpflow does not implement is kept as written;
+an active one is refused (:data:`NOT_IMPLEMENTED`).
 
 :data:`ARCHITECTURES` maps an architecture name to an :class:`Architecture`:
 ``resolve(entry, where) -> entry`` validates the architecture's keys and fills

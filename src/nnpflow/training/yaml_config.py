@@ -6,39 +6,32 @@ unknown key (did you mean 'ratios'?)``); defaults are filled in so the resolved
 configuration (written to ``config.yaml`` in the output directory) states every
 setting that was used.
 
-Sections
---------
+The whole grammar, every key with its default, unit and meaning, and how each
+of Enerzyme's keys is treated, is docs/train-yaml.md.  In short:
+
 ``Datahub``
-    ``data_path`` (required; relative paths are relative to the working
-    directory), ``data_format`` (required: ``pickle``, ``npz``, ``extxyz``,
-    ``xsf``, ``hdf5``), ``features`` / ``targets`` (standard name -> key in the
-    file; ``null`` means the standard name), ``compression`` (false; Enerzyme's
-    ``compressed`` is accepted as its alias), ``preload`` (true: reuse a
-    processed data set with the same hash), ``transforms``
-    (``atomic_energy``: CSV path or null, ``negative_gradient``: false).
+    ``data_path``, ``data_format`` (required), ``features``/``targets`` (standard
+    name -> key in the file; null: the standard name, and for ``N``/``Q`` absent
+    from the file: inferred from ``Za`` / 0), ``compression`` (alias
+    ``compressed``), ``preload``, ``transforms`` (``atomic_energy``,
+    ``negative_gradient``, ``total_energy_normalization``: false only), and
+    ``neighbor_list``/``max_memory`` (accepted without effect).
 ``Modelhub``
-    Named models (``FF01: {...}``), optionally under ``internal_FFs``; each has
-    ``architecture`` (required), ``active`` (true), ``suffix`` (null),
-    ``loss`` (required term table) and the architecture's own keys
-    (``build_params`` and ``layers`` for layer stacks); see
+    Named models, flat or under ``internal_FFs``/``external_FFs``; see
     :mod:`nnpflow.training.modelhub`.
 ``Trainer``
-    ``Splitter`` (``method: random``, ``parts`` [training, validation, test],
-    ``ratios`` [0.8, 0.1, 0.1], ``seed`` (the Trainer seed), ``save`` true,
-    ``preload`` true), ``batch_size`` 32, ``cuda`` false, ``dtype`` float32,
-    ``schedule`` linear (also constant, cosine, plateau) with
-    ``schedule_params`` (per schedule, see :mod:`nnpflow.training.schedules`),
-    ``learning_rate`` 0.001, ``max_epochs`` 100, ``num_workers`` 0,
-    ``patience`` 50 (null: no early stopping), ``seed`` 42, ``warmup_ratio``
-    0.01 (0 with ``schedule: constant``: a constant rate warms up only when
-    ``warmup_ratio`` is given), ``ema_decay`` 0.99 (null: no weight averaging),
-    ``max_grad_norm`` null (gradient clipping by total norm).
-``Metrics``
-    Term table (``rmse: {E: 1, Fa: 10}``) for the validation score (early
-    stopping, best model) and the test metrics; default: each model's loss.
+    ``Splitter`` and the settings translated into
+    :class:`~nnpflow.training.settings.TrainingSettings` (:data:`TRAINER_DEFAULTS`),
+    Enerzyme's ``use_ema``, ``ema_use_num_updates``, ``inference_batch_size``,
+    ``max_norm`` (alias of ``max_grad_norm``), ``weight_decay: 0``,
+    ``amsgrad: false``, ``resume`` (0/1/2, see
+    :func:`nnpflow.training.session.start_plan`) and keys accepted without
+    effect (:data:`TRAINER_NO_EFFECT`, logged once at INFO by ``nnpflow train``).
+``Metrics`` / ``Metric``
+    A metric table in either form (:func:`~nnpflow.training.losses.parse_metric_table`)
+    for the validation score and the test metrics; default: each model's loss.
 ``Provenance``
-    Written by nnpflow into ``config.yaml`` (data hash, split sizes, versions);
-    accepted and dropped when such a file is used as input.
+    Written by nnpflow into ``config.yaml``; accepted and dropped on input.
 """
 
 from __future__ import annotations

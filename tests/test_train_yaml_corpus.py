@@ -432,9 +432,139 @@ def test_settings_translation_of_the_enerzyme_keys(workdir):
     assert (s.ema_decay, s.inference_batch_size, s.max_grad_norm) == (0.0, 7, 2.5)
     loop = loop_trainer(trainer)
     assert loop["ema_decay"] is None and loop["inference_batch_size"] == 7
+    warm = resolve_trainer({"schedule": "constant_with_warmup"})
+    assert (warm["schedule"], warm["warmup_ratio"]) == ("constant", 0.01)
     s = TrainingSettings.from_trainer(resolve_trainer({"ema_use_num_updates": False}))
     assert s.ema_warmup is False and s.layer_stack_trainer(False)["ema_use_num_updates"] is False
     # the defaults add nothing to the loop's mapping: checkpoints keep their identity
     default = loop_trainer(resolve_trainer({}))
     assert "ema_use_num_updates" not in default and "inference_batch_size" not in default
     assert tuple(default) == LOOP_KEYS
+
+
+# ------------------------------------------------------------ the tutorial
+#: the tutorial's configuration (spec: enerzyme-training.txt), verbatim; its Trainer keys
+#: are printed flush left there, and are nested under Trainer here as the text intends
+TUTORIAL = """
+Datahub:
+    data_path: "dataset.pkl"
+    data_format: "pickle"
+    features:
+        N: "number_of_atoms"
+        Ra: "coordinates"
+        Za: "atomic_numbers"
+        Q: "total_charge"
+    targets:
+        E: "energy"
+        Fa: "forces"
+        Qa: "atomic_charges"
+        M2: "dipole"
+    compression: true
+    preload: true
+    transforms:
+        atomic_energy: "atomic_energy.csv"
+        negative_gradient: true
+Modelhub:
+    FF01:
+        suffix:
+        architecture: SchNet
+        active: true
+        build_params:
+            dim_embedding: 128
+            num_rbf: 128
+            max_Za: 94
+            cutoff_sr: 5.0
+            Hartree_in_E: 1
+            Bohr_in_R: 0.5291772108
+        layers:
+          - name: RangeSeparation
+          - name: GaussianSmearing
+          - name: RandomAtomEmbedding
+          - name: Core
+            params:
+                num_interactions: 4
+                hidden_channels: 128
+          - name: AtomicAffine
+          - name: ChargeConservation
+          - name: AtomicCharge2Dipole
+          - name: ElectrostaticEnergy
+          - name: EnergyReduce
+          - name: Force
+        loss:
+            rmse:
+                Fa: 52.917721
+                Qa: 1
+                E: 1
+                M2: 1.8897261
+                Q: 1
+Trainer:
+    Splitter:
+        method: random
+        parts:
+        - training
+        - validation
+        - test
+        preload: true
+        ratios:
+        - 0.7
+        - 0.1
+        - 0.2
+        save: true
+        seed: 42
+    batch_size: 64
+    cuda: true
+    dtype: float32
+    schedule: linear
+    learning_rate: 0.001
+    max_epochs: 10000
+    num_workers: 10
+    patience: 50
+    seed: 42
+    warmup_ratio: 0.001
+Metrics:
+    rmse:
+        E: 1
+        Fa: 52.917721
+        Qa: 1
+        M2: 1.8897261
+        Q: 1
+"""
+
+
+def write_tutorial_data(folder: Path, n_frames: int = 10, seed: int = 2) -> None:
+    """The tutorial's fields: frames padded to 6 atoms, raw gradients, charges, dipoles."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n_frames):
+        n = 5 if k % 2 else 6
+        pos = np.zeros((6, 3))
+        pos[:n] = rng.uniform(0, 2.0, (n, 3)) + np.arange(n)[:, None] * 1.2
+        frames.append({"number_of_atoms": n, "coordinates": pos,
+                       "atomic_numbers": np.array([6, 1, 1, 8, 1, 1]),
+                       "total_charge": float(k % 3 - 1), "energy": float(rng.normal()),
+                       "forces": rng.normal(size=(6, 3)),
+                       "atomic_charges": rng.normal(0, 0.2, 6), "dipole": rng.normal(size=3)})
+    with open(folder / "dataset.pkl", "wb") as fh:
+        pickle.dump(frames, fh)
+    (folder / "atomic_energy.csv").write_text("atom_type,atomic_energy\nH,-0.5\nC,-37.8\n"
+                                              "O,-75.0\n")
+
+
+def test_the_tutorials_configuration_verbatim(tmp_path, monkeypatch):
+    """Accepted exactly as written; trained with only what needs a GPU cluster changed
+    (cuda, 10 loader processes, 10,000 epochs)."""
+    write_tutorial_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(TUTORIAL)
+    config = resolve_config(raw, tmp_path)
+    t = config["Trainer"]
+    assert (t["batch_size"], t["cuda"], t["max_epochs"], t["num_workers"], t["patience"],
+            t["warmup_ratio"], t["Splitter"]["ratios"]) == (64, True, 10000, 10, 50, 0.001,
+                                                            [0.7, 0.1, 0.2])
+    assert config["Modelhub"]["FF01"]["layers"][3]["params"]["num_interactions"] == 4
+    raw["Trainer"].update(cuda=False, num_workers=0, max_epochs=1)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["train", "-c", "train.yaml", "-o", "."]) == 0
+    metrics = json.loads((tmp_path / "FF01-SchNet" / "test_metrics.json").read_text())
+    assert metrics["n_structures"] == 2
+    assert set(metrics["terms"]) == {"rmse_E", "rmse_Fa", "rmse_Qa", "rmse_M2", "rmse_Q"}

@@ -279,6 +279,9 @@ def resolve_trainer(raw: Mapping) -> dict:
                     f"{where}.{key}: {value!r} is not supported; nnpflow's optimiser is Adam "
                     f"without weight decay or AMSGrad ({key}: {str(accepted).lower()} is "
                     "accepted)")
+    if raw.get("schedule") == "constant_with_warmup":  # Enerzyme's (transformers') name
+        raw["schedule"] = "constant"
+        raw.setdefault("warmup_ratio", TRAINER_DEFAULTS["warmup_ratio"])
     check_keys(raw, TRAINER_DEFAULTS, where)
     out = copy.deepcopy(TRAINER_DEFAULTS)
     out.update({k: v for k, v in raw.items() if k != "Splitter"})

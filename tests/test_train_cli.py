@@ -231,7 +231,9 @@ def test_data_hash_covers_content_mapping_transforms_and_split_key_covers_seed(w
      "Trainer.Splitter.ratio: unknown key (did you mean 'ratios'?)"),
     ({"Trainer__lerning_rate": 0.1},
      "Trainer.lerning_rate: unknown key (did you mean 'learning_rate'?)"),
-    ({"Modelhub__FF01__pretrain_pth": "x"}, "Modelhub.FF01.pretrain_pth: unknown key"),
+    ({"Modelhub__FF01__pretrain_pth": "x"},
+     "Modelhub.FF01.pretrain_pth: unknown key for architecture SchNet (did you mean "
+     "'pretrain_path'?)"),
     ({"Modelhub__FF01__build_params__cutof_sr": 3},
      "Modelhub.FF01.build_params.cutof_sr: no layer takes"),
     ({"Metrics__rmse__Xa": 1}, "Metrics.rmse.Xa: unknown field"),

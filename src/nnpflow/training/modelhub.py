@@ -90,11 +90,12 @@ def resolve_layer_stack_entry(entry: dict, where: str) -> dict:
     """Validate ``build_params`` and ``layers`` by building the model once."""
     from ..models.stack import LayerStack
 
+    allowed = COMMON_KEYS + ("build_params", "layers")
     for key in entry:
-        if key not in COMMON_KEYS + ("build_params", "layers"):
+        if key not in allowed and key != "initial_weights":
             raise ConfigError(f"{where}.{key}: unknown key for architecture "
-                              f"{entry['architecture']}; allowed: "
-                              f"{', '.join(COMMON_KEYS + ('build_params', 'layers'))}")
+                              f"{entry['architecture']}{suggest(key, allowed)}; allowed: "
+                              f"{', '.join(allowed)}")
     if "layers" not in entry:
         raise ConfigError(f"{where}.layers: required (the list of layers)")
     build = entry.get("build_params") or {}

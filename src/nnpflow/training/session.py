@@ -1,7 +1,10 @@
 """One ``nnpflow train -c train.yaml -o DIR`` invocation.
 
 Order of work: resolve the configuration (errors before anything is written),
-open ``DIR/logs/train-<YYYYmmdd-HHMMSS.mmm>.log`` (one per invocation), check every
+open ``DIR/logs/train-<YYYYmmdd-HHMMSS.mmm>.log`` (one per invocation), log the
+keys accepted without effect, plan how each active model starts
+(:func:`start_plan`: ``Trainer.resume``, ``pretrain_path``; saved weights are
+read and checked against the model's architecture here), check every
 active model for a refusal (results present without ``--resume``/``--force``, a
 ``--resume`` without a checkpoint or with changed settings or data: from the data
 set's hash, before it is processed), process or reuse the data set

@@ -389,6 +389,9 @@ def test_both_metric_forms_give_the_same_table():
 
 
 def test_inference_batch_size_sets_validation_and_test_batches(workdir, monkeypatch):
+    import importlib
+    import sys
+
     from nnpflow.training import message_passing
 
     sizes = []
@@ -397,7 +400,14 @@ def test_inference_batch_size_sets_validation_and_test_batches(workdir, monkeypa
     def spy(indices, size):
         sizes.append((len(indices), size))
         return original(indices, size)
-    monkeypatch.setattr(message_passing, "chunks", spy)
+    # every training module that splits index arrays into batches with chunks()
+    for name in ("nnpflow.training.message_passing", "nnpflow.training.loop"):
+        try:
+            module = sys.modules.get(name) or importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "chunks"):
+            monkeypatch.setattr(module, "chunks", spy)
     assert main(["train", "-c", "molecules.yaml", "-o", "out"]) == 0
     # training batches of 4 over 6 structures; validation and test (2 each) in batches of 3
     assert (6, 4) in sizes and (2, 3) in sizes and not any(n == 2 and s == 4 for n, s in sizes)

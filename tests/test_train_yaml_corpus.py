@@ -349,6 +349,20 @@ def test_an_active_model_of_an_unsupported_architecture_is_refused_first(workdir
     assert not (workdir / "out").exists()  # refused before anything is read or written
 
 
+def test_all_active_unsupported_models_are_named_in_one_error(workdir):
+    """Enerzyme's shipped train.yaml activates SpookyNet, LEFTNet, MACE, NequIP, XPaiNN."""
+    def activate(config):
+        hub = config["Modelhub"]
+        hub["internal_FFs"]["FF01"]["active"] = True                       # PhysNet
+        hub["external_FFs"]["FF04"]["active"] = True                       # MACE
+    config = edited(workdir, "molecules.yaml", "shipped.yaml", activate)
+    with pytest.raises(ConfigError) as info:
+        load_config(config, workdir)
+    assert ("Modelhub: active models of Enerzyme architectures that nnpflow does not "
+            "implement: Modelhub.internal_FFs.FF01 (PhysNet), Modelhub.external_FFs.FF04 "
+            "(MACE); supported: ANN, SchNet") in str(info.value)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"Trainer": {"amsgrad": True}}, "Trainer.amsgrad: True is not supported"),
     ({"Trainer": {"weight_decay": 0.01}}, "Trainer.weight_decay: 0.01 is not supported"),

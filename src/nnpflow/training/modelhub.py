@@ -251,6 +251,23 @@ def resolve_modelhub(raw: Mapping, base_dir: str | os.PathLike = ".") -> dict[st
             models[key] = (f"Modelhub.{key}", value)
     if not models:
         raise ConfigError("Modelhub: no models")
+    # every active model of an architecture nnpflow does not implement, in one error
+    unsupported = [(where, entry["architecture"]) for where, entry in models.values()
+                   if isinstance(entry, Mapping) and entry.get("active", True) is not False
+                   and isinstance(entry.get("architecture"), str)
+                   and entry["architecture"] in NOT_IMPLEMENTED
+                   and entry["architecture"] not in ARCHITECTURES]
+    if unsupported:
+        supported = ", ".join(sorted(ARCHITECTURES))
+        if len(unsupported) == 1:
+            (where, arch), = unsupported
+            raise ConfigError(f"{where}.architecture: {arch} is an Enerzyme architecture that "
+                              f"nnpflow does not implement; supported: {supported} (set "
+                              "active: false to keep the model in the file)")
+        listed = ", ".join(f"{where} ({arch})" for where, arch in unsupported)
+        raise ConfigError(f"Modelhub: active models of Enerzyme architectures that nnpflow "
+                          f"does not implement: {listed}; supported: {supported} (set "
+                          "active: false to keep them in the file)")
     out = {}
     for name, (where, entry) in models.items():
         if not isinstance(entry, Mapping):
@@ -268,10 +285,6 @@ def resolve_modelhub(raw: Mapping, base_dir: str | os.PathLike = ".") -> dict[st
             continue
         if arch not in ARCHITECTURES:
             supported = ", ".join(sorted(ARCHITECTURES))
-            if isinstance(arch, str) and arch in NOT_IMPLEMENTED:
-                raise ConfigError(f"{where}.architecture: {arch} is an Enerzyme architecture "
-                                  f"that nnpflow does not implement; supported: {supported} "
-                                  "(set active: false to keep the model in the file)")
             raise ConfigError(f"{where}.architecture: unknown architecture {arch!r}"
                               f"{suggest(arch, list(ARCHITECTURES) + list(NOT_IMPLEMENTED))}; "
                               f"supported: {supported}")

@@ -87,3 +87,34 @@ def test_ann_entry_errors(change, message):
     config["Modelhub"]["FF03"].update(change)
     with pytest.raises(ConfigError, match=message):
         resolve_config(config)
+
+
+def _write(workdir, **trainer):
+    config = json.loads(json.dumps(CONFIG))
+    config["Trainer"].update(trainer)
+    (workdir / "train.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_ann_with_enerzymes_resume_keys(workdir):
+    """resume: 2 continues the ANN's saved training (checkpoint_last.pt) as --resume does;
+    resume: 1 and ema_use_num_updates: false are refused for the ANN, naming the key."""
+    _write(workdir, max_epochs=2, resume=2)  # nothing saved yet: a new training
+    assert main(["train", "-c", "train.yaml", "-o", "out"]) == 0
+    _write(workdir, max_epochs=3, resume=2)
+    assert main(["train", "-c", "train.yaml", "-o", "out"]) == 0
+    history = read_history_csv(workdir / "out" / "FF03-ANN" / "history.csv")
+    assert len(history) == 3
+    log = "\n".join(p.read_text() for p in sorted((workdir / "out" / "logs").glob("*.log")))
+    assert "Trainer.resume 2: continuing the training saved in" in log
+    _write(workdir, resume=1)
+    with pytest.raises(ConfigError, match=r"Trainer\.resume: 1 .* layer-stack architectures, "
+                                          r"not ANN"):
+        from nnpflow.training.session import run_train
+        run_train("train.yaml", "out2")
+    _write(workdir, ema_decay=0.9, ema_use_num_updates=False)
+    with pytest.raises(ConfigError, match=r"Trainer\.ema_use_num_updates: false"):
+        run_train("train.yaml", "out3")
+    config = json.loads(json.dumps(CONFIG))
+    config["Modelhub"]["FF03"]["pretrain_path"] = "out/FF03-ANN"
+    with pytest.raises(ConfigError, match=r"FF03\.pretrain_path: .* layer-stack architectures"):
+        resolve_config(config)

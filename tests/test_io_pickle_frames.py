@@ -212,3 +212,38 @@ def test_not_a_pickle(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(InputError, match=r"e.pkl: empty file"):
         list(read_frames(empty))
+
+
+def test_element_symbols_as_za(tmp_path):
+    """Enerzyme converts atom types given as symbols; so does nnpflow (any case, bytes)."""
+    frames = [{"R": R0, "Z": ["O", "H", "h"], "E": -1.0},
+              {"R": R0, "Z": np.array([b"O", b"H", b"H"]), "E": -2.0}]
+    a, b = read_frames(dump(tmp_path / "sym.pkl", frames), {"Ra": "R", "Za": "Z"}, {"E": "E"})
+    assert a.species == b.species == ["O", "H", "H"]
+    np.testing.assert_array_equal(a.atomic_numbers, [8, 1, 1])
+    # one list of symbols shared by every frame of the dict layout
+    data = {"R": np.stack([R0, R0 + 0.1]), "Z": ["O", "H", "H"], "E": [-1.0, -2.0]}
+    got = list(read_frames(dump(tmp_path / "shared.pkl", data), {"Ra": "R", "Za": "Z"},
+                           {"E": "E"}))
+    assert [s.species for s in got] == [["O", "H", "H"]] * 2
+    with pytest.raises(InputError, match=r"bad.pkl: Za: unknown element symbol 'Xx'"):
+        list(read_frames(dump(tmp_path / "bad.pkl", [{"R": R0, "Z": ["O", "Xx", "H"],
+                                                       "E": 0.0}]),
+                         {"Ra": "R", "Za": "Z"}, {"E": "E"}))
+
+
+def test_null_mapping_values(tmp_path):
+    """``key: null`` is the standard name; without such a field N is inferred from Za
+    and Q is 0 (Enerzyme's rules)."""
+    path = dump(tmp_path / "std.pkl", [{"Ra": R0, "Za": [8, 1, 1], "E": -5.0, "Q": 1.0},
+                                       {"Ra": R0[:2], "Za": [1, 1], "E": -1.0, "Q": 0.0}])
+    a, b = read_frames(path, {"Ra": None, "Za": None, "N": None, "Q": None},
+                       {"E": None, "Q": None})
+    assert (a.n_atoms, b.n_atoms, a.total_charge, b.total_charge) == (3, 2, 1.0, 0.0)
+    path = dump(tmp_path / "noq.pkl", {"Ra": np.stack([R0, R0]), "Za": [8, 1, 1],
+                                       "E": [-5.0, -6.0]})
+    got = list(read_frames(path, {"Ra": None, "Za": None, "N": None, "Q": None},
+                           {"E": None, "Q": None}))
+    assert [s.total_charge for s in got] == [0.0, 0.0] and got[1].n_atoms == 3
+    with pytest.raises(InputError, match=r"no field 'Fa' \(mapped to Fa\)"):
+        list(read_frames(path, {"Ra": None, "Za": None}, {"E": None, "Fa": None}))

@@ -226,17 +226,19 @@ def test_data_hash_covers_content_mapping_transforms_and_split_key_covers_seed(w
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"Datahub__max_memory": 10}, "Datahub.max_memory: unknown key"),
+    ({"Datahub__max_memry": 10}, "Datahub.max_memry: unknown key (did you mean 'max_memory'?)"),
     ({"Trainer__Splitter__ratio": [0.5]},
      "Trainer.Splitter.ratio: unknown key (did you mean 'ratios'?)"),
     ({"Trainer__lerning_rate": 0.1},
      "Trainer.lerning_rate: unknown key (did you mean 'learning_rate'?)"),
-    ({"Modelhub__FF01__pretrain_path": "x"}, "Modelhub.FF01.pretrain_path: unknown key"),
+    ({"Modelhub__FF01__pretrain_pth": "x"},
+     "Modelhub.FF01.pretrain_pth: unknown key for architecture SchNet (did you mean "
+     "'pretrain_path'?)"),
     ({"Modelhub__FF01__build_params__cutof_sr": 3},
      "Modelhub.FF01.build_params.cutof_sr: no layer takes"),
     ({"Metrics__rmse__Xa": 1}, "Metrics.rmse.Xa: unknown field"),
     ({"Datahub__transforms__total_energy_normalization": True},
-     "Datahub.transforms.total_energy_normalization: unknown key"),
+     "Datahub.transforms.total_energy_normalization: true is not supported"),
     ({"Trainer__schedule_params__factor": 0.5},
      "Trainer.schedule_params.factor: not a parameter of schedule 'linear'"),
     ({"Modelhub__FF01__loss__rmse__M2": 1}, "Modelhub.FF01.loss: the model does not predict M2"),

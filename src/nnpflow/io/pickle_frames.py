@@ -25,8 +25,11 @@ name      meaning                     shape / unit
 ``M2``    dipole moment               (3,) e·Å
 ========  ==========================  =====================
 
-``Ra`` and ``Za`` are required.  Without a mapping, the standard names present
-in the file are used as keys.  When ``N`` is mapped, per-atom arrays are cut to
+``Ra`` and ``Za`` are required; ``Za`` may hold atomic numbers or element symbols
+(converted, as Enerzyme does).  Without a mapping, the standard names present
+in the file are used as keys.  A mapping value ``None`` means the standard name
+itself; where the file has no such field, ``N`` is inferred from ``Za`` and ``Q``
+is 0 (Enerzyme's rules).  When ``N`` is mapped, per-atom arrays are cut to
 their first ``N`` rows (Enerzyme pads frames of different size).  Values must
 already be in eV and Å.  Structures are isolated (no cell).
 
@@ -65,7 +68,7 @@ import numpy as np
 
 from ..energy_reference import SUBTRACTED_REFERENCE_KEY, read_atomic_energy_csv
 from ..errors import ConfigError, InputError
-from ..structure import Structure, element_symbol
+from ..structure import Structure, atomic_number, element_symbol
 
 __all__ = ["read_frames", "iter_frame_results", "load_pickle", "FEATURE_FIELDS",
            "TARGET_FIELDS", "TRANSFORMS", "ENERGY_REFERENCE_KEY", "PICKLE_SUFFIXES"]
@@ -359,10 +362,10 @@ def _check_mapping(features: Mapping | None, targets: Mapping | None,
             if name not in allowed:
                 raise ConfigError(f"unknown {what} field {name!r}; expected one of "
                                   f"{', '.join(allowed)}")
-            if not isinstance(key, (str, int)):
+            if key is not None and not isinstance(key, (str, int)):
                 raise ConfigError(f"{what}.{name} must name a key of the file, got {key!r}")
     for name in set(features or {}) & set(targets or {}):
-        if features[name] != targets[name]:
+        if None not in (features[name], targets[name]) and features[name] != targets[name]:
             raise ConfigError(f"{name} is mapped twice: to {features[name]!r} in features and "
                               f"to {targets[name]!r} in targets")
     for name, value in (transforms or {}).items():
@@ -380,7 +383,17 @@ def _mapping(features, targets, keys) -> dict[str, Any]:
     if features is None and targets is None:
         return {n: n for n in FEATURE_FIELDS + TARGET_FIELDS if n in keys}
     out = dict(features or {})
-    out.update(targets or {})
+    out.update({k: v for k, v in (targets or {}).items() if not (v is None and k in out)})
+    # a null key is the standard name itself (Enerzyme); without such a field in the
+    # file, N is inferred from Za and Q is 0
+    for name, key in list(out.items()):
+        if key is None:
+            if name in keys:
+                out[name] = name
+            elif name in ("N", "Q"):
+                out[name] = None
+            else:
+                out[name] = name  # reported as a missing field when the frames are read
     return out
 
 
@@ -394,6 +407,8 @@ class _Frames:
             self.layout = "dict"
             self.data = data
             for name, key in mapping.items():
+                if key is None:  # N inferred, Q 0 (see _mapping)
+                    continue
                 if key not in data:
                     raise InputError(f"no field {key!r} (mapped to {name}); the file has "
                                      f"{_keys(data)}", source=label)
@@ -410,6 +425,8 @@ class _Frames:
             self.n_frames = len(ra)
             self.shared = {}
             for name, key in mapping.items():
+                if key is None:
+                    continue
                 value = data[key]
                 if _is_shared(name, value):
                     self.shared[name] = value
@@ -430,6 +447,8 @@ class _Frames:
                              f"arrays, found a {type(data).__name__}", source=label)
         if self.n_frames == 0:
             raise InputError("no frames", source=label)
+        if "Q" in mapping and mapping["Q"] is None:
+            self.shared["Q"] = 0.0  # Q: null without a Q field: neutral frames (Enerzyme)
 
     def get(self, k: int, name: str):
         if name in self.shared:
@@ -464,7 +483,7 @@ def _is_shared(name: str, value) -> bool:
         if isinstance(value, np.ndarray):
             return value.ndim == 1 and value.dtype != object
         return (isinstance(value, (list, tuple)) and len(value) > 0
-                and all(isinstance(v, (int, np.integer)) for v in value))
+                and all(isinstance(v, (int, np.integer, str)) for v in value))
     return False
 
 
@@ -489,24 +508,46 @@ def _scalar(value, name: str) -> float:
         raise InputError(f"{name} is not numeric: {value!r}") from None
 
 
+def _atomic_numbers(value) -> np.ndarray:
+    """``Za`` as int64 atomic numbers: integers (or whole floats), or element symbols
+    (``"O"``, ``b"H"``, case-insensitive), as Enerzyme converts them."""
+    try:
+        z = np.asarray(value)
+    except (ValueError, TypeError):
+        raise InputError("Za is not numeric") from None
+    if z.dtype.kind in "USO" and z.size:
+        if z.ndim != 1:
+            raise InputError(f"Za has shape {z.shape}, expected (atoms,)")
+        numbers = []
+        for token in z.tolist():
+            if isinstance(token, bytes):
+                token = token.decode("ascii", "replace")
+            if isinstance(token, (bool, np.bool_)) or not isinstance(token, (str, int, np.integer)):
+                raise InputError(f"Za holds {token!r}, neither an atomic number nor an "
+                                 "element symbol")
+            try:
+                numbers.append(atomic_number(element_symbol(token)))
+            except InputError as exc:
+                raise InputError(f"Za: {exc.reason}") from None
+        return np.asarray(numbers, dtype=np.int64)
+    if z.dtype.kind == "f":
+        if not np.all(z == np.round(z)):
+            raise InputError("Za holds non-integer atomic numbers")
+        return z.astype(np.int64)
+    if z.dtype.kind not in "iu":
+        raise InputError(f"Za has dtype {z.dtype}, expected integers or element symbols")
+    return z
+
+
 def _build_frame(frames: _Frames, k: int, label: str, ref: dict | None, ref_file: str | None,
                  flip_forces: bool, frame: int | None = None) -> Structure:
     m = frames.mapping
     positions = _array(frames.get(k, "Ra"), "Ra", (3,))
-    try:
-        z = np.asarray(frames.get(k, "Za"))
-        if z.dtype.kind == "f":
-            if not np.all(z == np.round(z)):
-                raise InputError("Za holds non-integer atomic numbers")
-            z = z.astype(np.int64)
-        elif z.dtype.kind not in "iu":
-            raise InputError(f"Za has dtype {z.dtype}, expected integers")
-    except (ValueError, TypeError):
-        raise InputError("Za is not numeric") from None
+    z = _atomic_numbers(frames.get(k, "Za"))
     if z.ndim != 1:
         raise InputError(f"Za has shape {z.shape}, expected (atoms,)")
     n = len(positions)
-    if "N" in m:
+    if m.get("N") is not None:
         n_val = _scalar(frames.get(k, "N"), "N")
         if n_val != int(n_val) or not 1 <= n_val <= min(len(positions), len(z)):
             raise InputError(f"N = {n_val:g} does not fit Ra with {len(positions)} and Za "

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import ConfigError
-from .settings import TrainingSettings, reject_unknown
+from .settings import TrainingSettings, reject_unknown, suggest
 
 ANN_KEYS = ("hidden", "descriptor")
 DESCRIPTOR_DEFAULTS = {"rad_order": 10, "rad_cutoff": 6.0, "ang_order": 3, "ang_cutoff": 4.0,
@@ -41,7 +41,8 @@ def resolve_ann_entry(entry: dict, where: str) -> dict:
     from .modelhub import COMMON_KEYS
     for key in entry:
         if key not in COMMON_KEYS + ANN_KEYS:
-            raise ConfigError(f"{where}.{key}: unknown key for architecture ANN; allowed: "
+            raise ConfigError(f"{where}.{key}: unknown key for architecture ANN"
+                              f"{suggest(key, COMMON_KEYS + ANN_KEYS)}; allowed: "
                               f"{', '.join(COMMON_KEYS + ANN_KEYS)}")
     hidden = entry.get("hidden")
     if hidden is None:
@@ -142,6 +143,17 @@ def check_ann_job(job, with_data: bool = True) -> None:
     change).  Reads, never writes."""
     from .ann_trainer import training_identity
     from .checkpoint import check_resume, load_checkpoint
+    if job.trainer.get("ema_use_num_updates") is False:
+        raise ConfigError(f"Trainer.ema_use_num_updates: false is implemented for layer-stack "
+                          f"architectures; the ANN ({job.name}) always ramps its EMA decay")
+    if not with_data:
+        if job.trainer.get("inference_batch_size") is not None:
+            job.logger.info("%s: Trainer.inference_batch_size has no effect on the ANN (it "
+                            "validates with its training batches)", job.name)
+        if job.metrics:
+            job.logger.info("%s: the Metrics/Metric table has no effect on the ANN's training "
+                            "(its validation score is its loss); test_metrics.json reports "
+                            "energy and force errors", job.name)
     paths = {name: Path(job.out_dir) / name for name in OUTPUTS}
     _check_outputs(job, paths)
     if job.resume and with_data:

@@ -161,10 +161,23 @@ def read_source(datahub: Mapping) -> Iterator[Structure]:
         def from_database():
             with DatabaseReader(path) as reader:
                 yield from reader.iter_structures()
-        return _apply_transforms(from_database(), datahub["transforms"])
+        return _neutral_unless_given(_apply_transforms(from_database(), datahub["transforms"]),
+                                     datahub)
     from ..io import read_structures
 
-    return _apply_transforms(read_structures(path, format=fmt), datahub["transforms"])
+    return _neutral_unless_given(_apply_transforms(read_structures(path, format=fmt),
+                                                   datahub["transforms"]), datahub)
+
+
+def _neutral_unless_given(structures: Iterator[Structure], datahub: Mapping
+                          ) -> Iterator[Structure]:
+    """``Q: null`` (features or targets): a structure without a total charge is neutral
+    (Enerzyme's rule; the pickle reader applies it itself)."""
+    if None not in (datahub["features"].get("Q", "-"), datahub["targets"].get("Q", "-")):
+        yield from structures
+        return
+    for s in structures:
+        yield s.copy(total_charge=0.0) if s.total_charge is None else s
 
 
 def _targets_present(structures: list[Structure], datahub: Mapping) -> list[str]:

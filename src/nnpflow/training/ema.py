@@ -30,6 +30,15 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 
+def warmup_decay(decay: float, num_updates: int) -> float:
+    """The decay of update ``num_updates + 1`` with warm-up (Enerzyme's
+    ``ema_use_num_updates``): ``min(decay, (1 + n) / (10 + n))`` with ``n`` the
+    updates made so far, so the first updates follow the weights closely.
+    (torch_ema, which Enerzyme uses, counts the update being made, so its ramp is
+    one update ahead: 2/11 at the first update where this gives 1/10.)"""
+    return min(float(decay), (1.0 + num_updates) / (10.0 + num_updates))
+
+
 class ExponentialMovingAverage:
     """EMA of the trainable parameters of ``module``.
 
@@ -37,7 +46,9 @@ class ExponentialMovingAverage:
     ----------
     module : the model whose parameters are averaged.
     decay : the decay ``d`` in [0, 1); 0 keeps the latest weights.
-    warmup : ramp the decay as ``(1 + n) / (10 + n)`` while that is smaller.
+    warmup : ramp the decay as ``(1 + n) / (10 + n)`` while that is smaller
+        (:func:`warmup_decay`; train.yaml's ``ema_use_num_updates``); off: the
+        constant ``decay`` from the first update.
     """
 
     def __init__(self, module: nn.Module, decay: float = 0.99, warmup: bool = True):
@@ -67,9 +78,7 @@ class ExponentialMovingAverage:
 
     def current_decay(self) -> float:
         """The decay the next :meth:`update` applies."""
-        if self.warmup:
-            return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
-        return self.decay
+        return warmup_decay(self.decay, self.num_updates) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self) -> None:

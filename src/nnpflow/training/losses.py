@@ -17,7 +17,7 @@ stopping).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -76,6 +76,50 @@ def parse_terms(table: Mapping | None, where: str,
                                   f"got {weight!r}")
             out[kind][str(field)] = value
     return out
+
+
+def parse_metric_table(table: Mapping | None, where: str,
+                       allowed_fields=None) -> dict[str, dict[str, float]]:
+    """A term table from either of train.yaml's two spellings, as :func:`parse_terms`.
+
+    ``{rmse: {E: 1, Fa: 10}}`` (metric kind first: the tutorial's ``Metrics``) or
+    ``{E: {rmse: 1}, Fa: {rmse: 10}}`` (field first: Enerzyme's own ``Metric``);
+    the form is told by the keys (metric kinds or field names), whichever section
+    name is used.  A table mixing the two forms is refused naming the key."""
+    from ..models.fields import TARGET_NAMES
+
+    allowed_fields = TARGET_NAMES if allowed_fields is None else allowed_fields
+    if table is None or not isinstance(table, Mapping) or not table:
+        return parse_terms(table, where, allowed_fields)
+    kinds = [k for k in table if k in _FUNCTIONS]
+    if len(kinds) == len(table):
+        return parse_terms(table, where, allowed_fields)
+    if kinds:
+        other = next(k for k in table if k not in _FUNCTIONS)
+        raise ConfigError(f"{where}: mixes metric kinds ({', '.join(map(str, kinds))}) and "
+                          f"fields ({other}) as keys; write either {{rmse: {{E: 1}}}} or "
+                          "{E: {rmse: 1}}")
+    flipped: dict[str, dict[str, Any]] = {}
+    for field, weights in table.items():
+        if field not in allowed_fields:
+            raise ConfigError(f"{where}.{field}: unknown field or metric; fields: "
+                              f"{', '.join(allowed_fields)}; metrics: {', '.join(METRIC_KINDS)}")
+        if not isinstance(weights, Mapping) or not weights:
+            raise ConfigError(f"{where}.{field}: expected a mapping metric -> weight "
+                              f"(e.g. rmse: 1), got {weights!r}")
+        for kind, weight in weights.items():
+            if kind not in _FUNCTIONS:
+                raise ConfigError(f"{where}.{field}.{kind}: unknown metric; use one of "
+                                  f"{', '.join(METRIC_KINDS)}")
+            flipped.setdefault(kind, {})[field] = weight
+    try:
+        return parse_terms(flipped, where, allowed_fields)
+    except ConfigError as exc:  # name the key as it was written (field first)
+        text = str(exc)
+        for kind, weights in flipped.items():
+            for field in weights:
+                text = text.replace(f"{where}.{kind}.{field}", f"{where}.{field}.{kind}")
+        raise ConfigError(text) from None
 
 
 def term_fields(terms: Mapping[str, Mapping[str, float]]) -> list[str]:

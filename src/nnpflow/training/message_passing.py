@@ -59,6 +59,7 @@ from .early_stopping import EarlyStopping
 from .ema import ExponentialMovingAverage
 from .interrupt import GracefulInterrupt, TrainingInterrupted
 from .losses import MetricAccumulator, WeightedLoss, metric, term_fields
+from .modelhub import build_model
 from .schedules import make_schedule
 
 #: Trainer keys that may change when resuming (they do not change results)
@@ -312,7 +313,7 @@ def train_model(job: ModelJob) -> dict:
     if device.type == "cpu":
         keep_freed_memory()
     seed_everything(cfg["seed"])
-    model = LayerStack(entry["architecture"], entry["layers"], entry["build_params"], where=where)
+    model = build_model(entry, where)  # with pretrain_path / resume: 1, the saved weights
     model = model.to(device=device, dtype=dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     log.info("%s: built %s with %d layers, %d trainable parameters, on %s in %s; pair cutoffs %s",
@@ -341,12 +342,14 @@ def train_model(job: ModelJob) -> dict:
     val_idx = np.asarray(job.split.get("validation", []), dtype=np.int64)
     test_idx = np.asarray(job.split.get("test", []), dtype=np.int64)
     bs, workers = int(cfg["batch_size"]), int(cfg["num_workers"])
+    ibs = int(cfg.get("inference_batch_size") or bs)  # validation and test batches
     steps_per_epoch = math.ceil(len(train_idx) / bs)
     optimizer = make_adam(params, cfg["learning_rate"])
     schedule = make_schedule(cfg["schedule"], optimizer, cfg["learning_rate"],
                              cfg["max_epochs"] * steps_per_epoch, cfg["warmup_ratio"],
                              **cfg["schedule_params"])
-    ema = (ExponentialMovingAverage(model, cfg["ema_decay"])
+    ema = (ExponentialMovingAverage(model, cfg["ema_decay"],
+                                    warmup=cfg.get("ema_use_num_updates", True))
            if cfg["ema_decay"] is not None else None)
     stopper = EarlyStopping(cfg["patience"] if len(val_idx) else None)
     loss_fn = WeightedLoss(entry["loss"])
@@ -461,7 +464,7 @@ def train_model(job: ModelJob) -> dict:
         score = None
         if len(val_idx):
             with averaged():
-                values = validation_metrics(model, packed, val_idx, fields, bs, dtype, device,
+                values = validation_metrics(model, packed, val_idx, fields, ibs, dtype, device,
                                             workers)
             score = MetricAccumulator.score(values, metric_terms)
             if not math.isfinite(score):
@@ -521,8 +524,9 @@ def _finish(job, model, packed, test_idx, terms, paths, dtype, device, history) 
     if not len(test_idx):
         job.logger.info("%s: no test structures; no test metrics", job.name)
         return {}
-    report = held_out_report(model, packed, test_idx, terms, int(job.trainer["batch_size"]),
-                             dtype, device)
+    report = held_out_report(model, packed, test_idx, terms,
+                             int(job.trainer.get("inference_batch_size")
+                                 or job.trainer["batch_size"]), dtype, device)
     report = {"model": job.out_dir.name, "epochs": len(history),
               "best_epoch": best["metadata"].get("epoch"), **report}
     write_json(paths["test_metrics.json"], report)

@@ -1,7 +1,10 @@
 """One ``nnpflow train -c train.yaml -o DIR`` invocation.
 
 Order of work: resolve the configuration (errors before anything is written),
-open ``DIR/logs/train-<YYYYmmdd-HHMMSS.mmm>.log`` (one per invocation), check every
+open ``DIR/logs/train-<YYYYmmdd-HHMMSS.mmm>.log`` (one per invocation), log the
+keys accepted without effect, plan how each active model starts
+(:func:`start_plan`: ``Trainer.resume``, ``pretrain_path``; saved weights are
+read and checked against the model's architecture here), check every
 active model for a refusal (results present without ``--resume``/``--force``, a
 ``--resume`` without a checkpoint or with changed settings or data: from the data
 set's hash, before it is processed), process or reuse the data set
@@ -35,7 +38,7 @@ from .interrupt import GracefulInterrupt
 from .message_passing import RESUME_MAY_CHANGE, ModelJob
 from .modelhub import checker_for, model_dir_name, trainer_for
 from .splitter import load_or_make_split, split_key
-from .yaml_config import dump_config, load_config
+from .yaml_config import NO_EFFECT, dump_config, load_config, loop_trainer
 
 LOGGER_NAME = "nnpflow.train"
 
@@ -59,6 +62,69 @@ def open_log(out_dir: Path) -> tuple[logging.Logger, logging.Handler, Path]:
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     return logging.getLogger(LOGGER_NAME), handler, path
+
+
+def start_plan(name: str, entry: dict, model_dir: Path, mode: int, resume: bool, force: bool,
+               logger: logging.Logger) -> dict:
+    """How model ``name`` starts: ``{"entry", "resume", "force"}``, with the saved
+    weights it starts from in ``entry["initial_weights"]`` (a copy of the entry).
+
+    Enerzyme's ``Trainer.resume`` onto nnpflow's guarded resume:
+
+    * ``0`` (default): a new training from random weights, or from
+      ``pretrain_path`` (fine-tuning: its averaged weights; a folder: its
+      ``model_best.pt`` first).  Results already in the folder are refused unless
+      ``--force`` (nnpflow never continues training silently);
+    * ``1``: a new training (fresh optimiser, schedule, epoch count and average)
+      from saved live weights: ``pretrain_path`` (a folder: its ``model_last.pt``
+      first), else the folder's own ``model_last.pt``, whose results it replaces;
+      without either, from random weights;
+    * ``2`` (or ``--resume``): continue the saved training exactly (weights,
+      optimiser, schedule, average, epochs, early stopping) from the folder's own
+      checkpoint, guarded (changed settings or data refused unless ``--force``);
+      without a checkpoint, a new training (``--resume`` without one is refused).
+    """
+    from .modelhub import ARCHITECTURES, initial_weights
+
+    arch = ARCHITECTURES[entry["architecture"]]
+    where = f"Modelhub.{name}"
+    entry = dict(entry)
+    plan = {"entry": entry, "resume": resume, "force": force}
+    checkpoint = model_dir / arch.checkpoint
+    if resume or mode == 2:
+        if not resume:
+            if checkpoint.exists():
+                plan["resume"] = True
+                logger.info("%s: Trainer.resume 2: continuing the training saved in %s",
+                            name, checkpoint)
+            else:
+                logger.info("%s: Trainer.resume 2: no %s yet; a new training", name, checkpoint)
+        if plan["resume"] and entry.get("pretrain_path"):
+            logger.info("%s: resuming %s; pretrain_path is not read", name, checkpoint.name)
+        if plan["resume"] or not entry.get("pretrain_path"):
+            return plan
+    source, averaged = entry.get("pretrain_path"), True
+    if mode == 1:
+        if not arch.fine_tuning:
+            raise ConfigError(f"Trainer.resume: 1 (start from saved weights) is implemented for "
+                              f"layer-stack architectures, not {entry['architecture']} "
+                              f"({where}); use 2 to continue a saved training")
+        averaged = False
+        if source is None:
+            if checkpoint.exists():
+                source = checkpoint
+                plan["force"] = True  # its results are replaced by the new training
+            else:
+                logger.info("%s: Trainer.resume 1: no %s to start from; random weights",
+                            name, checkpoint)
+    if source is not None:
+        entry["initial_weights"] = initial_weights(entry, source, where, averaged=averaged)
+        logger.info("%s: starts from the %s weights of %s (%s)%s", name,
+                    "averaged" if averaged else "saved", entry["initial_weights"]["source"],
+                    entry["initial_weights"]["kind"],
+                    "; the previous results in its folder are replaced"
+                    if plan["force"] and not force else "")
+    return plan
 
 
 def run_train(config_path: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
@@ -85,6 +151,8 @@ def run_train(config_path: str | os.PathLike, out_dir: str | os.PathLike, *, res
         logger.info("%s%s%s (log %s)", command, " --resume" if resume else "",
                     " --force" if force else "", log_path.name)
         logger.info("versions: %s", ", ".join(f"{k} {v}" for k, v in versions().items()))
+        for note in config.get(NO_EFFECT, []):
+            logger.info("accepted without effect: %s", note)
         active = [(n, e) for n, e in config["Modelhub"].items() if e["active"]]
         for name, entry in config["Modelhub"].items():
             if not entry["active"]:
@@ -92,12 +160,20 @@ def run_train(config_path: str | os.PathLike, out_dir: str | os.PathLike, *, res
         if not active:
             logger.warning("no active model in Modelhub; nothing to train")
         splitter = config["Trainer"]["Splitter"]
+        trainer = loop_trainer(config["Trainer"])
+        # how each model starts (Trainer.resume, pretrain_path); saved weights are read
+        # and checked here, before any data is processed
+        plans = {name: start_plan(name, entry, out / model_dir_name(name, entry),
+                                  config["Trainer"]["resume"], resume, force, logger)
+                 for name, entry in active}
 
         def jobs(data, split, key) -> list[ModelJob]:
-            return [ModelJob(name=name, entry=entry, trainer=config["Trainer"],
-                             metrics=config["Metrics"] or {}, data=data, split=split,
-                             split_key=key, out_dir=out / model_dir_name(name, entry),
-                             resume=resume, force=force, show_progress=show_progress,
+            return [ModelJob(name=name, entry=plans[name]["entry"], trainer=trainer,
+                             metrics=entry.get("Metric") or config["Metrics"] or {}, data=data,
+                             split=split, split_key=key,
+                             out_dir=out / model_dir_name(name, entry),
+                             resume=plans[name]["resume"], force=plans[name]["force"],
+                             show_progress=show_progress,
                              logger=logger, interrupt=interrupt, on_step=on_step,
                              command=command, resume_may_change=RESUME_MAY_CHANGE)
                     for name, entry in active]

@@ -119,6 +119,10 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "devices": ("processes", "data-parallel processes (one per GPU or core group)"),
     "precision": ("-", "float32 or float64: networks and force contraction"),
     "num_workers": ("processes", "DataLoader worker processes"),
+    "ema_warmup": ("-", "ramp the EMA decay as min(ema_decay, (1 + n) / (10 + n)) over the "
+                        "first updates n (Enerzyme's ema_use_num_updates)"),
+    "inference_batch_size": ("structures", "structures per batch in validation and test; "
+                                           "None = batch_size"),
 }
 
 
@@ -148,6 +152,8 @@ class TrainingSettings:
     devices: int = 1
     precision: str = "float32"
     num_workers: int = 0
+    ema_warmup: bool = True
+    inference_batch_size: int | None = None
     where: str = field(default="training", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -195,6 +201,10 @@ class TrainingSettings:
             raise ConfigError(f"{w}precision: must be 'float32' or 'float64', "
                               f"got {self.precision!r}")
         set_("num_workers", integer(self.num_workers, w + "num_workers", 0))
+        set_("ema_warmup", boolean(self.ema_warmup, w + "ema_warmup"))
+        if self.inference_batch_size is not None:
+            set_("inference_batch_size", integer(self.inference_batch_size,
+                                                 w + "inference_batch_size", 1))
 
     # ------------------------------------------------------ from the surfaces
     @classmethod
@@ -211,13 +221,18 @@ class TrainingSettings:
     def from_trainer(cls, trainer: Mapping, **overrides) -> "TrainingSettings":
         """A resolved train.yaml ``Trainer`` section (:func:`nnpflow.training.yaml_config.
         resolve_trainer`, which filled in :data:`SURFACE_DEFAULTS` ``["train.yaml"]``).
-        ``patience``/``ema_decay`` null become 0 (off); ``force_weight`` comes from
-        the model's loss (``overrides``)."""
+        ``patience``/``ema_decay`` null become 0 (off), as does ``ema_decay`` with
+        ``use_ema: false``; ``ema_use_num_updates`` is ``ema_warmup``; ``force_weight``
+        comes from the model's loss (``overrides``)."""
+        use_ema = trainer.get("use_ema", True)
         values = dict(
             epochs=trainer["max_epochs"], batch_size=trainer["batch_size"],
             learning_rate=trainer["learning_rate"], schedule=trainer["schedule"],
             schedule_params=trainer["schedule_params"], warmup_ratio=trainer["warmup_ratio"],
-            ema_decay=trainer["ema_decay"] or 0.0, patience=trainer["patience"] or 0,
+            ema_decay=(trainer["ema_decay"] or 0.0) if use_ema else 0.0,
+            ema_warmup=trainer.get("ema_use_num_updates", True),
+            inference_batch_size=trainer.get("inference_batch_size"),
+            patience=trainer["patience"] or 0,
             max_grad_norm=trainer["max_grad_norm"], seed=trainer["seed"],
             device="cuda" if trainer["cuda"] else "cpu", precision=trainer["dtype"],
             num_workers=trainer["num_workers"], force_weight=0.0, where="Trainer")
@@ -230,13 +245,19 @@ class TrainingSettings:
         """The ``Trainer`` mapping of the layer-stack trainer
         (:mod:`nnpflow.training.message_passing`); 0 (off) of ``patience`` and
         ``ema_decay`` becomes its null.  Part of a checkpoint's identity: keys and
-        values must stay as they are."""
-        return {"batch_size": self.batch_size, "cuda": bool(cuda), "dtype": self.precision,
-                "schedule": self.schedule, "schedule_params": dict(self.schedule_params),
-                "learning_rate": self.learning_rate, "max_epochs": self.epochs,
-                "num_workers": self.num_workers, "patience": self.patience or None,
-                "seed": self.seed, "warmup_ratio": self.warmup_ratio,
-                "ema_decay": self.ema_decay or None, "max_grad_norm": self.max_grad_norm}
+        values must stay as they are (``ema_use_num_updates`` and
+        ``inference_batch_size`` are added only where they differ from the default)."""
+        out = {"batch_size": self.batch_size, "cuda": bool(cuda), "dtype": self.precision,
+               "schedule": self.schedule, "schedule_params": dict(self.schedule_params),
+               "learning_rate": self.learning_rate, "max_epochs": self.epochs,
+               "num_workers": self.num_workers, "patience": self.patience or None,
+               "seed": self.seed, "warmup_ratio": self.warmup_ratio,
+               "ema_decay": self.ema_decay or None, "max_grad_norm": self.max_grad_norm}
+        if self.ema_decay and not self.ema_warmup:
+            out["ema_use_num_updates"] = False
+        if self.inference_batch_size is not None:
+            out["inference_batch_size"] = self.inference_batch_size
+        return out
 
 
 def _setter(obj):

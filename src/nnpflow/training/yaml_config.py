@@ -6,39 +6,32 @@ unknown key (did you mean 'ratios'?)``); defaults are filled in so the resolved
 configuration (written to ``config.yaml`` in the output directory) states every
 setting that was used.
 
-Sections
---------
+The whole grammar, every key with its default, unit and meaning, and how each
+of Enerzyme's keys is treated, is docs/train-yaml.md.  In short:
+
 ``Datahub``
-    ``data_path`` (required; relative paths are relative to the working
-    directory), ``data_format`` (required: ``pickle``, ``npz``, ``extxyz``,
-    ``xsf``, ``hdf5``), ``features`` / ``targets`` (standard name -> key in the
-    file; ``null`` means the standard name), ``compression`` (false; Enerzyme's
-    ``compressed`` is accepted as its alias), ``preload`` (true: reuse a
-    processed data set with the same hash), ``transforms``
-    (``atomic_energy``: CSV path or null, ``negative_gradient``: false).
+    ``data_path``, ``data_format`` (required), ``features``/``targets`` (standard
+    name -> key in the file; null: the standard name, and for ``N``/``Q`` absent
+    from the file: inferred from ``Za`` / 0), ``compression`` (alias
+    ``compressed``), ``preload``, ``transforms`` (``atomic_energy``,
+    ``negative_gradient``, ``total_energy_normalization``: false only), and
+    ``neighbor_list``/``max_memory`` (accepted without effect).
 ``Modelhub``
-    Named models (``FF01: {...}``), optionally under ``internal_FFs``; each has
-    ``architecture`` (required), ``active`` (true), ``suffix`` (null),
-    ``loss`` (required term table) and the architecture's own keys
-    (``build_params`` and ``layers`` for layer stacks); see
+    Named models, flat or under ``internal_FFs``/``external_FFs``; see
     :mod:`nnpflow.training.modelhub`.
 ``Trainer``
-    ``Splitter`` (``method: random``, ``parts`` [training, validation, test],
-    ``ratios`` [0.8, 0.1, 0.1], ``seed`` (the Trainer seed), ``save`` true,
-    ``preload`` true), ``batch_size`` 32, ``cuda`` false, ``dtype`` float32,
-    ``schedule`` linear (also constant, cosine, plateau) with
-    ``schedule_params`` (per schedule, see :mod:`nnpflow.training.schedules`),
-    ``learning_rate`` 0.001, ``max_epochs`` 100, ``num_workers`` 0,
-    ``patience`` 50 (null: no early stopping), ``seed`` 42, ``warmup_ratio``
-    0.01 (0 with ``schedule: constant``: a constant rate warms up only when
-    ``warmup_ratio`` is given), ``ema_decay`` 0.99 (null: no weight averaging),
-    ``max_grad_norm`` null (gradient clipping by total norm).
-``Metrics``
-    Term table (``rmse: {E: 1, Fa: 10}``) for the validation score (early
-    stopping, best model) and the test metrics; default: each model's loss.
+    ``Splitter`` and the settings translated into
+    :class:`~nnpflow.training.settings.TrainingSettings` (:data:`TRAINER_DEFAULTS`),
+    Enerzyme's ``use_ema``, ``ema_use_num_updates``, ``inference_batch_size``,
+    ``max_norm`` (alias of ``max_grad_norm``), ``weight_decay: 0``,
+    ``amsgrad: false``, ``resume`` (0/1/2, see
+    :func:`nnpflow.training.session.start_plan`) and keys accepted without
+    effect (:data:`TRAINER_NO_EFFECT`, logged once at INFO by ``nnpflow train``).
+``Metrics`` / ``Metric``
+    A metric table in either form (:func:`~nnpflow.training.losses.parse_metric_table`)
+    for the validation score and the test metrics; default: each model's loss.
 ``Provenance``
-    Written by nnpflow into ``config.yaml`` (data hash, split sizes, versions);
-    accepted and dropped when such a file is used as input.
+    Written by nnpflow into ``config.yaml``; accepted and dropped on input.
 """
 
 from __future__ import annotations
@@ -53,18 +46,23 @@ import yaml
 from ..config_checks import check_finite
 from ..errors import ConfigError
 from ..models.fields import FEATURE_NAMES, TARGET_NAMES
-from .losses import parse_terms
+from .losses import parse_metric_table
 from .schedules import SCHEDULE_PARAMS, SCHEDULES
 from .settings import (DEFAULTS, SURFACE_DEFAULTS, TrainingSettings, boolean, integer, number,
                        suggest)
 
 DATA_FORMATS = ("pickle", "npz", "extxyz", "xsf", "hdf5")
+#: top-level sections; ``Metric`` is Enerzyme's spelling of ``Metrics`` (resolved into it)
 SECTIONS = ("Datahub", "Modelhub", "Trainer", "Metrics", "Provenance")
+INPUT_SECTIONS = SECTIONS[:3] + ("Metric",) + SECTIONS[3:]
+#: resolved-configuration key listing the keys accepted without effect (never dumped)
+NO_EFFECT = "no_effect"
 
 DATAHUB_DEFAULTS: dict[str, Any] = {
     "data_path": None, "data_format": None, "features": {}, "targets": {},
-    "compression": False, "preload": True,
-    "transforms": {"atomic_energy": None, "negative_gradient": False},
+    "compression": False, "preload": True, "neighbor_list": None, "max_memory": None,
+    "transforms": {"atomic_energy": None, "negative_gradient": False,
+                   "total_energy_normalization": False},
 }
 SPLITTER_DEFAULTS: dict[str, Any] = {
     "method": "random", "parts": ["training", "validation", "test"], "ratios": [0.8, 0.1, 0.1],
@@ -82,6 +80,36 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "num_workers": _D["num_workers"], "patience": _D["patience"], "seed": _D["seed"],
     "warmup_ratio": _D["warmup_ratio"], "ema_decay": _D["ema_decay"],
     "max_grad_norm": _D["max_grad_norm"],
+    # Enerzyme's further Trainer keys (docs/train-yaml.md)
+    "use_ema": True, "ema_use_num_updates": _D["ema_warmup"],
+    "inference_batch_size": _D["inference_batch_size"], "resume": 0,
+    "otf_graph": None, "non_target_features": [], "data_in_memory": None, "Monitor": None,
+}
+#: the Trainer keys the training loops read (a checkpoint's identity): Enerzyme's
+#: further keys enter :func:`loop_trainer`'s mapping only where they change training
+LOOP_KEYS = ("Splitter", "batch_size", "cuda", "dtype", "schedule", "schedule_params",
+             "learning_rate", "max_epochs", "num_workers", "patience", "seed", "warmup_ratio",
+             "ema_decay", "max_grad_norm")
+#: Enerzyme keys nnpflow accepts only with the value that is nnpflow's behaviour
+#: (``weight_decay``/``amsgrad`` of Adam); they are not kept in the resolved section
+FIXED_TRAINER_KEYS = {"weight_decay": 0, "amsgrad": False}
+#: Enerzyme's spelling of ``max_grad_norm`` (a negative value: no clipping)
+TRAINER_ALIASES = {"max_norm": "max_grad_norm"}
+#: Trainer keys accepted without effect, and why (logged once at INFO by nnpflow train)
+TRAINER_NO_EFFECT = {
+    "otf_graph": "nnpflow always makes each batch's pair lists from the positions, on the "
+                 "fly, within the cutoffs the model's layers ask for",
+    "data_in_memory": "nnpflow keeps small data sets in memory and reads larger ones from "
+                      "the processed HDF5 batch by batch, whatever this key says",
+    "Monitor": "nnpflow does not print energy-term statistics during validation",
+    "non_target_features": "nnpflow train writes no per-frame predictions (nnpflow predict "
+                           "does)",
+}
+DATAHUB_NO_EFFECT = {
+    "neighbor_list": "nnpflow stores no neighbour lists; each batch's pair lists are made "
+                     "from the positions within the model's cutoffs (all pairs of a molecule "
+                     "for long-range layers, as Enerzyme's full list)",
+    "max_memory": "nnpflow reads the processed HDF5 batch by batch with bounded memory",
 }
 
 
@@ -155,12 +183,33 @@ def resolve_datahub(raw: Mapping, base_dir: Path) -> dict:
                 raise ConfigError(f"{where}.{section}.{name}: renaming fields applies to pickle "
                                   f"and npz data; {out['data_format']} data carries the standard "
                                   "fields (leave the value empty)")
-        out[section] = {name: (name if key is None else key) for name, key in mapping.items()}
+        # null: the standard name itself; for N and Q kept as null, which also means
+        # "inferred from Za" (N) or "0" (Q) where the data file has no such field
+        out[section] = {name: (name if key is None and name not in ("N", "Q") else key)
+                        for name, key in mapping.items()}
     for key in ("compression", "preload"):
         _bool(out[key], f"{where}.{key}")
+    if out["neighbor_list"] == "":
+        out["neighbor_list"] = None  # blank: built on the fly
+    if out["neighbor_list"] not in (None, "full"):
+        raise ConfigError(f"{where}.neighbor_list: {out['neighbor_list']!r} is not 'full' or "
+                          "blank (null: built on the fly)")
+    if out["max_memory"] is not None:
+        out["max_memory"] = _float(out["max_memory"], f"{where}.max_memory", 0.0,
+                                   exclusive_min=True)
     transforms = _mapping(raw.get("transforms"), f"{where}.transforms")
     check_keys(transforms, DATAHUB_DEFAULTS["transforms"], f"{where}.transforms")
     out["transforms"] = {**DATAHUB_DEFAULTS["transforms"], **transforms}
+    normalize = out["transforms"]["total_energy_normalization"]
+    if normalize is None:
+        out["transforms"]["total_energy_normalization"] = normalize = False
+    _bool(normalize, f"{where}.transforms.total_energy_normalization")
+    if normalize:
+        raise ConfigError(
+            f"{where}.transforms.total_energy_normalization: true is not supported: a model "
+            "trained on (E - mean) / std would not predict energies in eV, and nnpflow's "
+            "model files always do; subtract reference energies with transforms.atomic_energy "
+            "and let an AtomicAffine layer learn per-element shifts and scales instead")
     ae = out["transforms"]["atomic_energy"]
     if ae is not None:
         if not isinstance(ae, (str, os.PathLike)):
@@ -169,6 +218,12 @@ def resolve_datahub(raw: Mapping, base_dir: Path) -> dict:
         out["transforms"]["atomic_energy"] = str(ae_path if ae_path.is_absolute()
                                                  else (base_dir / ae_path).resolve())
     _bool(out["transforms"]["negative_gradient"], f"{where}.transforms.negative_gradient")
+    for name in ("N", "Q"):
+        if name in out["features"] and name in out["targets"] and None not in (
+                out["features"][name], out["targets"][name]) and \
+                out["features"][name] != out["targets"][name]:
+            raise ConfigError(f"{where}: {name} is mapped to {out['features'][name]!r} in "
+                              f"features and to {out['targets'][name]!r} in targets")
     return out
 
 
@@ -207,6 +262,26 @@ def resolve_splitter(raw: Mapping, trainer_seed: int) -> dict:
 
 def resolve_trainer(raw: Mapping) -> dict:
     where = "Trainer"
+    raw = dict(raw)
+    for alias, name in TRAINER_ALIASES.items():
+        if alias in raw:
+            if name in raw:
+                raise ConfigError(f"{where}: give either {name} or its alias {alias}, not both")
+            value = raw.pop(alias)
+            if value is not None:
+                value = _float(value, f"{where}.{alias}")
+            raw[name] = None if value is None or value <= 0 else value  # <= 0: no clipping
+    for key, accepted in FIXED_TRAINER_KEYS.items():
+        if key in raw:
+            value = raw.pop(key)
+            if value != accepted or isinstance(value, bool) != isinstance(accepted, bool):
+                raise ConfigError(
+                    f"{where}.{key}: {value!r} is not supported; nnpflow's optimiser is Adam "
+                    f"without weight decay or AMSGrad ({key}: {str(accepted).lower()} is "
+                    "accepted)")
+    if raw.get("schedule") == "constant_with_warmup":  # Enerzyme's (transformers') name
+        raw["schedule"] = "constant"
+        raw.setdefault("warmup_ratio", TRAINER_DEFAULTS["warmup_ratio"])
     check_keys(raw, TRAINER_DEFAULTS, where)
     out = copy.deepcopy(TRAINER_DEFAULTS)
     out.update({k: v for k, v in raw.items() if k != "Splitter"})
@@ -243,8 +318,63 @@ def resolve_trainer(raw: Mapping) -> dict:
     if out["max_grad_norm"] is not None:
         out["max_grad_norm"] = _float(out["max_grad_norm"], f"{where}.max_grad_norm", 0.0,
                                       exclusive_min=True)
+    _bool(out["use_ema"], f"{where}.use_ema")
+    _bool(out["ema_use_num_updates"], f"{where}.ema_use_num_updates")
+    if out["inference_batch_size"] is not None:
+        _int(out["inference_batch_size"], f"{where}.inference_batch_size", 1)
+    if out["resume"] is None or out["resume"] is False:
+        out["resume"] = 0
+    elif out["resume"] is True:
+        out["resume"] = 1
+    if out["resume"] not in (0, 1, 2) or isinstance(out["resume"], float):
+        raise ConfigError(f"{where}.resume: expected 0 (start from scratch, or fine-tune "
+                          "pretrain_path), 1 (start from saved weights) or 2 (continue the "
+                          f"saved training), got {out['resume']!r}")
+    for key in ("otf_graph", "data_in_memory"):
+        if out[key] is not None:
+            _bool(out[key], f"{where}.{key}")
+    features = out["non_target_features"]
+    if features is None:
+        out["non_target_features"] = features = []
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise ConfigError(f"{where}.non_target_features: expected a list of field names, "
+                          f"got {features!r}")
+    if out["Monitor"] is not None and not isinstance(out["Monitor"], Mapping):
+        raise ConfigError(f"{where}.Monitor: expected a mapping of energy terms to "
+                          f"statistics, got {out['Monitor']!r}")
     TrainingSettings.from_trainer(out)  # the one settings object's checks of every field
     return out
+
+
+def loop_trainer(trainer: Mapping) -> dict:
+    """The mapping the training loops read from a resolved ``Trainer`` section.
+
+    It holds :data:`LOOP_KEYS`; Enerzyme's further keys enter it only where they
+    change training (``use_ema: false`` makes ``ema_decay`` null;
+    ``ema_use_num_updates: false`` and ``inference_batch_size`` are added when
+    given), so that a checkpoint's identity stays what it was for the keys it had."""
+    out = {k: copy.deepcopy(trainer[k]) for k in LOOP_KEYS}
+    if not trainer.get("use_ema", True):
+        out["ema_decay"] = None
+    if out["ema_decay"] is not None and trainer.get("ema_use_num_updates", True) is False:
+        out["ema_use_num_updates"] = False
+    if trainer.get("inference_batch_size") is not None:
+        out["inference_batch_size"] = int(trainer["inference_batch_size"])
+    return out
+
+
+def no_effect_notes(config: Mapping) -> list[str]:
+    """``key: why`` for every key of a resolved configuration that nnpflow accepts
+    without effect (each given with a value other than its null default)."""
+    notes = []
+    for key, why in DATAHUB_NO_EFFECT.items():
+        if config["Datahub"].get(key) is not None:
+            notes.append(f"Datahub.{key} ({config['Datahub'][key]!r}): {why}")
+    for key, why in TRAINER_NO_EFFECT.items():
+        value = config["Trainer"].get(key)
+        if value not in (None, [], {}):
+            notes.append(f"Trainer.{key} ({value!r}): {why}")
+    return notes
 
 
 def resolve_config(raw: Mapping, base_dir: str | os.PathLike = ".") -> dict:
@@ -258,18 +388,23 @@ def resolve_config(raw: Mapping, base_dir: str | os.PathLike = ".") -> dict:
 
     if not isinstance(raw, Mapping):
         raise ConfigError(f"train.yaml: expected a mapping of sections ({', '.join(SECTIONS[:4])})")
-    check_keys(raw, SECTIONS, "train.yaml")
+    check_keys(raw, INPUT_SECTIONS, "train.yaml")
     check_finite({k: v for k, v in raw.items() if k != "Provenance"})
     for section in ("Datahub", "Modelhub"):
         if section not in raw:
             raise ConfigError(f"train.yaml: missing section {section}")
+    if "Metric" in raw and "Metrics" in raw:
+        raise ConfigError("train.yaml: give either Metrics or Enerzyme's spelling Metric, "
+                          "not both")
+    metric_key = "Metric" if "Metric" in raw else "Metrics"
     base = Path(base_dir).resolve()
     config = {
         "Datahub": resolve_datahub(_mapping(raw["Datahub"], "Datahub"), base),
-        "Modelhub": resolve_modelhub(_mapping(raw["Modelhub"], "Modelhub")),
+        "Modelhub": resolve_modelhub(_mapping(raw["Modelhub"], "Modelhub"), base),
         "Trainer": resolve_trainer(_mapping(raw.get("Trainer"), "Trainer")),
-        "Metrics": parse_terms(raw.get("Metrics"), "Metrics", TARGET_NAMES) or None,
+        "Metrics": parse_metric_table(raw.get(metric_key), metric_key) or None,
     }
+    config[NO_EFFECT] = no_effect_notes(config)
     return config
 
 

@@ -190,24 +190,6 @@ def test_periodic_cells(workdir):
     assert state["ema"] is None  # use_ema: false
 
 
-def _layer_keys_supported() -> bool:
-    """Whether the layers take wk-S's keys (cuton, activation_fn, cutoff_fn, flavor)."""
-    import inspect
-
-    from nnpflow.models.cores import core_class
-    from nnpflow.models.layers import LAYERS
-
-    def takes(cls, name):
-        return name in inspect.signature(cls.__init__).parameters
-
-    return (takes(LAYERS["GaussianSmearing"], "cuton")
-            and takes(core_class("SchNet"), "activation_fn")
-            and takes(LAYERS["ElectrostaticEnergy"], "flavor"))
-
-
-@pytest.mark.skipif(not _layer_keys_supported(),
-                    reason="layer keys of branch wk-S (cuton, activation_fn, cutoff_fn, flavor): "
-                           "runs once that branch is merged")
 def test_layer_params_of_enerzymes_schnet_examples(workdir):
     assert main(["train", "-c", "layer_params.yaml", "-o", "out"]) == 0
     model, _ = load_layer_stack(workdir / "out" / "FF_SchNet-SchNet" / "model_best.pt")

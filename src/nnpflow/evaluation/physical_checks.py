@@ -512,14 +512,17 @@ def physical_checks(model_files: Sequence[str | os.PathLike], database: str | os
 def md_check_plot(path: str | os.PathLike, runs: list[dict], title: str = "") -> None:
     """Total-energy drift, largest force and (committee) energy spread along each
     NVE run, one line per structure; unstable runs are drawn dashed and named."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from ..safe_write import atomic_path
     spread = any(r.get("spread_trace") for r in runs)
     ncols = 3 if spread else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.6), constrained_layout=True)
+    # matplotlib's object API (no pyplot) and fixed margins: a layout engine
+    # (constrained or tight) would double the drawing time (~0.1 s)
+    fig = Figure(figsize=(4.2 * ncols, 3.6), dpi=90)
+    fig.subplots_adjust(left=0.95 / (4.2 * ncols), right=1 - 0.2 / (4.2 * ncols), bottom=0.14,
+                        top=0.83, wspace=0.38)
+    axes = fig.subplots(1, ncols)
     for r in runs:
         style = "-" if r["stable"] else "--"
         name = f"{r['label']} ({r['n_atoms']} atoms)" + ("" if r["stable"] else " UNSTABLE")
@@ -542,6 +545,5 @@ def md_check_plot(path: str | os.PathLike, runs: list[dict], title: str = "") ->
     head = title + (f" -- UNSTABLE: {', '.join(unstable)}" if unstable else
                     " -- all runs stable" if runs else "")
     fig.suptitle(head, color="red" if unstable else "black")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")

@@ -343,7 +343,7 @@ class _TrajectoryPredictor:
                 [a.cell[:] for a in atoms], [a.pbc for a in atoms])
             self.current = keys
         traj = self.trajectory
-        step = traj.predict(np.concatenate([a.positions for a in atoms]))
+        step = traj.predict(np.concatenate([a.positions for a in atoms]), member_forces=False)
         use_closest = traj.cutoff >= DISTANCE_SEARCH
         out = []
         for b in range(len(keys)):
@@ -351,7 +351,7 @@ class _TrajectoryPredictor:
             e = float(members.mean(axis=0))
             d = float(step.closest[b])
             out.append({"energy": e, "free_energy": e,
-                        "forces": step.member_forces(b).mean(axis=0),
+                        "forces": step.structure_forces(b),
                         "committee_energies": members,
                         "closest": (d if d <= DISTANCE_SEARCH else None) if use_closest
                         else False})

@@ -98,6 +98,52 @@ class _Slots:
         return vec, r
 
 
+class _AtomNetworks:
+    """A potential's per-species networks as one stack of per-atom weights for
+    fixed atoms: each layer one batched product over the atoms instead of one
+    product per species (a step's network and its backward pass in a dozen
+    operations).  :meth:`of` gives ``None`` (use ``ANNModel.net``) when the
+    species' networks differ in shape or activations, or are large."""
+
+    #: most weights (atoms x weights per network) held for the stack
+    MAX_WEIGHTS = 4_000_000
+
+    def __init__(self, layers, activations, mean, std, dtype):
+        self.layers, self.activations = layers, activations
+        self.mean, self.std, self.dtype = mean, std, dtype
+
+    @classmethod
+    def of(cls, model, species: torch.Tensor) -> "_AtomNetworks | None":
+        net = model.net
+        arch = [net.architecture[s] for s in net.species]
+        if any(a != arch[0] for a in arch) or len(net.nets) != len(arch):
+            return None
+        n_atoms = int(species.shape[0])
+        per_net = sum(p.numel() for p in net.nets[0].parameters())
+        if n_atoms * per_net > cls.MAX_WEIGHTS:
+            return None
+        layers, activations = [], []
+        with torch.no_grad():
+            for k in range(len(arch[0]) + 1):
+                lin = [seq[2 * k] for seq in net.nets]
+                weight = torch.stack([m.weight for m in lin]).index_select(0, species)
+                bias = torch.stack([m.bias for m in lin]).index_select(0, species)
+                layers.append((weight.detach().clone(), bias.detach().unsqueeze(2).clone()))
+                activations.append(net.nets[0][2 * k + 1] if k < len(arch[0]) else None)
+            mean = net.feature_mean.index_select(0, species).clone()
+            std = net.feature_std.index_select(0, species).clone()
+        return cls(layers, activations, mean, std, net.feature_mean.dtype)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        """Atomic outputs (A,) of raw ``features`` (A, F), as ``AtomicNetworks``."""
+        x = ((features.to(self.dtype) - self.mean) / self.std).unsqueeze(2)     # (A, F, 1)
+        for (weight, bias), act in zip(self.layers, self.activations):
+            x = torch.baddbmm(bias, weight, x)
+            if act is not None:
+                x = act(x)
+        return x.view(-1)
+
+
 class ANNTrajectory:
     """Predict fixed structures (species, cell, periodicity) for new positions.
 
@@ -149,6 +195,7 @@ class ANNTrajectory:
                 raise ConfigError(f"the potential has no atomic reference energy for "
                                   f"{', '.join(missing)}, which occur in the structures")
             self.reference.append(ref_sum)
+        self.nets = [_AtomNetworks.of(model, self.species) for model in models]
         self.n_searches = 0
         self._ref: torch.Tensor | None = None
 
@@ -190,6 +237,8 @@ class ANNTrajectory:
         them) and each atom's nearest neighbour distance (N,) Å (detached)."""
         desc = self.descriptor
         lo = desc.min_cutoff
+        with torch.no_grad():
+            self._update(pos.detach())
         (vr, rr), (va, ra) = (sl.vectors(pos) for sl in self.slots)
         closest = torch.minimum(rr.detach().amin(1), ra.detach().amin(1))
         # radial: sum_j T_n(2 r / Rc - 1) fc(r), (and s_j-weighted)
@@ -229,19 +278,18 @@ class ANNTrajectory:
         desc = self.descriptor
         pos = torch.as_tensor(np.asarray(positions, dtype=np.float64)).to(
             device=desc.device, dtype=desc.dtype)
-        with torch.no_grad():
-            self._update(pos)
         b = len(self.counts)
         with torch.enable_grad():
             pos.requires_grad_(True)
             feats, closest = self._features(pos)
             leaf = feats.detach().requires_grad_(True)
             energies, de_dg = [], []
-            for model, ref in zip(self.models, self.reference):
+            for model, ref, atom_nets in zip(self.models, self.reference, self.nets):
                 net, norm = model.net, model.energy_normalization
                 if net.training:
                     net.eval()
-                eps = net(leaf, self.species, self.groups)
+                eps = (atom_nets(leaf) if atom_nets is not None
+                       else net(leaf, self.species, self.groups))
                 # dE/dG in the network's dtype (as ANNModel.energies_and_forces), in eV
                 (grad,) = torch.autograd.grad(eps.sum(), leaf)
                 de_dg.append(grad.to(feats.dtype) * norm.scale)

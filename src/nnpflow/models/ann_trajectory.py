@@ -15,12 +15,15 @@ ANN potential or a committee of ANN potentials sharing one descriptor
   (zero beyond the cutoffs and at or below ``min_cutoff``: exactly the pairs a
   fresh search gives), the radial Chebyshev sums and the angular sums through
   the harmonic sums of the Legendre addition theorem (:mod:`nnpflow.descriptors.angular`);
-* the species of each atom and of each neighbour (typespins).
+* the species of each atom and of each neighbour (typespins);
+* each member's per-species networks as one stack of per-atom weights (when
+  their shapes agree).
 
 The features are those of :class:`~nnpflow.descriptors.ChebyshevDescriptor`
 (the same definitions and the same numbers to rounding; the order in which a
-centre's neighbours are summed may differ), computed with torch autograd from
-the positions, and every member's network (``ANNModel.net``) runs on them; the
+centre's neighbours are summed may differ), computed by
+:func:`nnpflow.descriptors.slot_features.slot_features` with torch autograd from
+the positions, and every member's network runs on them; the
 forces are minus the gradient of the energy with respect to the positions (one
 backward pass for the committee's mean, one per member for the members' own).
 Units: Å, eV, eV/Å.
@@ -38,7 +41,7 @@ __all__ = ["ANNTrajectory", "TrajectoryStep", "DEFAULT_SKIN"]
 
 #: Verlet skin (Å): the list holds pairs up to cutoff + skin and is searched again
 #: when an atom has moved more than half of it
-DEFAULT_SKIN = 1.0
+DEFAULT_SKIN = 0.5
 
 
 class TrajectoryStep:
@@ -88,14 +91,11 @@ class _Slots:
         self.k, self.neighbor = k, nbr
         self.image = img.view(n_atoms, k, 3)
 
-    def vectors(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pair vectors (N, K, 3) Å and lengths (N, K) Å for positions (N, 3)."""
+    def vectors(self, pos: torch.Tensor) -> torch.Tensor:
+        """Pair vectors (N, K, 3) Å for positions (N, 3)."""
         n = pos.shape[0]
         vec = pos.index_select(0, self.neighbor).view(n, self.k, 3) - pos.unsqueeze(1)
-        vec = vec + self.image
-        # (clamped: a zero length would give NaN gradients, though masked)
-        r = (vec * vec).sum(2).clamp_min(1e-24).sqrt()
-        return vec, r
+        return vec + self.image
 
 
 class _AtomNetworks:
@@ -235,40 +235,12 @@ class ANNTrajectory:
     def _features(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (N, F) of positions (N, 3) (differentiable with respect to
         them) and each atom's nearest neighbour distance (N,) Å (detached)."""
-        desc = self.descriptor
-        lo = desc.min_cutoff
+        from ..descriptors.slot_features import slot_features
         with torch.no_grad():
             self._update(pos.detach())
-        (vr, rr), (va, ra) = (sl.vectors(pos) for sl in self.slots)
-        closest = torch.minimum(rr.detach().amin(1), ra.detach().amin(1))
-        # radial: sum_j T_n(2 r / Rc - 1) fc(r), (and s_j-weighted)
-        rc = desc.rad_cutoff
-        fc = torch.where((rr > lo) & (rr < rc), torch.cos(rr * (math.pi / rc)) * 0.5 + 0.5, 0.0)
-        x = rr * (2.0 / rc) - 1.0
-        t = [torch.ones_like(x), x]
-        for _ in range(1, desc.rad_order):
-            t.append(2.0 * x * t[-1] - t[-2])
-        cheb = torch.stack(t[:desc.n_rad], dim=2)                        # (N, K, R+1)
-        w = torch.stack((fc, fc * self.spins[0]), 1) if desc.multi else fc.unsqueeze(1)
-        radial = torch.bmm(w, cheb)                                      # (N, C, R+1)
-        # angular: 1/2 (sum_lm B_lm^2 (T_n in P_l) - sum_j fc_j^2)
-        rc = desc.ang_cutoff
-        fa = torch.where((ra > lo) & (ra < rc), torch.cos(ra * (math.pi / rc)) * 0.5 + 0.5, 0.0)
-        u = va / ra.unsqueeze(2)
-        basis = desc.angular_basis
-        comps = (u[..., 0], u[..., 1], u[..., 2])
-        mono = [torch.ones_like(ra)]
-        for parent, axis in basis._recipe:
-            mono.append(mono[parent] * comps[axis])
-        y = torch.stack(mono, 2) @ basis.values_coef_t                   # (N, K, nY)
-        wa = torch.stack((fa, fa * self.spins[1]), 1) if desc.multi else fa.unsqueeze(1)
-        b = torch.bmm(wa, y)                                             # (N, C, nY)
-        angular = 0.5 * ((b * b) @ basis.pair_matrix - (wa * wa).sum(2, keepdim=True))
-        if desc.multi:
-            feats = torch.cat((radial[:, 0], angular[:, 0], radial[:, 1], angular[:, 1]), 1)
-        else:
-            feats = torch.cat((radial[:, 0], angular[:, 0]), 1)
-        return feats, closest
+        rad, ang = (sl.vectors(pos) for sl in self.slots)
+        spins = self.spins if self.descriptor.multi else (None, None)
+        return slot_features(self.descriptor, rad, ang, *spins)
 
     # ------------------------------------------------------------ predictions
     def predict(self, positions: np.ndarray, member_forces: bool = True) -> TrajectoryStep:

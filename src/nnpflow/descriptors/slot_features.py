@@ -1,24 +1,26 @@
-"""The Chebyshev descriptor on neighbours laid out in per-centre slots,
-differentiable with respect to the pair vectors (for MD along a trajectory).
+"""The Chebyshev descriptor on neighbours laid out in per-centre slots, with the
+gradient with respect to the pair vectors (for MD along a trajectory).
 
 A fixed neighbour list (e.g. a Verlet list, :mod:`nnpflow.models.ann_trajectory`)
 can be laid out as one padded row of ``K`` slots per centre atom: pair vectors
 ``v`` (N, K, 3) in Å, empty slots holding any vector longer than the cutoffs.
-:func:`slot_features` computes the features of
+:class:`SlotFeatures` computes the features of
 :class:`~nnpflow.descriptors.ChebyshevDescriptor` from them (the same
 definitions, the same numbers to rounding: pairs at or below ``min_cutoff`` or
-at or beyond a cutoff weigh zero), so that torch autograd gives the forces from
-the positions in a few operations: each block's per-pair terms are one autograd
-node with an analytic derivative (:class:`_RadialTerms`, :class:`_AngularTerms`),
-and the sums over a centre's slots are batched products.
+at or beyond a cutoff weigh zero) and, for the derivative dE/dG of an energy
+with respect to those features, dE/dv of every slot vector
+(:meth:`SlotFeatures.vector_gradients`), in a few dense operations without
+autograd's bookkeeping:
 
-* radial: ``D_n(v) = T_n(2 r / Rc - 1) fc(r)``, ``dD_n/dv = dD_n/dr u``;
-* angular (Legendre addition theorem, :mod:`.angular`): per slot ``fc(r) Y_lm(u)``
-  and ``fc(r)``, with ``d/dv = fc'(r) (.) u + fc(r) / r (I - u u^T) grad Y``;
-  ``G_n = 1/2 (sum_lm B_lm^2 (T_n in P_l) - sum_j w_j^2)``, ``B_lm = sum_j w_j Y_lm(u_j)``.
+* radial: ``D_n(v) = T_n(2 r / Rc - 1) fc(r)``, ``dD_n/dv = dD_n/dr u``,
+  ``G_n = sum_j S_j D_n(v_j)`` (``S = 1``, or the neighbour's typespin ``s``
+  for the weighted block);
+* angular (Legendre addition theorem, :mod:`.angular`): per slot ``w = fc(r)``
+  and ``w Y_lm(u)``; ``B_lm = sum_j S_j w_j Y_lm(u_j)``,
+  ``G_n = 1/2 (sum_lm B_lm^2 (T_n in P_l) - sum_j S_j^2 w_j^2)``; the derivative
+  of ``w Y(u)`` is ``fc'(r) Y u + fc(r) / r (I - u u^T) grad Y``.
 
-Typespin-weighted blocks (several species) weight the slots with the
-neighbours' typespins ``s`` (N, K).
+:func:`slot_features` is the same as a differentiable torch function.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from .radial import chebyshev_rows
 
-__all__ = ["slot_features"]
+__all__ = ["SlotFeatures", "slot_features"]
 
 
 def _cutoff(r: torch.Tensor, lo: float, rc: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +43,12 @@ def _cutoff(r: torch.Tensor, lo: float, rc: float) -> tuple[torch.Tensor, torch.
     return fc, dfc
 
 
+def _rowsum(x: torch.Tensor) -> torch.Tensor:
+    """Sums (E,) of the rows of x (E, C): a matrix-vector product, several times
+    faster than ``x.sum(1)`` for a few columns."""
+    return torch.mv(x, x.new_ones(x.shape[1]))
+
+
 def _lengths(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lengths r (E,) of vectors v (E, 3) and unit vectors u (E, 3) (a zero
     vector gets r = 1e-12 Å and u = 0)."""
@@ -48,97 +56,115 @@ def _lengths(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return r, v / r.unsqueeze(1)
 
 
-def _rowsum(x: torch.Tensor) -> torch.Tensor:
-    """Sums (E,) of the rows of x (E, C): a matrix-vector product, several times
-    faster than ``x.sum(1)`` for a few columns."""
-    return torch.mv(x, x.new_ones(x.shape[1]))
+class SlotFeatures:
+    """Features of N centre atoms from their slot vectors, and the gradient of
+    an energy with respect to those vectors.
 
+    Parameters
+    ----------
+    descriptor : the :class:`~nnpflow.descriptors.ChebyshevDescriptor`.
+    rad_vectors : (N, K_r, 3) Å, every neighbour within the radial cutoff.
+    ang_vectors : (N, K_a, 3) Å, every neighbour within the angular cutoff.
+    rad_spin, ang_spin : (N, K) typespins of the neighbours (several species).
 
-class _RadialTerms(torch.autograd.Function):
-    """``T_n(2 r / Rc - 1) fc(r)`` (N, K, R+1) of slot vectors (N, K, 3), and the
-    lengths r (N, K) (not differentiable)."""
+    Attributes ``features`` (N, F) and ``closest`` (N,) Å, each atom's smallest
+    slot length.
+    """
 
-    @staticmethod
-    def forward(ctx, v, lo: float, rc: float, order: int):
-        n, k, _ = v.shape
-        r, u = _lengths(v.reshape(-1, 3))
+    @torch.no_grad()
+    def __init__(self, descriptor, rad_vectors: torch.Tensor, ang_vectors: torch.Tensor,
+                 rad_spin: torch.Tensor | None = None, ang_spin: torch.Tensor | None = None):
+        desc = self.descriptor = descriptor
+        lo = desc.min_cutoff
+        n, kr, _ = rad_vectors.shape
+        ka = ang_vectors.shape[1]
+        self.shape = (n, kr, ka)
+        # slot weights S (N, C, K): 1 and, for several species, the typespin
+        if desc.multi:
+            self.s_rad = torch.stack((torch.ones_like(rad_spin), rad_spin), 1)
+            self.s_ang = torch.stack((torch.ones_like(ang_spin), ang_spin), 1)
+        else:
+            self.s_rad = rad_vectors.new_ones(n, 1, kr)
+            self.s_ang = ang_vectors.new_ones(n, 1, ka)
+        # radial
+        rc = desc.rad_cutoff
+        r, self.u_rad = _lengths(rad_vectors.reshape(-1, 3))
         fc, dfc = _cutoff(r, lo, rc)
-        t, dt = chebyshev_rows(r * (2.0 / rc) - 1.0, order, derivative=True)   # (R+1, E)
-        d = (t * fc).t().contiguous()                                      # (E, R+1)
-        dd = (dt.mul_(fc * (2.0 / rc)).addcmul_(t, dfc)).t().contiguous()  # d/dr
-        ctx.save_for_backward(u, dd)
-        r = r.view(n, k)
-        ctx.mark_non_differentiable(r)
-        return d.view(n, k, order + 1), r
+        t, dt = chebyshev_rows(r * (2.0 / rc) - 1.0, desc.rad_order, derivative=True)
+        d = (t * fc).t().reshape(n, kr, desc.n_rad)                       # (N, K, R+1)
+        self.dd = dt.mul_(fc * (2.0 / rc)).addcmul_(t, dfc).t().contiguous()  # dD/dr (E, R+1)
+        radial = torch.bmm(self.s_rad, d)                                  # (N, C, R+1)
+        closest = r.view(n, kr).amin(1) if kr else None
+        # angular
+        rc = desc.ang_cutoff
+        basis = desc.angular_basis
+        ra, u = _lengths(ang_vectors.reshape(-1, 3))
+        fa, dfa = _cutoff(ra, lo, rc)
+        vg = basis.values_and_gradients(basis.monomials(u[:, 0], u[:, 1], u[:, 2]))
+        y = vg[:, 0]                                                       # (E, nY)
+        self.ang = (u, ra, fa, dfa, y, vg[:, 1:])
+        self.b = torch.bmm(self.s_ang, (y * fa.unsqueeze(1)).view(n, ka, -1))  # (N, C, nY)
+        sq = torch.bmm(self.s_ang * self.s_ang, (fa * fa).view(n, ka, 1))  # (N, C, 1)
+        angular = 0.5 * ((self.b * self.b) @ basis.pair_matrix - sq)       # (N, C, A+1)
+        if ka:
+            ca = ra.view(n, ka).amin(1)
+            closest = ca if closest is None else torch.minimum(closest, ca)
+        self.closest = closest if closest is not None else rad_vectors.new_full((n,), math.inf)
+        if desc.multi:
+            self.features = torch.cat((radial[:, 0], angular[:, 0], radial[:, 1],
+                                       angular[:, 1]), 1)
+        else:
+            self.features = torch.cat((radial[:, 0], angular[:, 0]), 1)
 
-    @staticmethod
-    def backward(ctx, grad_d, grad_r):
-        u, dd = ctx.saved_tensors
-        g = _rowsum(grad_d.reshape(dd.shape) * dd).unsqueeze(1)            # (E, 1)
-        return (g * u).view(grad_d.shape[0], grad_d.shape[1], 3), None, None, None
-
-
-class _AngularTerms(torch.autograd.Function):
-    """``fc(r) Y_lm(u)`` (N, K, nY) and ``fc(r)`` (N, K) of slot vectors
-    (N, K, 3), and the lengths r (N, K) (not differentiable)."""
-
-    @staticmethod
-    def forward(ctx, v, lo: float, rc: float, basis):
-        n, k, _ = v.shape
-        r, u = _lengths(v.reshape(-1, 3))
-        fc, dfc = _cutoff(r, lo, rc)
-        mono = basis.monomials(u[:, 0], u[:, 1], u[:, 2])                  # (E, nM)
-        vg = basis.values_and_gradients(mono)                              # (E, 4, nY)
-        y = vg[:, 0]
-        yw = y * fc.unsqueeze(1)
-        ctx.save_for_backward(u, r, fc, dfc, y, vg[:, 1:])
-        lengths = r.view(n, k)
-        ctx.mark_non_differentiable(lengths)
-        return yw.view(n, k, -1), fc.view(n, k), lengths
-
-    @staticmethod
-    def backward(ctx, grad_yw, grad_w, grad_r):
-        u, r, fc, dfc, y, grad_y = ctx.saved_tensors
-        e = u.shape[0]
-        g = grad_yw.reshape(e, -1)                                         # (E, nY)
-        radial = _rowsum(g * y)
-        if grad_w is not None:
-            radial = radial + grad_w.reshape(e)
-        tangent = torch.bmm(grad_y, g.unsqueeze(2)).squeeze(2)             # (E, 3)
+    @torch.no_grad()
+    def vector_gradients(self, de_dg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """dE/dv (N, K_r, 3) and (N, K_a, 3) of the radial and angular slot
+        vectors for ``de_dg`` (N, F), the derivative of an energy with respect to
+        :attr:`features` (units of E per Å)."""
+        desc = self.descriptor
+        n, kr, ka = self.shape
+        sl = desc.feature_slices()
+        g = de_dg.to(self.dd.dtype)
+        if desc.multi:
+            g_rad = torch.stack((g[:, sl["radial"]], g[:, sl["weighted_radial"]]), 1)
+            g_ang = torch.stack((g[:, sl["angular"]], g[:, sl["weighted_angular"]]), 1)
+        else:
+            g_rad, g_ang = g[:, sl["radial"]].unsqueeze(1), g[:, sl["angular"]].unsqueeze(1)
+        # radial: dE/dD (N, K, R+1), then along each slot's direction
+        gd = torch.bmm(self.s_rad.transpose(1, 2), g_rad).view(-1, desc.n_rad)
+        grad_rad = (_rowsum(gd * self.dd).unsqueeze(1) * self.u_rad).view(n, kr, 3)
+        # angular: dE/dB = B (gA @ pair^T), dE/dsq = -1/2 sum_n gA
+        u, r, fc, dfc, y, grad_y = self.ang
+        basis = desc.angular_basis
+        gb = self.b * (g_ang @ basis.pair_matrix.t())                      # (N, C, nY)
+        gyw = torch.bmm(self.s_ang.transpose(1, 2), gb).view(n * ka, -1)   # dE/d(w Y)
+        gsq = -0.5 * g_ang.sum(2, keepdim=True).transpose(1, 2)            # (N, 1, C)
+        gw = 2.0 * fc * torch.bmm(gsq, self.s_ang * self.s_ang).view(-1)   # dE/dw (sq part)
+        radial = _rowsum(gyw * y) + gw
+        tangent = torch.bmm(grad_y, gyw.unsqueeze(2)).squeeze(2)           # (E, 3)
         tangent = tangent - _rowsum(tangent * u).unsqueeze(1) * u
-        grad_v = (radial * dfc).unsqueeze(1) * u + (fc / r).unsqueeze(1) * tangent
-        return grad_v.view(grad_yw.shape[0], grad_yw.shape[1], 3), None, None, None
+        grad_ang = (radial * dfc).unsqueeze(1) * u + (fc / r).unsqueeze(1) * tangent
+        return grad_rad, grad_ang.view(n, ka, 3)
+
+
+class _SlotFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rad_vectors, ang_vectors, descriptor, rad_spin, ang_spin):
+        slots = SlotFeatures(descriptor, rad_vectors, ang_vectors, rad_spin, ang_spin)
+        ctx.slots = slots
+        ctx.mark_non_differentiable(slots.closest)
+        return slots.features, slots.closest
+
+    @staticmethod
+    def backward(ctx, grad_features, grad_closest):
+        grad_rad, grad_ang = ctx.slots.vector_gradients(grad_features)
+        return grad_rad, grad_ang, None, None, None
 
 
 def slot_features(descriptor, rad_vectors: torch.Tensor, ang_vectors: torch.Tensor,
                   rad_spin: torch.Tensor | None = None, ang_spin: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (N, F) of the N centre atoms from their slot vectors (Å):
-    ``rad_vectors`` (N, K_r, 3) holding every neighbour within the radial cutoff,
-    ``ang_vectors`` (N, K_a, 3) every neighbour within the angular cutoff (other
-    slots: longer vectors, or pairs at or below ``min_cutoff``, which weigh zero).
-    ``rad_spin``/``ang_spin`` (N, K): the neighbours' typespins (several species).
-
-    Returns the features (differentiable with respect to the vectors) and each
-    atom's smallest slot length (N,) Å.
-    """
-    desc = descriptor
-    lo = desc.min_cutoff
-    radial, r_rad = _RadialTerms.apply(rad_vectors, lo, desc.rad_cutoff, desc.rad_order)
-    yw, w, r_ang = _AngularTerms.apply(ang_vectors, lo, desc.ang_cutoff, desc.angular_basis)
-    closest = torch.minimum(r_rad.amin(1), r_ang.amin(1)) if r_rad.shape[1] and r_ang.shape[1] \
-        else (r_rad if r_rad.shape[1] else r_ang).amin(1)
-    if desc.multi:
-        one = torch.ones_like(rad_spin)
-        rad = torch.bmm(torch.stack((one, rad_spin), 1), radial)          # (N, 2, R+1)
-        spin = torch.stack((torch.ones_like(ang_spin), ang_spin), 1)       # (N, 2, K_a)
-    else:
-        rad = radial.sum(1, keepdim=True)                                  # (N, 1, R+1)
-        spin = torch.ones_like(w).unsqueeze(1)                             # (N, 1, K_a)
-    basis = desc.angular_basis
-    b = torch.bmm(spin, yw)                                                # (N, C, nY)
-    sq = torch.bmm(spin * spin, (w * w).unsqueeze(2))                      # (N, C, 1)
-    ang = 0.5 * ((b * b) @ basis.pair_matrix - sq)                         # (N, C, A+1)
-    if desc.multi:
-        return torch.cat((rad[:, 0], ang[:, 0], rad[:, 1], ang[:, 1]), 1), closest
-    return torch.cat((rad[:, 0], ang[:, 0]), 1), closest
+    """:class:`SlotFeatures` as a torch function: ``(features (N, F), closest
+    (N,) Å)``, the features differentiable (once) with respect to the slot
+    vectors."""
+    return _SlotFunction.apply(rad_vectors, ang_vectors, descriptor, rad_spin, ang_spin)

@@ -221,6 +221,16 @@ class ANNTrajectory:
         self._ref = pos.clone()
         self.n_searches += 1
 
+    def _features(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (N, F) of positions (N, 3), differentiable with respect to
+        them, and each atom's nearest neighbour distance (N,) Å."""
+        from ..descriptors.slot_features import slot_features
+        with torch.no_grad():
+            self._update(pos.detach())
+        rad, ang = (sl.vectors(pos) for sl in self.slots)
+        spins = self.spins if self.descriptor.multi else (None, None)
+        return slot_features(self.descriptor, rad, ang, *spins)
+
     def _update(self, pos: torch.Tensor) -> None:
         """Search again when an atom has moved more than half the skin (or the
         positions are not finite)."""
@@ -232,57 +242,65 @@ class ANNTrajectory:
             self._search(pos)
 
     # ------------------------------------------------------------ features
-    def _features(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (N, F) of positions (N, 3) (differentiable with respect to
-        them) and each atom's nearest neighbour distance (N,) Å (detached)."""
-        from ..descriptors.slot_features import slot_features
-        with torch.no_grad():
-            self._update(pos.detach())
+    def _slots(self, pos: torch.Tensor):
+        """:class:`~nnpflow.descriptors.slot_features.SlotFeatures` of positions
+        (N, 3) Å (searching the Verlet list again when needed)."""
+        from ..descriptors.slot_features import SlotFeatures
+        self._update(pos)
         rad, ang = (sl.vectors(pos) for sl in self.slots)
         spins = self.spins if self.descriptor.multi else (None, None)
-        return slot_features(self.descriptor, rad, ang, *spins)
+        return SlotFeatures(self.descriptor, rad, ang, *spins)
+
+    def _position_gradient(self, slots, de_dg: torch.Tensor) -> torch.Tensor:
+        """dE/dR (N, 3) eV/Å from dE/dG (N, F): each slot vector's gradient on
+        its neighbour, minus on its centre."""
+        out = None
+        for layout, grad in zip(self.slots, slots.vector_gradients(de_dg)):
+            part = torch.zeros_like(grad[:, 0]).index_add_(0, layout.neighbor,
+                                                            grad.view(-1, 3))
+            part -= grad.sum(1)
+            out = part if out is None else out + part
+        return out
 
     # ------------------------------------------------------------ predictions
+    @torch.no_grad()
     def predict(self, positions: np.ndarray, member_forces: bool = True) -> TrajectoryStep:
         """Energies and forces of every member for ``positions`` (A, 3) Å, the
         structures' atoms concatenated in order (``member_forces=False``: the
-        committee's mean forces only, one backward pass)."""
+        committee's mean forces only)."""
         desc = self.descriptor
         pos = torch.as_tensor(np.asarray(positions, dtype=np.float64)).to(
             device=desc.device, dtype=desc.dtype)
         b = len(self.counts)
-        with torch.enable_grad():
-            pos.requires_grad_(True)
-            feats, closest = self._features(pos)
-            leaf = feats.detach().requires_grad_(True)
-            energies, de_dg = [], []
-            for model, ref, atom_nets in zip(self.models, self.reference, self.nets):
-                net, norm = model.net, model.energy_normalization
-                if net.training:
-                    net.eval()
+        slots = self._slots(pos)
+        feats = slots.features
+        leaf = feats.detach().requires_grad_(True)
+        energies, de_dg = [], []
+        for model, ref, atom_nets in zip(self.models, self.reference, self.nets):
+            net, norm = model.net, model.energy_normalization
+            if net.training:
+                net.eval()
+            with torch.enable_grad():
                 eps = (atom_nets(leaf) if atom_nets is not None
                        else net(leaf, self.species, self.groups))
-                # dE/dG in the network's dtype (as ANNModel.energies_and_forces), in eV
+                # dE/dG in the network's dtype (as ANNModel.energies_and_forces)
                 (grad,) = torch.autograd.grad(eps.sum(), leaf)
-                de_dg.append(grad.to(feats.dtype) * norm.scale)
-                sums = torch.zeros(b, dtype=torch.float64, device=pos.device).index_add(
-                    0, self.atom_structure, eps.detach().double())
-                energies.append(norm.scale * sums + norm.shift * self.n_atoms.double() + ref)
-            m = len(self.models)
-            forces = None
-            if member_forces and m > 1:
-                # (a scalar's gradient: grad_outputs would import sympy, ~0.3 s, in
-                # torch's shape checks)
-                forces = np.stack([-torch.autograd.grad((feats * g).sum(), pos,
-                                                        retain_graph=True)[0]
-                                   .double().cpu().numpy() for g in de_dg])
-                mean = forces.mean(axis=0)
-            else:
-                w = de_dg[0] if m == 1 else torch.stack(de_dg).mean(0)
-                (grad,) = torch.autograd.grad((feats * w).sum(), pos)
-                mean = -grad.double().cpu().numpy()
-                if member_forces:
-                    forces = mean[None]
+            de_dg.append(grad.to(feats.dtype) * norm.scale)                # eV
+            sums = torch.zeros(b, dtype=torch.float64, device=pos.device).index_add(
+                0, self.atom_structure, eps.detach().double())
+            energies.append(norm.scale * sums + norm.shift * self.n_atoms.double() + ref)
+        m = len(self.models)
+        forces = None
+        if member_forces and m > 1:
+            forces = np.stack([-self._position_gradient(slots, g).double().cpu().numpy()
+                               for g in de_dg])
+            mean = forces.mean(axis=0)
+        else:
+            w = de_dg[0] if m == 1 else torch.stack(de_dg).mean(0)
+            mean = -self._position_gradient(slots, w).double().cpu().numpy()
+            if member_forces:
+                forces = mean[None]
+        closest = slots.closest
         energy = torch.stack(energies)                                   # (M, B)
         closest = torch.full((b,), float("inf"), dtype=closest.dtype, device=closest.device
                              ).scatter_reduce_(0, self.atom_structure, closest, reduce="amin")

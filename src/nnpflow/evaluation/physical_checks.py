@@ -427,7 +427,7 @@ def nve_checks(calculator: Any, atoms_list: Sequence, settings: MDCheckSettings 
     (:func:`_run_batched`, ~2-3x faster for small structures; ANN potentials
     sharing a descriptor predict through one
     :class:`~nnpflow.models.ann_trajectory.ANNTrajectory`, whose Verlet list
-    carries over from step to step, another ~2x); any other ASE calculator runs
+    carries over from step to step, another ~4x); any other ASE calculator runs
     them one after the other.  Returns one record per run (the
     module docstring), plus ``time_ps``, ``total_energy`` (eV/atom, relative to
     the start), ``max_force_trace`` (eV/Å) and, for a committee,

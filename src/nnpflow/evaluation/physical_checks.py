@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["MDCheckSettings", "nve_check", "nve_checks", "physical_checks", "pick_structures",
+           "maxwell_boltzmann_momenta",
            "md_check_plot", "DISTANCE_SEARCH"]
 
 #: neighbour-search radius of the smallest-distance record (Å)

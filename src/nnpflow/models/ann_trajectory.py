@@ -22,16 +22,16 @@ ANN potential or a committee of ANN potentials sharing one descriptor
 The features are those of :class:`~nnpflow.descriptors.ChebyshevDescriptor`
 (the same definitions and the same numbers to rounding; the order in which a
 centre's neighbours are summed may differ), computed by
-:func:`nnpflow.descriptors.slot_features.slot_features` with torch autograd from
-the positions, and every member's network runs on them; the
-forces are minus the gradient of the energy with respect to the positions (one
-backward pass for the committee's mean, one per member for the members' own).
-Units: Å, eV, eV/Å.
+:class:`nnpflow.descriptors.slot_features.SlotFeatures`; every member's network
+runs on them and gives dE/dG (autograd, in the network's dtype, as
+``ANNModel.energies_and_forces``); the forces are minus dE/dG carried back to
+the slot vectors (``SlotFeatures.vector_gradients``) and folded onto their atoms
+(once for the committee's mean, once per member for the members' own).  The
+networks' weights are read when the trajectory is made.  Units: Å, eV, eV/Å.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np

@@ -285,3 +285,24 @@ def test_energy_parity_plot_ticks_are_readable(tmp_path, monkeypatch, centre, sp
     labels = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_xticklabels()
               if t.get_text()]
     assert min(labels) < centre < max(labels)   # full values, not offsets from centre
+
+
+def test_fitted_reference_energies_reach_the_metrics_and_the_summary(trained, tmp_path):
+    """A split whose training part fitted the reference energies (atomic_energies:
+    fit): the evaluation records the fit and the summary table shows it."""
+    from nnpflow.stages import summary as summary_stage
+    data = json.loads(Path(trained["split"]).read_text())
+    data["atomic_energies_fit"] = {"method": "least squares on the training part",
+                                   "atomic_energies": {"Cu": -3.75, "Au": -3.2},
+                                   "n_structures": 8, "rank": 2, "rmse_per_atom": 0.02}
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(data))
+    metrics = evaluate_stage.run(trained["db"], str(split), trained["models"][:1],
+                                 trained["histories"][:1], metrics=str(tmp_path / "m.json"),
+                                 per_species=str(tmp_path / "s.csv"),
+                                 worst_structures=str(tmp_path / "w.csv"), model_name="ann",
+                                 splits=["test"])
+    assert metrics["split"]["atomic_energies_fit"] == data["atomic_energies_fit"]
+    rows = summary_stage.run([str(tmp_path / "m.json")], str(tmp_path / "summary.csv"), ["ann"])
+    assert rows[0]["fitted_atomic_energies"] == (
+        "Au=-3.2 Cu=-3.75 eV (8 training structures, RMSE 0.02 eV/atom)")

@@ -206,3 +206,39 @@ def test_evaluate_stage_flags_a_blown_up_model(trained, tmp_path, caplog):
     assert [r["md_checks"] for r in table] == ["stable (2 runs)",
                                                "UNSTABLE: " + " ".join(bad["unstable"])]
     assert rows[0]["part"] == "test" and float(table[0]["energy_rmse_per_atom"]) > 0
+
+
+def test_velocity_verlet_and_start_equal_ases_own():
+    """The checks' integrator and Maxwell-Boltzmann start are ASE's arithmetic
+    (thermalize_momenta, Stationary, VelocityVerlet) without importing ase.md:
+    the same run, step for step, on an EMT Cu/Au alloy (two masses)."""
+    from ase import units
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+    from ase.md.verlet import VelocityVerlet
+
+    from nnpflow.evaluation.physical_checks import maxwell_boltzmann_momenta
+    atoms = copper()
+    atoms.symbols[::3] = "Au"
+    settings = MDCheckSettings(steps=40, timestep=1.0, temperature=500, seed=7)
+    ours = nve_check(EMT(), atoms, settings)
+    ref = atoms.copy()
+    thermalize_momenta(ref, temperature_K=500, rng=np.random.default_rng(7))
+    Stationary(ref)
+    np.testing.assert_allclose(
+        maxwell_boltzmann_momenta(atoms.get_masses(), 500, np.random.default_rng(7)),
+        ref.get_momenta(), rtol=0, atol=1e-13)
+    ref.calc = EMT()
+    dyn = VelocityVerlet(ref, timestep=1.0 * units.fs)
+    totals, fmax = [], []
+    for step in range(41):
+        if step:
+            dyn.run(1)
+        totals.append(ref.get_total_energy() / len(ref))
+        fmax.append(np.linalg.norm(ref.get_forces(), axis=1).max())
+    assert ours["steps_done"] == 40
+    np.testing.assert_allclose(ours["total_energy"], np.array(totals) - totals[0],
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ours["max_force_trace"], fmax, rtol=0, atol=1e-12)
+    # zero temperature: no motion at all
+    assert not maxwell_boltzmann_momenta(atoms.get_masses(), 0.0,
+                                         np.random.default_rng(0)).any()

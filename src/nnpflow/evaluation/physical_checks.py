@@ -2,9 +2,12 @@
 
 Errors on a test set do not tell whether a model holds in molecular dynamics; a
 model with good RMSEs may still pull atoms together until the run explodes.
-:func:`nve_check` runs one structure for a few hundred femtoseconds with ASE's
-velocity Verlet integrator and :class:`nnpflow.calculator.NNPCalculator`, from a
-Maxwell-Boltzmann start (seeded, zero total momentum), and records
+:func:`nve_check` runs one structure for a few hundred femtoseconds with the
+velocity Verlet integrator (the arithmetic of ASE's ``VelocityVerlet``, without
+importing ``ase.md``, whose import alone costs ~0.25 s: a fifth of the example's
+evaluation) and :class:`nnpflow.calculator.NNPCalculator`, from a
+Maxwell-Boltzmann start (seeded, zero total momentum; ASE's
+``thermalize_momenta`` and ``Stationary``, the same numbers), and records
 
 * ``energy_drift`` -- slope of a least-squares line through the total energy
   (kinetic + potential) per atom against time, in eV/atom/ps, and
@@ -39,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["MDCheckSettings", "nve_check", "nve_checks", "physical_checks", "pick_structures",
+           "maxwell_boltzmann_momenta",
            "md_check_plot", "DISTANCE_SEARCH"]
 
 #: neighbour-search radius of the smallest-distance record (Å)
@@ -144,23 +148,54 @@ class _MinDistance:
 DENSE_ATOMS = 128
 
 
+def maxwell_boltzmann_momenta(masses: np.ndarray, temperature: float,
+                              rng: np.random.Generator, stationary: bool = True) -> np.ndarray:
+    """Momenta (N, 3) (ASE units: amu^(1/2) eV^(1/2)) drawn from the
+    Maxwell-Boltzmann distribution at ``temperature`` K for ``masses`` (N,) amu:
+    ``rng.standard_normal((N, 3)) * sqrt(m kB T)``; with ``stationary``, the
+    centre-of-mass motion removed and the kinetic energy scaled back to its value
+    before (ASE's ``thermalize_momenta`` then ``Stationary``, the same numbers)."""
+    from ase import units
+    masses = np.asarray(masses, dtype=np.float64)
+    xi = rng.standard_normal((len(masses), 3))
+    p = xi * np.sqrt(masses * (units.kB * temperature))[:, np.newaxis]
+    if stationary and len(masses) > 1:
+        e0 = _kinetic(p, masses[:, None])
+        p -= (p.sum(axis=0) / masses.sum()) * masses[:, np.newaxis]
+        ndof = 3 * len(masses)
+        t0 = 2 * e0 / (ndof * units.kB)                     # K, kept
+        scale = (t0 * units.kB) / (2 * _kinetic(p, masses[:, None]) / ndof) \
+            if t0 > 1e-12 else 0.0
+        p = p * np.sqrt(scale)
+    return p
+
+
+def _kinetic(p: np.ndarray, masses: np.ndarray) -> float:
+    """Kinetic energy (eV) of momenta ``p`` (N, 3) with ``masses`` (N, 1) amu."""
+    return 0.5 * float(np.vdot(p, p / masses))
+
+
 class _Run:
-    """State and records of one NVE run (see :func:`nve_checks`)."""
+    """State and records of one NVE run (see :func:`nve_checks`).
+
+    The velocity Verlet step is ASE's ``VelocityVerlet.step`` (the same
+    arithmetic, so the same numbers: ``tests/test_physical_checks.py`` runs both),
+    split in two so that the forces at the new positions of several runs can be
+    predicted in one call: :meth:`drift` (half kick, then the new positions) and
+    :meth:`kick` (the second half kick with the new forces).  Constraints of the
+    input atoms are not applied (the run's copy has none).
+    """
 
     def __init__(self, atoms, settings: MDCheckSettings, label: str | None, committee: bool):
         from ase import units
-        from ase.md import velocitydistribution as vd
-        from ase.md.verlet import VelocityVerlet
         self.atoms = atoms.copy()
+        self.atoms.set_constraint()
         self.n = len(self.atoms)
         self.settings, self.label, self.committee = settings, label, committee
-        # Maxwell-Boltzmann momenta (ASE >= 3.26 names the function thermalize_momenta)
-        thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
-        thermalize(self.atoms, temperature_K=settings.temperature,
-                   rng=np.random.default_rng(settings.seed))
-        if self.n > 1:
-            vd.Stationary(self.atoms)
-        self.dyn = VelocityVerlet(self.atoms, timestep=settings.timestep * units.fs)
+        self.masses = self.atoms.get_masses()[:, None]
+        self.dt = settings.timestep * units.fs
+        self.momenta = maxwell_boltzmann_momenta(self.masses[:, 0], settings.temperature,
+                                                 np.random.default_rng(settings.seed))
         self.distance = _MinDistance(self.atoms)
         self.times: list[float] = []
         self.totals: list[float] = []
@@ -170,6 +205,21 @@ class _Run:
         self.failure: str | None = None
         self.steps_done = 0
         self.seconds = 0.0
+
+    def drift(self, forces: np.ndarray) -> np.ndarray:
+        """First half of a step: the half kick with ``forces`` (N, 3) eV/Å and the
+        positions (N, 3) Å it moves the atoms to (set on :attr:`atoms`)."""
+        p = self.momenta.copy()
+        p += 0.5 * self.dt * forces
+        new = self.atoms.positions + self.dt * p / self.masses
+        self.momenta = p
+        self.atoms.set_positions(new, apply_constraint=False)
+        return new
+
+    def kick(self, forces: np.ndarray) -> None:
+        """Second half of a step: the half kick with the new ``forces``."""
+        self.momenta = self.momenta + 0.5 * self.dt * forces
+        self.steps_done += 1
 
     @property
     def active(self) -> bool:
@@ -181,7 +231,7 @@ class _Run:
         ``closest``: the smallest interatomic distance (Å, ``None`` beyond
         :data:`DISTANCE_SEARCH`) when the prediction found it, else ``False``."""
         step, st = self.steps_done, self.settings
-        etot = float(epot) + self.atoms.get_kinetic_energy()
+        etot = float(epot) + _kinetic(self.momenta, self.masses)
         pos = self.atoms.positions
         if not (math.isfinite(etot) and np.isfinite(forces).all() and np.isfinite(pos).all()):
             self.failure = "non-finite energy, forces or positions"
@@ -201,14 +251,6 @@ class _Run:
         elif f > st.max_force_limit:
             self.failure = (f"force {f:.3g} eV/Å (limit {st.max_force_limit:g} eV/Å) "
                             f"at step {step}")
-
-    def next_positions(self, forces: np.ndarray) -> np.ndarray:
-        """The positions ``VelocityVerlet.step(forces)`` is about to move to (the same
-        arithmetic, so the same numbers)."""
-        p = self.atoms.get_momenta()
-        p += 0.5 * self.dyn.dt * forces
-        masses = self.atoms.get_masses()[:, None]
-        return self.atoms.get_positions() + self.dyn.dt * p / masses
 
     def fail(self, exc: BaseException) -> None:
         self.failure = f"{type(exc).__name__} at step {self.steps_done + 1}: {exc}"
@@ -239,7 +281,7 @@ _RUN_ERRORS = (FloatingPointError, ValueError, RuntimeError, OverflowError)
 
 
 def _run_alone(run: _Run, calculator: Any) -> None:
-    """One run with any ASE calculator: ``VelocityVerlet.step`` asks it for forces."""
+    """One run with any ASE calculator, asked for the forces after every step."""
     run.atoms.calc = calculator
     start = time.perf_counter()
     try:
@@ -247,49 +289,14 @@ def _run_alone(run: _Run, calculator: Any) -> None:
         run.record(run.atoms.get_potential_energy(), forces,
                    calculator.results.get("committee_energies"))
         while run.active:
-            forces = run.dyn.step(forces)
-            run.steps_done += 1
+            run.drift(forces)
+            forces = run.atoms.get_forces()
+            run.kick(forces)
             run.record(run.atoms.get_potential_energy(), forces,
                        calculator.results.get("committee_energies"))
     except _RUN_ERRORS as exc:
         run.fail(exc)
     run.seconds = time.perf_counter() - start
-
-
-class _Prepared:
-    """ASE calculator handing ``VelocityVerlet.step`` the results computed for its
-    new positions in a batch (:func:`_run_batched`); any other positions go to
-    ``fallback`` (the committee's own calculator)."""
-
-    def __init__(self, fallback: Any):
-        from ase.calculators.calculator import Calculator
-
-        class _Calc(Calculator):
-            implemented_properties = ["energy", "free_energy", "forces"]
-
-            def get_property(calc, name, atoms=None, allow_calculation=True):
-                # VelocityVerlet asks for the forces at the positions prepared for it:
-                # hand them over without ASE's comparison of the whole Atoms state
-                if atoms is not None and self.positions is not None and name in self.results \
-                        and np.array_equal(atoms.positions, self.positions):
-                    calc.results = dict(self.results)
-                    calc.atoms = None                    # (a later call recomputes)
-                    return np.array(self.results[name]) if name == "forces" \
-                        else self.results[name]
-                return Calculator.get_property(calc, name, atoms, allow_calculation)
-
-            def calculate(calc, atoms=None, properties=("energy",), system_changes=()):
-                Calculator.calculate(calc, atoms, properties, system_changes)
-                pos = calc.atoms.get_positions()
-                if self.positions is not None and pos.shape == self.positions.shape \
-                        and np.array_equal(pos, self.positions):
-                    calc.results = dict(self.results)
-                else:
-                    fallback.calculate(calc.atoms, ["energy", "forces"], system_changes)
-                    calc.results = dict(fallback.results)
-        self.calc = _Calc()
-        self.positions: np.ndarray | None = None
-        self.results: dict = {}
 
 
 def _committee_predict(calculator: Any, structures: list) -> list[dict]:
@@ -327,25 +334,25 @@ class _TrajectoryPredictor:
         self.current: tuple = ()
         self.trajectory = None
 
-    def __call__(self, items: list[tuple[int, np.ndarray]]) -> list[dict]:
+    def __call__(self, keys: list[int]) -> list[dict]:
         from ..models.ann_trajectory import ANNTrajectory
-        keys = tuple(k for k, _ in items)
+        keys = tuple(keys)
+        atoms = [self.runs[k].atoms for k in keys]
         if keys != self.current or self.trajectory is None:
-            atoms = [self.runs[k].atoms for k in keys]
             self.trajectory = ANNTrajectory(
                 self.models, [a.get_chemical_symbols() for a in atoms],
                 [a.cell[:] for a in atoms], [a.pbc for a in atoms])
             self.current = keys
         traj = self.trajectory
-        step = traj.predict(np.concatenate([pos for _, pos in items]))
+        step = traj.predict(np.concatenate([a.positions for a in atoms]), member_forces=False)
         use_closest = traj.cutoff >= DISTANCE_SEARCH
         out = []
-        for b in range(len(items)):
+        for b in range(len(keys)):
             members = step.energies[:, b]
             e = float(members.mean(axis=0))
             d = float(step.closest[b])
             out.append({"energy": e, "free_energy": e,
-                        "forces": step.member_forces(b).mean(axis=0),
+                        "forces": step.structure_forces(b),
                         "committee_energies": members,
                         "closest": (d if d <= DISTANCE_SEARCH else None) if use_closest
                         else False})
@@ -353,72 +360,58 @@ class _TrajectoryPredictor:
 
 
 def _run_batched(runs: list[_Run], calculator: Any) -> None:
-    """The runs in lockstep with one committee prediction per step for all of them.
-
-    Each run keeps ASE's ``VelocityVerlet.step``; its calculator hands out the
-    forces predicted, together with every other run's, for the positions the step
-    moves to (computed beforehand by the same arithmetic).
-    """
+    """The runs in lockstep with one committee prediction per step for all of them
+    (the forces at every active run's new positions in one call).  A prediction
+    that fails for the batch is repeated run by run with ``calculator``, so that
+    each run fails alone."""
     from ..structure import Structure
-    prepared = [_Prepared(calculator) for _ in runs]
-    for run, prep in zip(runs, prepared):
-        run.atoms.calc = prep.calc
-    forces: dict[int, np.ndarray] = {}
-
     ann = _ann_models(calculator)
     fast = _TrajectoryPredictor(ann, runs) if ann is not None else None
 
-    def predict(items: list[tuple[int, np.ndarray]]) -> list[dict]:
+    def predict(keys: list[int]) -> list[dict]:
         if fast is not None:
-            return fast(items)
-        structs = []
-        for k, pos in items:
-            a = runs[k].atoms.copy()
-            a.set_positions(pos)
-            structs.append(Structure.from_ase(a))
-        return _committee_predict(calculator, structs)
+            return fast(keys)
+        return _committee_predict(calculator, [Structure.from_ase(runs[k].atoms)
+                                               for k in keys])
+
+    def alone(k: int) -> dict:
+        atoms = runs[k].atoms
+        atoms.calc = calculator
+        try:
+            atoms.get_forces()
+            return dict(calculator.results)
+        finally:
+            atoms.calc = None
 
     start = time.perf_counter()
-    try:
-        first = predict([(k, r.atoms.get_positions()) for k, r in enumerate(runs)])
-    except _RUN_ERRORS:
-        first = None
-    for k, run in enumerate(runs):
+    forces: dict[int, np.ndarray] = {}
+    keys = list(range(len(runs)))
+    first = True
+    while keys:
         try:
-            res = first[k] if first is not None else None
-            if res is None:
-                run.atoms.calc = calculator
-                run.atoms.get_forces()
-                res = dict(calculator.results)
-                run.atoms.calc = prepared[k].calc
-            forces[k] = res["forces"]
-            run.record(res["energy"], res["forces"], res.get("committee_energies"),
-                       res.get("closest", False))
-        except _RUN_ERRORS as exc:
-            run.fail(exc)
-    while True:
-        active = [k for k, r in enumerate(runs) if r.active]
-        if not active:
-            break
-        items = []
-        for k in active:
-            try:
-                items.append((k, runs[k].next_positions(forces[k])))
-            except _RUN_ERRORS as exc:
-                runs[k].fail(exc)
-        try:
-            results = predict(items)
+            results = predict(keys)
         except _RUN_ERRORS:
-            results = [None] * len(items)          # each run computes its own, and fails alone
-        for (k, pos), res in zip(items, results):
-            run, prep = runs[k], prepared[k]
-            prep.positions, prep.results = (pos, res) if res is not None else (None, {})
+            results = [None] * len(keys)        # each run computes its own, and fails alone
+        for k, res in zip(keys, results):
+            run = runs[k]
             try:
-                forces[k] = run.dyn.step(forces[k])
-                run.steps_done += 1
-                r = prep.calc.results
-                run.record(r["energy"], forces[k], r.get("committee_energies"),
-                           r.get("closest", False))
+                if res is None:
+                    res = alone(k)
+                forces[k] = res["forces"]
+                if not first:
+                    run.kick(forces[k])
+                run.record(res["energy"], forces[k], res.get("committee_energies"),
+                           res.get("closest", False))
+            except _RUN_ERRORS as exc:
+                run.fail(exc)
+        first = False
+        keys = []
+        for k, run in enumerate(runs):
+            if not run.active:
+                continue
+            try:
+                run.drift(forces[k])
+                keys.append(k)
             except _RUN_ERRORS as exc:
                 run.fail(exc)
     seconds = time.perf_counter() - start
@@ -435,7 +428,7 @@ def nve_checks(calculator: Any, atoms_list: Sequence, settings: MDCheckSettings 
     (:func:`_run_batched`, ~2-3x faster for small structures; ANN potentials
     sharing a descriptor predict through one
     :class:`~nnpflow.models.ann_trajectory.ANNTrajectory`, whose Verlet list
-    carries over from step to step, another ~2x); any other ASE calculator runs
+    carries over from step to step, another ~4x); any other ASE calculator runs
     them one after the other.  Returns one record per run (the
     module docstring), plus ``time_ps``, ``total_energy`` (eV/atom, relative to
     the start), ``max_force_trace`` (eV/Å) and, for a committee,
@@ -520,14 +513,17 @@ def physical_checks(model_files: Sequence[str | os.PathLike], database: str | os
 def md_check_plot(path: str | os.PathLike, runs: list[dict], title: str = "") -> None:
     """Total-energy drift, largest force and (committee) energy spread along each
     NVE run, one line per structure; unstable runs are drawn dashed and named."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from ..safe_write import atomic_path
     spread = any(r.get("spread_trace") for r in runs)
     ncols = 3 if spread else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.6), constrained_layout=True)
+    # matplotlib's object API (no pyplot) and fixed margins: a layout engine
+    # (constrained or tight) would double the drawing time (~0.1 s)
+    fig = Figure(figsize=(4.2 * ncols, 3.6), dpi=90)
+    fig.subplots_adjust(left=0.95 / (4.2 * ncols), right=1 - 0.2 / (4.2 * ncols), bottom=0.14,
+                        top=0.83, wspace=0.38)
+    axes = fig.subplots(1, ncols)
     for r in runs:
         style = "-" if r["stable"] else "--"
         name = f"{r['label']} ({r['n_atoms']} atoms)" + ("" if r["stable"] else " UNSTABLE")
@@ -550,6 +546,5 @@ def md_check_plot(path: str | os.PathLike, runs: list[dict], title: str = "") ->
     head = title + (f" -- UNSTABLE: {', '.join(unstable)}" if unstable else
                     " -- all runs stable" if runs else "")
     fig.suptitle(head, color="red" if unstable else "black")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")

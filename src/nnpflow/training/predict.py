@@ -76,9 +76,8 @@ import torch
 import yaml
 
 from ..errors import ConfigError, InputError, SchemaError
-from ..models.fields import TARGET_NAMES
 from ..safe_write import atomic_path, write_text
-from .losses import METRIC_KINDS, MetricAccumulator, metric, parse_terms
+from .losses import MetricAccumulator, metric, parse_metric_table
 
 LOGGER_NAME = "nnpflow.predict"
 
@@ -121,28 +120,6 @@ def _read_yaml(path: Path, what: str) -> Any:
                           f"({getattr(exc, 'problem', exc)})") from None
 
 
-def metric_terms(table: Any, where: str) -> dict[str, dict[str, float]]:
-    """A term table ``{kind: {field: weight}}`` from either form of Enerzyme's files:
-    ``{rmse: {E: 1}}`` (the tutorial's ``Metrics``) or ``{E: {rmse: 1}}`` (``Metric``)."""
-    if table is None:
-        return {}
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: expected a mapping such as {{E: {{rmse: 1}}}}, got {table!r}")
-    if table and all(key in TARGET_NAMES for key in table):
-        swapped: dict[str, dict[str, Any]] = {}
-        for field, kinds in table.items():
-            if not isinstance(kinds, Mapping):
-                raise ConfigError(f"{where}.{field}: expected a mapping metric -> weight "
-                                  f"({', '.join(METRIC_KINDS)}), got {kinds!r}")
-            for kind, weight in kinds.items():
-                if kind not in METRIC_KINDS:
-                    raise ConfigError(f"{where}.{field}.{kind}: unknown metric; use one of "
-                                      f"{', '.join(METRIC_KINDS)}")
-                swapped.setdefault(kind, {})[field] = weight
-        table = swapped
-    return parse_terms(table, where, TARGET_NAMES)
-
-
 def read_predict_config(path: str | os.PathLike) -> dict:
     """Validate predict.yaml: ``{"Datahub": dict | None, "Metric": terms | None,
     "Trainer": dict}``."""
@@ -158,7 +135,7 @@ def read_predict_config(path: str | os.PathLike) -> dict:
         if "Metric" in raw and "Metrics" in raw:
             raise ConfigError("predict.yaml: give either Metric or Metrics, not both")
         key = "Metric" if "Metric" in raw else "Metrics"
-        terms = metric_terms(raw.get(key), key) or None
+        terms = parse_metric_table(raw.get(key), key) or None
         datahub = raw.get("Datahub") or None
         if datahub is not None and not isinstance(datahub, Mapping):
             raise ConfigError(f"Datahub: expected a mapping, got {datahub!r}")
@@ -476,7 +453,7 @@ def run_predict(config_path: str | os.PathLike, model_dir: str | os.PathLike,
         # predict.yaml's Metric, else the run's: the model's own Metric, the top-level
         # one, or the model's loss terms (what training's test metrics used)
         where = "Metric" if settings["Metric"] else f"{model_dir}/config.yaml metrics of {name}"
-        terms = settings["Metric"] or metric_terms(
+        terms = settings["Metric"] or parse_metric_table(
             entry.get("Metric") or config.get("Metrics") or config.get("Metric")
             or entry["loss"], where)
         for kind, weights in terms.items():

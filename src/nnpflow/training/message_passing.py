@@ -15,7 +15,8 @@ One :class:`ModelJob` trains one Modelhub entry into its folder
   :func:`nnpflow.evaluation.metrics.energy_force_metrics` (per-atom energy and
   force errors, per species), computed with the best weights.
 
-Adam optimises the weighted loss of the entry; the learning rate follows the
+The Trainer's optimiser (Adam unless ``optimizer`` says otherwise,
+:mod:`nnpflow.training.optimizers`) minimises the weighted loss of the entry; the learning rate follows the
 Trainer's schedule per optimiser step; the EMA weights are used for validation,
 test and ``model_best.pt``.  Batch order is drawn per epoch from
 ``default_rng([seed, epoch])`` so a resumed run (``--resume``, also after
@@ -59,6 +60,7 @@ from .early_stopping import EarlyStopping
 from .ema import ExponentialMovingAverage
 from .interrupt import GracefulInterrupt, TrainingInterrupted
 from .losses import MetricAccumulator, WeightedLoss, metric, term_fields
+from .optimizers import make_optimizer
 from .schedules import make_schedule
 
 #: Trainer keys that may change when resuming (they do not change results)
@@ -147,12 +149,9 @@ def chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def make_adam(params: list[torch.Tensor], lr) -> torch.optim.Adam:
-    """Adam (Enerzyme's optimiser), fused into one kernel per step where torch supports
-    it for the parameters' device and dtype."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+    """Adam (Enerzyme's optimiser, the Trainer's default), fused into one kernel per
+    step where torch supports it (:func:`~nnpflow.training.optimizers.make_optimizer`)."""
+    return make_optimizer("adam", {}, params, lr)
 
 
 def optimizer_step(model: LayerStack, loss_fn: WeightedLoss, optimizer: torch.optim.Optimizer,
@@ -342,7 +341,8 @@ def train_model(job: ModelJob) -> dict:
     test_idx = np.asarray(job.split.get("test", []), dtype=np.int64)
     bs, workers = int(cfg["batch_size"]), int(cfg["num_workers"])
     steps_per_epoch = math.ceil(len(train_idx) / bs)
-    optimizer = make_adam(params, cfg["learning_rate"])
+    optimizer = make_optimizer(cfg.get("optimizer", "adam"), cfg.get("optimizer_params", {}),
+                               params, cfg["learning_rate"])
     schedule = make_schedule(cfg["schedule"], optimizer, cfg["learning_rate"],
                              cfg["max_epochs"] * steps_per_epoch, cfg["warmup_ratio"],
                              **cfg["schedule_params"])

@@ -101,7 +101,10 @@ def reject_unknown(block: Mapping, allowed, where: str) -> None:
 FIELD_DOCS: dict[str, tuple[str, str]] = {
     "epochs": ("epochs", "passes over the training structures"),
     "batch_size": ("structures", "structures per optimiser step"),
-    "learning_rate": ("1", "Adam learning rate (the peak of a warmed-up schedule)"),
+    "learning_rate": ("1", "the optimiser's learning rate (the peak of a warmed-up schedule)"),
+    "optimizer": ("-", "adam, adamw or sgd (nnpflow.training.optimizers)"),
+    "optimizer_params": ("-", "the optimiser's own parameters: beta1, beta2, epsilon, "
+                              "weight_decay (adam, adamw); momentum, weight_decay (sgd)"),
     "schedule": ("-", "learning-rate schedule per optimiser step: constant, linear, cosine, "
                       "plateau (on the validation loss)"),
     "schedule_params": ("-", "the schedule's own parameters (nnpflow.training.schedules)"),
@@ -134,6 +137,8 @@ class TrainingSettings:
     epochs: int = 200
     batch_size: int = 32
     learning_rate: float = 0.001
+    optimizer: str = "adam"
+    optimizer_params: Mapping[str, float] = field(default_factory=dict)
     schedule: str = "plateau"
     schedule_params: Mapping[str, float] = field(default_factory=dict)
     warmup_ratio: float = 0.0
@@ -158,6 +163,9 @@ class TrainingSettings:
         set_("batch_size", integer(self.batch_size, w + "batch_size", 1))
         set_("learning_rate", number(self.learning_rate, w + "learning_rate", minimum=0.0,
                                      exclusive_min=True))
+        from .optimizers import check_optimizer
+        name, params = check_optimizer(self.optimizer, self.optimizer_params, w)
+        set_("optimizer_params", MappingProxyType(params))
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"{w}schedule: {self.schedule!r} is not one of "
                               f"{', '.join(SCHEDULES)}{suggest(self.schedule, SCHEDULES)}")
@@ -220,7 +228,9 @@ class TrainingSettings:
             ema_decay=trainer["ema_decay"] or 0.0, patience=trainer["patience"] or 0,
             max_grad_norm=trainer["max_grad_norm"], seed=trainer["seed"],
             device="cuda" if trainer["cuda"] else "cpu", precision=trainer["dtype"],
-            num_workers=trainer["num_workers"], force_weight=0.0, where="Trainer")
+            num_workers=trainer["num_workers"], force_weight=0.0, where="Trainer",
+            optimizer=trainer.get("optimizer", DEFAULTS["optimizer"]),
+            optimizer_params=trainer.get("optimizer_params", {}))
         values.update(overrides)
         return cls(**values)
 
@@ -230,13 +240,24 @@ class TrainingSettings:
         """The ``Trainer`` mapping of the layer-stack trainer
         (:mod:`nnpflow.training.message_passing`); 0 (off) of ``patience`` and
         ``ema_decay`` becomes its null.  Part of a checkpoint's identity: keys and
-        values must stay as they are."""
-        return {"batch_size": self.batch_size, "cuda": bool(cuda), "dtype": self.precision,
-                "schedule": self.schedule, "schedule_params": dict(self.schedule_params),
-                "learning_rate": self.learning_rate, "max_epochs": self.epochs,
-                "num_workers": self.num_workers, "patience": self.patience or None,
-                "seed": self.seed, "warmup_ratio": self.warmup_ratio,
-                "ema_decay": self.ema_decay or None, "max_grad_norm": self.max_grad_norm}
+        values must stay as they are (so the optimiser appears only when it is not
+        the default Adam: checkpoints written before it existed still resume)."""
+        out = {"batch_size": self.batch_size, "cuda": bool(cuda), "dtype": self.precision,
+               "schedule": self.schedule, "schedule_params": dict(self.schedule_params),
+               "learning_rate": self.learning_rate, "max_epochs": self.epochs,
+               "num_workers": self.num_workers, "patience": self.patience or None,
+               "seed": self.seed, "warmup_ratio": self.warmup_ratio,
+               "ema_decay": self.ema_decay or None, "max_grad_norm": self.max_grad_norm}
+        if self.optimizer != DEFAULTS["optimizer"] or self.optimizer_params:
+            out.update(optimizer=self.optimizer, optimizer_params=dict(self.optimizer_params))
+        return out
+
+    def make_optimizer(self, parameters):
+        """This run's ``torch.optim`` optimiser over ``parameters``
+        (:func:`nnpflow.training.optimizers.make_optimizer`)."""
+        from .optimizers import make_optimizer
+        return make_optimizer(self.optimizer, self.optimizer_params, parameters,
+                              self.learning_rate)
 
 
 def _setter(obj):

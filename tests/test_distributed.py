@@ -59,3 +59,32 @@ def test_a_failing_worker_is_reported(tmp_path, monkeypatch):
                        match=r"(?s)rank 1 of 2 exited with status 1.*ValueError: bad input here"):
         launch("test_distributed:failing_worker", ["bad input here"], 2,
                rendezvous_dir=tmp_path)
+
+
+def test_two_gloo_processes_equal_one_process_for_schnet(inputs, tmp_path):
+    """The layer-stack (SchNet) model through the same loop: each rank's share of
+    the global batch, per-term error sums over ranks, the same result as one
+    process (which takes the batch's weighted loss directly)."""
+    from nnpflow.models.model_file import load_layer_stack
+
+    from test_layer_stack_training import SCHNET
+    db, split = inputs
+    training = {**TRAINING, "batch_size": 5, "force_weight": 0.0, "epochs": 3,
+                "ema_decay": 0.5}
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        summary = run(str(db), str(split), str(out / "model.pt"), str(out / "history.csv"),
+                      "schnet", SCHNET, {**training, "devices": devices}, 0, threads=2)
+        assert summary["architecture"] == "schnet"
+        assert summary.get("processes", 1) == devices
+        results[devices] = (load_layer_stack(out / "model.pt")[0].state_dict(),
+                            read_history_csv(out / "history.csv"))
+    (one, h1), (two, h2) = results[1], results[2]
+    assert len(h1) == len(h2) == 3
+    for k, v in one.items():
+        assert torch.allclose(v, two[k], rtol=1e-5, atol=1e-6), k
+    for r1, r2 in zip(h1, h2):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
+    assert not np.isclose(h1[0]["train_loss"], h1[-1]["train_loss"])   # it trained

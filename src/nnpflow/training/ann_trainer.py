@@ -435,6 +435,9 @@ class ANNTrainer:
                            create_graph=True)
         return err, err.sums()
 
+    def complete_sums(self, totals: torch.Tensor) -> torch.Tensor:
+        return totals
+
     def has_loss(self, totals: torch.Tensor) -> bool:
         n_e, n_f = float(totals[1]), float(totals[3])
         return (self.alpha < 1.0 and n_e > 0) or (self.alpha > 0.0 and n_f > 0)

@@ -89,6 +89,10 @@ class Task(Protocol):
     def forward(self, batch: Any) -> tuple[Any, torch.Tensor]:
         """``(work, sums)``: what :meth:`objective` needs, and this rank's sums."""
 
+    def complete_sums(self, totals: torch.Tensor) -> torch.Tensor:
+        """The global sums of a batch with what depends on all of them filled in
+        (e.g. a loss that is not a sum over ranks); usually ``totals`` as given."""
+
     def has_loss(self, totals: torch.Tensor) -> bool:
         """Whether the global sums of a batch have a loss term to optimise."""
 
@@ -285,7 +289,10 @@ class TrainingLoop:
             work, sums = task.forward(batch)
         else:
             work, sums = None, task.zero_sums()
-        totals = distributed.all_reduce_sum(sums.clone()) if self.world > 1 else sums
+        if self.world > 1:
+            totals = task.complete_sums(distributed.all_reduce_sum(sums.clone()))
+        else:
+            totals = task.complete_sums(sums)
         if task.has_loss(totals):
             if work is not None:
                 loss = task.objective(work, totals, self.world)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,10 @@ from ..runtime import keep_freed_memory, resolve_device
 from ..safe_write import write_json, write_text
 
 from .checkpoint import check_resume, load_checkpoint, seed_everything
+from . import distributed
 from .datahub import ProcessedData
 from .early_stopping import EarlyStopping
+from .force_sampling import force_subset
 from .interrupt import GracefulInterrupt, TrainingInterrupted
 from .loop import CheckpointFiles, TrainingLoop, chunks, epoch_order  # noqa: F401 (re-exported)
 from .losses import MetricAccumulator, WeightedLoss, metric, term_fields
@@ -269,12 +272,16 @@ def _prepare_output(job: ModelJob) -> dict[str, Path]:
     check_job(job)
     if job.resume:
         return paths
+    if distributed.rank_and_world()[0] != 0:  # rank 0 clears the folder
+        distributed.barrier()
+        return paths
     existing = [p.name for p in paths.values() if p.exists()]
     if existing:
         for name in existing:
             paths[name].unlink()
         job.logger.info("%s: --force: removed the previous %s", job.name, ", ".join(existing))
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     return paths
 
 
@@ -296,10 +303,19 @@ class LayerStackTask:
     the entry's weighted loss, the Metrics score on the validation part, the
     best (averaged) weights written to ``model_best.pt``, history.csv after
     every epoch, and checkpoints in ``model_last.pt``.  Running sums: the
-    batch losses weighted by their structures, and the structures."""
+    batch losses weighted by their structures, and the structures.
+
+    With a force subset (``settings.force_fraction < 1``, the ``Fa`` terms of
+    an epoch over the atoms of its force structures only,
+    :mod:`~nnpflow.training.force_sampling`) or several processes, the loss
+    is assembled from per-term sums (squared or absolute errors and element
+    counts, summed over ranks), so that R processes compute the gradient of
+    the one global batch's loss; otherwise it is :class:`WeightedLoss` of the
+    batch."""
 
     def __init__(self, job: ModelJob, model: LayerStack, packed, fields, metric_terms: dict,
-                 val_idx: np.ndarray, paths: dict, dtype: torch.dtype, device: torch.device):
+                 val_idx: np.ndarray, paths: dict, dtype: torch.dtype, device: torch.device,
+                 settings: TrainingSettings | None = None, train_idx=None):
         self.job, self.module, self.packed, self.fields = job, model, packed, fields
         self.metric_terms, self.val_idx, self.paths = metric_terms, val_idx, paths
         self.dtype, self.device = dtype, device
@@ -311,18 +327,41 @@ class LayerStackTask:
         # a GPU once per epoch, so that steps need no host synchronisation
         self.check_each_step = device.type == "cpu"
         self.history: list[dict] = []
+        self.rank, self.world = distributed.rank_and_world()
+        self.settings = settings
+        self.train_idx = np.zeros(0, np.int64) if train_idx is None else train_idx
+        self.force_subset = (settings is not None and settings.force_fraction < 1.0
+                             and "Fa" in self.loss_fn.fields)
+        self.terms = [(kind, f, float(w)) for kind, weights in self.loss_fn.terms.items()
+                      for f, w in weights.items()]
+        self.by_terms = self.force_subset or self.world > 1
+        self.force_mask: np.ndarray | None = None
+        self.n_force = 0
 
     def begin_epoch(self, epoch: int) -> None:
-        pass
+        if not self.force_subset:
+            return
+        s = self.settings
+        chosen = force_subset(self.train_idx, s.force_fraction, s.force_sampling, s.seed, epoch)
+        self.force_mask = np.zeros(int(self.train_idx.max()) + 1, dtype=bool)
+        self.force_mask[chosen] = True
+        self.n_force = int(len(chosen))
 
     def batches(self, shares: list[np.ndarray]):
-        return iter_batches(self.packed, shares, self.dtype, self.device, self.workers)
+        made = iter_batches(self.packed, shares, self.dtype, self.device, self.workers)
+        if not self.by_terms:
+            return made
+        return (((b, *batch)) for b, batch in zip(shares, made))
 
     def zero_sums(self) -> torch.Tensor:
-        """``[sum of batch loss x structures, structures]``."""
-        return torch.zeros(2, dtype=torch.float64, device=self.device)
+        """``[sum of batch loss x structures, structures]`` (and with per-term sums:
+        each term's error sum and element count)."""
+        n = 2 + (2 * len(self.terms) if self.by_terms else 0)
+        return torch.zeros(n, dtype=torch.float64, device=self.device)
 
     def forward(self, batch):
+        if self.by_terms:
+            return self._term_sums(*batch)
         inputs, targets = batch
         loss, _ = self.loss_fn(self.module(inputs), targets)
         sums = self.zero_sums()
@@ -330,14 +369,74 @@ class LayerStackTask:
         sums[1] = int(inputs["N"].shape[0])
         return loss, sums
 
-    def has_loss(self, totals: torch.Tensor) -> bool:
-        return True
+    def _term_sums(self, indices: np.ndarray, inputs: dict, targets: dict):
+        """This rank's error sums per term (with gradients) and the sums vector."""
+        out = self.module(inputs)
+        rows = None
+        if self.force_mask is not None:
+            n_atoms = inputs["N"].cpu().numpy()
+            rows = torch.from_numpy(np.flatnonzero(
+                np.repeat(self.force_mask[np.asarray(indices)], n_atoms))).to(self.device)
+        sums = self.zero_sums()
+        sums[1] = len(indices)
+        work = []
+        for k, (kind, f, _) in enumerate(self.terms):
+            pred, ref = out[f], targets[f]
+            if f == "Fa" and rows is not None:
+                pred, ref = pred.index_select(0, rows), ref.index_select(0, rows)
+            diff = pred - ref.to(pred.dtype)
+            err = (diff.abs() if kind == "mae" else diff * diff).sum().double()
+            work.append(err)
+            sums[2 + 2 * k] = err.detach()
+            sums[3 + 2 * k] = diff.numel()
+        return work, sums
 
-    def objective(self, loss: torch.Tensor, totals: torch.Tensor, world: int) -> torch.Tensor:
-        return loss
+    def _term_factors(self, totals: torch.Tensor) -> list[float]:
+        """d loss / d (error sum) of each term at the global sums ``totals``
+        (0 for a term without elements)."""
+        t = totals.tolist()
+        out = []
+        for k, (kind, _, w) in enumerate(self.terms):
+            err, n = t[2 + 2 * k], t[3 + 2 * k]
+            if n == 0 or w == 0:
+                out.append(0.0)
+            elif kind == "rmse":
+                out.append(w / (2.0 * math.sqrt(err * n)) if err > 0 else 0.0)
+            else:  # mse, mae: err / n
+                out.append(w / n)
+        return out
+
+    def complete_sums(self, totals: torch.Tensor) -> torch.Tensor:
+        """The global batch's loss x structures into ``totals[0]`` (per-term sums)."""
+        if not self.by_terms:
+            return totals
+        t = totals.tolist()
+        loss = 0.0
+        for k, (kind, _, w) in enumerate(self.terms):
+            err, n = t[2 + 2 * k], t[3 + 2 * k]
+            if n:
+                loss += w * (math.sqrt(err / n) if kind == "rmse" else err / n)
+        totals[0] = loss * t[1]
+        return totals
+
+    def has_loss(self, totals: torch.Tensor) -> bool:
+        if not self.by_terms:
+            return True
+        t = totals.tolist()
+        return any(w > 0 and t[3 + 2 * k] > 0 for k, (_, _, w) in enumerate(self.terms))
+
+    def objective(self, work, totals: torch.Tensor, world: int) -> torch.Tensor:
+        if not self.by_terms:
+            return work
+        # sum over ranks of c_k * err_k,r: the gradient of the global batch's loss
+        factors = self._term_factors(totals)
+        return sum(c * err for c, err in zip(factors, work))
 
     def train_columns(self, sums: torch.Tensor) -> dict:
-        return {"train_loss": float(sums[0]) / max(int(sums[1]), 1)}
+        row = {"train_loss": float(sums[0]) / max(int(sums[1]), 1)}
+        if self.force_subset:
+            row["force_structures"] = self.n_force
+        return row
 
     def validate(self) -> tuple[float, dict, float]:
         values = validation_metrics(self.module, self.packed, self.val_idx, self.fields,
@@ -355,6 +454,8 @@ class LayerStackTask:
 
     def keep_best(self, epoch: int, score: float | None) -> None:
         job = self.job
+        if self.rank != 0:
+            return
         save_layer_stack(self.paths["model_best.pt"], self.module, {
             "name": job.name, "epoch": epoch, "val_score": score,
             "targets": list(self.module.outputs), "data_hash": job.data.hash})
@@ -399,7 +500,7 @@ class LayerStackTask:
     def restore_entries(self, state: dict) -> torch.Tensor:
         self.module.load_state_dict(state["model"]["state_dict"])
         self.history = list(state["history"])
-        sums = self.zero_sums()
+        sums = self.zero_sums()  # (per-term sums: of the batch, not carried across steps)
         sums[0] = state["epoch_loss"].to(self.device, torch.float64)
         sums[1] = int(state["progress"]["epoch_count"])
         return sums
@@ -443,14 +544,16 @@ def train_model(job: ModelJob) -> dict:
     train_idx = np.asarray(job.split["training"], dtype=np.int64)
     val_idx = np.asarray(job.split.get("validation", []), dtype=np.int64)
     test_idx = np.asarray(job.split.get("test", []), dtype=np.int64)
+    settings = TrainingSettings.from_trainer(cfg)
     task = LayerStackTask(job, model, packed, fields, metric_terms, val_idx, paths, dtype,
-                          device)
-    loop = TrainingLoop(task, TrainingSettings.from_trainer(cfg), train_idx,
+                          device, settings, train_idx)
+    loop = TrainingLoop(task, settings, train_idx,
                         has_validation=len(val_idx) > 0, identity=job.identity(),
                         files=CheckpointFiles(paths["model_last.pt"]), device=device,
                         on_step=job.on_step, progress=job.name if job.show_progress else None)
-    if loop.world > 1:
-        raise ConfigError(f"{where}: layer-stack models train in one process (devices: 1)")
+    if task.force_subset:
+        log.info("%s: forces of %g of the training structures per epoch (%s subsets)",
+                 job.name, settings.force_fraction, settings.force_sampling)
     if not len(val_idx):
         log.info("%s: no validation structures: no early stopping; model_best.pt holds the "
                  "weights of the last epoch", job.name)
@@ -477,6 +580,8 @@ def train_model(job: ModelJob) -> dict:
             return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device,
                            loop.history)
     loop.run(start_epoch, start_step, job.interrupt)
+    if loop.rank != 0:  # rank 0 writes the results
+        return {}
     return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device,
                    loop.history)
 

@@ -230,7 +230,9 @@ class TrainingSettings:
             device="cuda" if trainer["cuda"] else "cpu", precision=trainer["dtype"],
             num_workers=trainer["num_workers"], force_weight=0.0, where="Trainer",
             optimizer=trainer.get("optimizer", DEFAULTS["optimizer"]),
-            optimizer_params=trainer.get("optimizer_params", {}))
+            optimizer_params=trainer.get("optimizer_params", {}),
+            force_fraction=trainer.get("force_fraction", DEFAULTS["force_fraction"]),
+            force_sampling=trainer.get("force_sampling", DEFAULTS["force_sampling"]))
         values.update(overrides)
         return cls(**values)
 
@@ -240,8 +242,9 @@ class TrainingSettings:
         """The ``Trainer`` mapping of the layer-stack trainer
         (:mod:`nnpflow.training.message_passing`); 0 (off) of ``patience`` and
         ``ema_decay`` becomes its null.  Part of a checkpoint's identity: keys and
-        values must stay as they are (so the optimiser appears only when it is not
-        the default Adam: checkpoints written before it existed still resume)."""
+        values must stay as they are (so the optimiser and the force subset appear
+        only when they are not the defaults: checkpoints written before them still
+        resume)."""
         out = {"batch_size": self.batch_size, "cuda": bool(cuda), "dtype": self.precision,
                "schedule": self.schedule, "schedule_params": dict(self.schedule_params),
                "learning_rate": self.learning_rate, "max_epochs": self.epochs,
@@ -250,6 +253,9 @@ class TrainingSettings:
                "ema_decay": self.ema_decay or None, "max_grad_norm": self.max_grad_norm}
         if self.optimizer != DEFAULTS["optimizer"] or self.optimizer_params:
             out.update(optimizer=self.optimizer, optimizer_params=dict(self.optimizer_params))
+        if (self.force_fraction, self.force_sampling) != (DEFAULTS["force_fraction"],
+                                                          DEFAULTS["force_sampling"]):
+            out.update(force_fraction=self.force_fraction, force_sampling=self.force_sampling)
         return out
 
     def make_optimizer(self, parameters):

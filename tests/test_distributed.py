@@ -67,7 +67,7 @@ def test_two_gloo_processes_equal_one_process_for_schnet(inputs, tmp_path):
     process (which takes the batch's weighted loss directly)."""
     from nnpflow.models.model_file import load_layer_stack
 
-    from test_layer_stack_training import SCHNET
+    from test_gpu import SCHNET
     db, split = inputs
     training = {**TRAINING, "batch_size": 5, "force_weight": 0.0, "epochs": 3,
                 "ema_decay": 0.5}

@@ -23,14 +23,9 @@ from nnpflow.training.potential import read_history_csv
 from nnpflow.training.settings import TrainingSettings
 
 from test_ann_data import emt_cells, small_descriptor
+from test_gpu import SCHNET
 from test_train_stage import TRAINING
 
-SCHNET = {"architecture": "schnet",
-          "build_params": {"dim_embedding": 8, "num_rbf": 6, "max_Za": 80, "cutoff_sr": 4.0},
-          "layers": [{"name": "RangeSeparation"}, {"name": "GaussianSmearing"},
-                     {"name": "RandomAtomEmbedding"},
-                     {"name": "Core", "params": {"num_interactions": 1, "hidden_channels": 8}},
-                     {"name": "AtomicAffine"}, {"name": "EnergyReduce"}, {"name": "Force"}]}
 LOSS = {"rmse": {"E": 0.7, "Fa": 0.3}}
 
 
@@ -143,3 +138,13 @@ def test_the_train_stage_trains_schnet_with_a_force_subset(forces_everywhere, tm
     n_train = summary["n_train"]
     assert {row["force_structures"] for row in history} == {force_count(n_train, 0.5)}
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_a_force_subset_without_forces_in_the_loss_is_refused(forces_everywhere, tmp_path):
+    from nnpflow.errors import ConfigError
+    db, split = forces_everywhere
+    with pytest.raises(ConfigError, match=r"models\.schnet: force_fraction/force_sampling "
+                                          r"select .*with force_weight=0"):
+        run(str(db), str(split), str(tmp_path / "model.pt"), str(tmp_path / "history.csv"),
+            "schnet", SCHNET, {**TRAINING, "force_weight": 0.0, "force_fraction": 0.5}, 0)
+    assert not (tmp_path / "model.pt").exists()

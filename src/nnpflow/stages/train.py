@@ -259,6 +259,11 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
                  "their own per-element energy shift (AtomicAffine), so they are not applied",
                  model_name)
     alpha = float(training["force_weight"])
+    if alpha == 0 and (training["force_fraction"] != 1.0
+                       or training["force_sampling"] != "random"):
+        raise ConfigError(f"models.{model_name}: force_fraction/force_sampling select the "
+                          "structures whose forces enter the loss; with force_weight=0 no "
+                          "forces do (set force_weight > 0 or leave them at their defaults)")
     if not all_energies:
         raise ConfigError(f"models.{model_name}: the SchNet trainer needs an energy for every "
                           "structure")

@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 from typing import Sequence
@@ -113,6 +114,13 @@ def _run_rank(rank: int, spec: dict) -> None:
         fn(*spec["args"])
     except TrainingInterrupted:
         (Path(spec["work"]) / f"interrupted_{rank}").touch()
+    except BaseException:
+        # the time tells the launcher which rank failed first (the others then fail
+        # at their next collective, their peer gone)
+        import traceback
+        (Path(spec["work"]) / f"failed_{rank}").write_text(
+            f"{time.time()!r}\n{traceback.format_exc()}", encoding="utf-8")
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -183,17 +191,9 @@ def launch(target: str, args: Sequence, world_size: int, *, device_type: str = "
         try:
             while not context.join(timeout=poll_s):
                 pass
-        except mp.ProcessRaisedException as exc:
-            tail = str(exc).split("\n", 1)[-1][-3000:]
-            raise RuntimeError(f"distributed training failed:\nrank {exc.error_index} of "
-                               f"{world_size} exited with status 1; its output ends with:\n"
-                               f"{tail}") from None
-        except mp.ProcessExitedException as exc:
-            how = (f"was killed by {exc.signal_name}" if exc.signal_name
-                   else f"exited with status {exc.exit_code}")
-            raise RuntimeError(f"distributed training failed:\nrank {exc.error_index} of "
-                               f"{world_size} {how} (its output is above, in this process's "
-                               "stderr)") from None
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            raise RuntimeError("distributed training failed:\n"
+                               + _failure_report(work, exc, world_size)) from None
         if any(work.glob("interrupted_*")):
             raise TrainingInterrupted("distributed training stopped by SIGTERM after writing "
                                       "its checkpoint; rerun to resume")
@@ -206,6 +206,22 @@ def launch(target: str, args: Sequence, world_size: int, *, device_type: str = "
                     p.kill()
                     p.join()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _failure_report(work: Path, exc: Exception, world_size: int) -> str:
+    """Each failed rank with the end of its traceback, the first to fail first (from
+    the workers' ``failed_<rank>`` files), else what ``torch.multiprocessing`` saw."""
+    failed = []
+    for path in work.glob("failed_*"):
+        when, _, text = path.read_text(encoding="utf-8").partition("\n")
+        failed.append((float(when), int(path.name.split("_")[1]), text))
+    if failed:
+        return "\n".join(f"rank {rank} of {world_size} exited with status 1; its output "
+                         f"ends with:\n{text[-3000:]}" for _, rank, text in sorted(failed))
+    how = (f"was killed by {exc.signal_name}" if getattr(exc, "signal_name", None)
+           else f"exited with status {getattr(exc, 'exit_code', 1)}")
+    return (f"rank {exc.error_index} of {world_size} {how} (its output is above, in this "
+            "process's stderr)")
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -1,4 +1,6 @@
-"""The training loop for layer-stack models (SchNet) of a train.yaml.
+"""Layer-stack models (SchNet) of a train.yaml and of the workflow: their task of the
+one training loop (:class:`LayerStackTask` for :class:`~nnpflow.training.loop.TrainingLoop`)
+and :func:`train_model`, one Modelhub entry's whole training.
 
 One :class:`ModelJob` trains one Modelhub entry into its folder
 ``<DIR>/<name>-<architecture>[-<suffix>]/``:
@@ -16,8 +18,9 @@ One :class:`ModelJob` trains one Modelhub entry into its folder
   force errors, per species), computed with the best weights.
 
 The Trainer's optimiser (Adam unless ``optimizer`` says otherwise,
-:mod:`nnpflow.training.optimizers`) minimises the weighted loss of the entry; the learning rate follows the
-Trainer's schedule per optimiser step; the EMA weights are used for validation,
+:mod:`nnpflow.training.optimizers`) minimises the weighted loss of the entry (with
+``force_fraction`` < 1, the forces of each epoch's force structures only); the
+learning rate follows the Trainer's schedule per optimiser step; the EMA weights are used for validation,
 test and ``model_best.pt``.  Batch order is drawn per epoch from
 ``default_rng([seed, epoch])`` so a resumed run (``--resume``, also after
 SIGTERM mid-epoch) continues with exactly the batches, weights, optimiser, EMA,

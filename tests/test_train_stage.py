@@ -186,6 +186,3 @@ def test_schnet_models_train_through_the_layer_stack_trainer(inputs, tmp_path):
     model, meta = load_layer_stack(tmp_path / "model.pt")
     assert "E" in model.outputs
     assert len(read_history_csv(tmp_path / "history.csv")) == 2
-    with pytest.raises(ConfigError, match="force_fraction/force_sampling apply to ann"):
-        train(inputs, tmp_path / "x", model_cfg=model_cfg,
-              training={**training, "force_weight": 0.2, "force_fraction": 0.5})

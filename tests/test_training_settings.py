@@ -117,3 +117,68 @@ def test_torch_training_config_round_trips_through_the_settings():
     assert (s.epochs, s.batch_size, s.learning_rate, s.patience, s.precision) == (
         5, 4, 0.01, 4, "float64")
     assert TorchTrainingConfig.from_settings(s) == c
+
+
+# ------------------------------------------------------------------ optimiser
+def test_sgd_and_adamw_survive_the_round_trip_through_the_settings():
+    from nnpflow.training.config import SGD, AdamW
+    c = TorchTrainingConfig(method=SGD(lr=0.05, batchsize=3, momentum=0.5, weight_decay=0.1),
+                            testpercent=0)
+    s = c.settings()
+    assert (s.optimizer, dict(s.optimizer_params), s.learning_rate, s.batch_size) == (
+        "sgd", {"momentum": 0.5, "weight_decay": 0.1}, 0.05, 3)
+    back = TorchTrainingConfig.from_settings(s)
+    assert back == c and isinstance(back.method, SGD)
+    w = TorchTrainingConfig(method=AdamW(mu=0.002, beta2=0.99), testpercent=0)
+    assert TorchTrainingConfig.from_settings(w.settings()) == w
+    assert w.settings().optimizer == "adamw"
+
+
+def test_optimiser_settings_are_checked_naming_the_key():
+    with pytest.raises(ConfigError, match=r"^Trainer\.optimizer: 'sgdd' is not one of "
+                                          r"adam, adamw, sgd \(did you mean 'sgd'\?\)"):
+        TrainingSettings(optimizer="sgdd", where="Trainer")
+    with pytest.raises(ConfigError, match=r"optimizer_params \(sgd\): unknown key\(s\) beta1"):
+        TrainingSettings(optimizer="sgd", optimizer_params={"beta1": 0.9})
+    with pytest.raises(ConfigError, match=r"optimizer_params\.momentum: must be < 1\.0"):
+        TrainingSettings(optimizer="sgd", optimizer_params={"momentum": 1.0})
+
+
+def test_the_layer_stack_trainer_carries_a_non_default_optimiser_only():
+    s = TrainingSettings(optimizer="sgd", optimizer_params={"momentum": 0.9})
+    t = s.layer_stack_trainer(cuda=False)
+    assert (t["optimizer"], t["optimizer_params"]) == ("sgd", {"momentum": 0.9})
+    assert "optimizer" not in TrainingSettings().layer_stack_trainer(cuda=False)
+
+
+@pytest.mark.parametrize("surface", ["settings", "method"])
+def test_sgd_and_adam_make_their_own_analytic_first_step(surface):
+    """One step on loss = sum(c * w) (gradient c): SGD moves w by -lr * c (plus
+    momentum-free L2 ``weight_decay * w`` in the gradient), Adam by -lr * c/(|c| + eps)
+    (its bias-corrected first step), AdamW also shrinks w by lr * weight_decay * w."""
+    import torch
+    from nnpflow.training.config import SGD, AdamW
+    c = torch.tensor([0.5, -2.0, 3e-3], dtype=torch.float64)
+    w0 = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
+    lr, wd = 0.1, 0.2
+    cases = {
+        "sgd": (TrainingSettings(optimizer="sgd", learning_rate=lr,
+                                 optimizer_params={"weight_decay": wd}),
+                SGD(lr=lr, weight_decay=wd), w0 - lr * (c + wd * w0)),
+        "adam": (TrainingSettings(optimizer="adam", learning_rate=lr),
+                 Adam(mu=lr), w0 - lr * c / (c.abs() + 1e-8)),
+        "adamw": (TrainingSettings(optimizer="adamw", learning_rate=lr,
+                                   optimizer_params={"weight_decay": wd}),
+                  AdamW(mu=lr, weight_decay=wd), w0 * (1 - lr * wd) - lr * c / (c.abs() + 1e-8)),
+    }
+    moved = {}
+    for name, (settings, method, expected) in cases.items():
+        w = torch.nn.Parameter(w0.clone())
+        opt = settings.make_optimizer([w]) if surface == "settings" else \
+            method.make_optimizer([w])
+        assert type(opt).__name__ == {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[name]
+        (c * w).sum().backward()
+        opt.step()
+        torch.testing.assert_close(w.detach(), expected, rtol=1e-12, atol=1e-12)
+        moved[name] = w.detach()
+    assert not torch.allclose(moved["sgd"], moved["adam"])

@@ -139,6 +139,21 @@ def _clear_checkpoints(folder: Path, reason: str) -> None:
             p.unlink(missing_ok=True)
 
 
+def _log_to(log_files: list[str] | None) -> None:
+    """Rank 0 of a process group appends its log to the caller's log files."""
+    from ..training import distributed
+    if distributed.rank_and_world()[0] != 0 or not log_files:
+        return
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+        for path in log_files:
+            handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+            root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 # ----------------------------------------------------------------------- ANN
 def _train_ann(database: str, split: str, model: str, history: str, model_name: str,
                model_cfg: Mapping, training: Mapping, member: int, checkpoint_dir: str,
@@ -155,15 +170,7 @@ def _train_ann(database: str, split: str, model: str, history: str, model_name: 
     from ..training.potential import TorchANNPotential
 
     rank, world = distributed.rank_and_world()
-    if rank == 0 and log_files:
-        root = logging.getLogger()
-        if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
-            for path in log_files:
-                handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-                handler.setFormatter(logging.Formatter(
-                    "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-                root.addHandler(handler)
-            root.setLevel(logging.INFO)
+    _log_to(log_files)
     cfg = ann_training_config(training, member, Path(checkpoint_dir))
     with DatabaseReader(database, cache_size=0) as reader:
         descriptor = reader.descriptor(dtype=cfg.dtype)
@@ -222,9 +229,10 @@ def _train_ann(database: str, split: str, model: str, history: str, model_name: 
 
 # -------------------------------------------------------------------- SchNet
 def _train_schnet(database: str, split: str, model: str, history: str, model_name: str,
-                  model_cfg: Mapping, training: Mapping, member: int, checkpoint_dir: str
-                  ) -> dict:
-    """Train a layer-stack (SchNet) model with the trainer of ``nnpflow train``."""
+                  model_cfg: Mapping, training: Mapping, member: int, checkpoint_dir: str,
+                  log_files: list[str] | None = None) -> dict:
+    """Train a layer-stack (SchNet) model with the trainer of ``nnpflow train`` (in this
+    process, or as one rank of a process group: rank 0 writes the files)."""
     import numpy as np
 
     from ..database import DatabaseReader
@@ -237,12 +245,9 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
     from ..training.message_passing import ModelJob, train_model
     from ..training.modelhub import resolve_layer_stack_entry
 
-    if training["force_fraction"] != 1.0 or training["force_sampling"] != "random":
-        raise ConfigError(f"models.{model_name}: force_fraction/force_sampling apply to ann "
-                          "models only (the SchNet trainer uses every force)")
-    if training["devices"] != 1:
-        raise ConfigError(f"models.{model_name}: devices > 1 (distributed training) is "
-                          "available for ann models only")
+    from ..training import distributed
+
+    _log_to(log_files)
     with DatabaseReader(database) as reader:
         parts = load_split(split, reader.structures_fingerprint, len(reader))
         n_structures = len(reader)
@@ -254,6 +259,11 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
                  "their own per-element energy shift (AtomicAffine), so they are not applied",
                  model_name)
     alpha = float(training["force_weight"])
+    if alpha == 0 and (training["force_fraction"] != 1.0
+                       or training["force_sampling"] != "random"):
+        raise ConfigError(f"models.{model_name}: force_fraction/force_sampling select the "
+                          "structures whose forces enter the loss; with force_weight=0 no "
+                          "forces do (set force_weight > 0 or leave them at their defaults)")
     if not all_energies:
         raise ConfigError(f"models.{model_name}: the SchNet trainer needs an energy for every "
                           "structure")
@@ -295,6 +305,8 @@ def _train_schnet(database: str, split: str, model: str, history: str, model_nam
             log.warning("%s belongs to other settings or data (%s); starting over",
                         out_dir / "model_last.pt", exc)
             train_model(job(False, stop))
+    if distributed.rank_and_world()[0] != 0:
+        return {}
     best = read_model_file(out_dir / "model_best.pt", "layer_stack")[1]
     with atomic_path(model) as tmp:
         shutil.copyfile(out_dir / "model_best.pt", tmp)
@@ -339,11 +351,8 @@ def run(database: str, split: str, model: str, history: str, model_name: str,
     folder.mkdir(parents=True, exist_ok=True)
     if code_version is not None:
         _check_code_version(folder, str(code_version))
-    if arch == "schnet":
-        configure_threads(threads)
-        return _train_schnet(database, split, model, history, model_name, model_cfg, training,
-                             member, str(folder))
-    if not isinstance(model_cfg.get("hidden"), list) or not model_cfg["hidden"]:
+    if arch == "ann" and (not isinstance(model_cfg.get("hidden"), list)
+                          or not model_cfg["hidden"]):
         raise ConfigError(f"models.{model_name}.hidden: expected [[nodes, activation], ...], "
                           f"got {model_cfg.get('hidden')!r}")
     args = (database, split, model, history, model_name, dict(model_cfg), dict(training),
@@ -351,18 +360,23 @@ def run(database: str, split: str, model: str, history: str, model_name: str,
     devices = int(training["devices"])
     if devices == 1:
         configure_threads(threads)
-        return _train_ann(*args)
+        return _train_schnet(*args) if arch == "schnet" else _train_ann(*args)
     from ..training.distributed import launch
     device = resolve_device(training["device"])
     per_process = max(1, int(threads or 1) // devices)
     log.info("%s member %d: data-parallel training in %d %s processes (%d thread(s) each)",
              model_name, member, devices, device.type, per_process)
     try:
-        launch("nnpflow.stages.train:_train_ann", list(args) + [_log_files()], devices,
+        launch(f"nnpflow.stages.train:_train_{arch}", list(args) + [_log_files()], devices,
                device_type=device.type, threads=per_process,
                rendezvous_dir=folder.resolve())  # absolute: file:// of a relative path hangs
     finally:
         _after_appends_to_log_files()
+    if arch == "schnet":
+        from ..models.registry import read_model_file
+        meta = read_model_file(model, "layer_stack")[1]["metadata"]
+        return {"architecture": "schnet", "member": member, "best_epoch": meta.get("epoch"),
+                "best_val_loss": meta.get("val_score"), "processes": devices}
     from ..training.potential import TorchANNPotential
     info = TorchANNPotential.from_file(model).training_info
     return {"architecture": "ann", "member": member, "epochs": info.get("epochs"),

@@ -1,19 +1,24 @@
-"""The training loop of :class:`~nnpflow.training.potential.TorchANNPotential`.
+"""The ANN task of the training loop: :class:`~nnpflow.training.potential.TorchANNPotential`.
 
 One :class:`ANNTrainer` trains the potential's networks on a training split
 (and monitors a validation split) with the settings of a
-:class:`~nnpflow.training.config.TorchTrainingConfig`:
+:class:`~nnpflow.training.config.TorchTrainingConfig`, through the one
+:class:`~nnpflow.training.loop.TrainingLoop` (epochs, steps, optimiser,
+schedule, EMA, validation, early stopping, checkpoints and resume, SIGTERM,
+non-finite detection, data parallelism).  What is the ANN's own, it supplies
+as the loop's task:
 
-* epochs of mini-batches in an order drawn from ``default_rng([seed, epoch])``;
-  the force structures of each epoch from
+* the batches: vectorised aenet-style batches of the dataset (assembled here or
+  by DataLoader workers, :class:`BatchSource`), or energy-only batches from a
+  per-species feature table (:class:`EnergyTable`);
+* the force structures of each epoch from
   :mod:`~nnpflow.training.force_sampling`, applied as the dataset's force
   selection (the others give energy-view samples, so their derivatives are
-  never loaded);
-* per step: one vectorised batch, the loss of :mod:`~nnpflow.training.ann_loss`,
-  gradient clipping, the optimiser, the learning-rate schedule (per step), the
-  weight average (EMA);
-* per epoch: validation loss (EMA weights), early stopping, best weights, a
-  history row, a checkpoint.
+  never loaded), and the warm-up of the runtime caches;
+* the loss of :mod:`~nnpflow.training.ann_loss` (with its surrogate for
+  several processes, :mod:`~nnpflow.training.distributed`), the history columns
+  (RMSEs in eV/atom and eV/Å), the best weights kept in memory, the identity
+  of the run (settings, architecture, descriptor, data).
 
 Checkpoints (``checkpoint_last.pt`` and ``checkpoint_<epoch>.pt`` in
 ``checkpoint_dir``) hold the full state -- weights, optimiser, schedule, EMA,
@@ -49,20 +54,15 @@ import torch
 from ..datasets import configure_runtime_caches, feature_statistics
 from ..datasets.collate import BatchView
 from ..datasets.split import subset_indices
-from ..errors import ConfigError, ResumeMismatchError
-from ..provenance import versions
+from ..errors import ConfigError
 from ..runtime import keep_freed_memory, resolve_device
 from . import distributed
 from .ann_loss import batch_errors, rmse_loss, surrogate_loss
-from .checkpoint import (capture_rng_state, check_resume, load_checkpoint, restore_rng_state,
-                         save_checkpoint)
 from .config import TorchTrainingConfig
-from .early_stopping import EarlyStopping
-from .ema import ExponentialMovingAverage
 from .force_sampling import force_subset
 from .interrupt import GracefulInterrupt, TrainingInterrupted
+from .loop import CheckpointFiles, TrainingLoop, chunks, epoch_order  # noqa: F401 (re-exported)
 from .normalization import energy_normalization
-from .schedules import make_schedule
 
 log = logging.getLogger("nnpflow.training.ann")
 
@@ -70,15 +70,6 @@ LAST_CHECKPOINT = "checkpoint_last.pt"
 
 
 # ------------------------------------------------------------------ helpers
-def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """``indices`` in the order of ``epoch`` (a permutation from seed and epoch)."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(indices)
-
-
-def chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
-    return [indices[k:k + size] for k in range(0, len(indices), size)]
-
-
 def dataset_identity(dataset: Any) -> dict:
     """What identifies a dataset split for the resume guard: the base dataset's
     content (database structures fingerprint or structure content hashes), its
@@ -362,15 +353,7 @@ class ANNTrainer:
             pot.energy_normalization = energy_normalization(self.train_set)
             pot.atomic_energies = dict(getattr(self.train_base, "atomic_energies", {}) or {})
         net.to(device=self.device, dtype=self.dtype)
-        self.params = [p for p in net.parameters() if p.requires_grad]
-        self.optimizer = cfg.method.make_optimizer(self.params)
-        self.steps_per_epoch = math.ceil(len(self.train_idx) / cfg.batch_size)
-        total = max(1, cfg.iterations * self.steps_per_epoch)
-        self.schedule = make_schedule(cfg.schedule, self.optimizer, cfg.method.learning_rate,
-                                      total, cfg.warmup_ratio, **cfg.schedule_params)
-        self.ema = (ExponentialMovingAverage(net, cfg.ema_decay) if cfg.ema_decay > 0 else None)
         has_val = self.val_set is not None
-        self.stopper = EarlyStopping(cfg.patience if (cfg.patience and has_val) else None)
         if not has_val:
             unused = [n for n, on in (("patience", bool(cfg.patience)),
                                       ("plateau schedule", cfg.schedule == "plateau"))
@@ -403,124 +386,125 @@ class ANNTrainer:
                     cache_force_triplet_max_entries=(cfg.cache_force_triplet_max_entries
                                                      if cfg.cache_force_triplets else None))
         self.train_batches = BatchSource(self.train_base, None, cfg)
-        # energy-only steps from a per-species feature table (built in _loop,
-        # after a resume has restored the feature normalisation)
+        # energy-only steps from a per-species feature table (built at the first
+        # epoch, after a resume has restored the feature normalisation)
         self.use_table = (not self.train_forces
                           and EnergyTable.usable(self.train_base, self.train_idx, cfg))
         self.table: EnergyTable | None = None
         if has_val:
             self.val_batches = BatchSource(self.val_base, self.val_forces, cfg)
         self.identity = training_identity(pot, cfg, self.train_set, self.val_set)
+        self.best: dict | None = None
+        self.n_force = 0
+        folder = cfg.checkpoint_dir
+        self.loop = TrainingLoop(
+            self, cfg.settings(), self.train_idx, has_validation=has_val,
+            identity=self.identity, device=self.device, on_step=self.on_step,
+            progress="training" if cfg.show_progress else None,
+            files=CheckpointFiles(None if folder is None else Path(folder) / LAST_CHECKPOINT,
+                                  "checkpoint_{epoch:04d}.pt", cfg.checkpoint_interval,
+                                  cfg.max_checkpoints))
 
-    # ------------------------------------------------------ checkpoints
-    def _state(self, epoch: int, step: int, finished: bool) -> dict:
-        return {
-            "model": self.potential.to_payload(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "ema": None if self.ema is None else self.ema.state_dict(),
-            "early_stopping": self.stopper.state_dict(),
-            "best": self.best,
-            "rng": capture_rng_state(),
-            "progress": {"epoch": int(epoch), "step_in_epoch": int(step),
-                         "finished": bool(finished), "epoch_lr": float(self.epoch_lr),
-                         "steps_per_epoch": int(self.steps_per_epoch)},
-            "epoch_sums": self.epoch_sums.detach().cpu().clone(),
-            "history": list(self.history),
-            "identity": self.identity,
-            "versions": versions(),
-        }
+    # ------------------------------------------- the task of the training loop
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.potential.net
 
-    def _write_checkpoint(self, epoch: int, step: int, finished: bool = False,
-                          numbered: bool = False) -> Path | None:
-        folder = self.config.checkpoint_dir
-        if folder is None or self.rank != 0:
-            return None
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = self._state(epoch, step, finished)
-        save_checkpoint(folder / LAST_CHECKPOINT, state)
-        if numbered:
-            save_checkpoint(folder / f"checkpoint_{epoch:04d}.pt", state)
-            keep = self.config.max_checkpoints
-            if keep is not None:
-                old = sorted(folder.glob("checkpoint_[0-9][0-9][0-9][0-9]*.pt"))
-                for p in old[:-keep]:
-                    p.unlink(missing_ok=True)
-        return folder / LAST_CHECKPOINT
+    log = log
+    check_each_step = True  # the sums are all-reduced per step anyway
 
-    def _restore(self) -> dict:
-        path = self.resume_from
-        if not path.is_file():
-            raise ConfigError(f"resume_from: {path} does not exist")
-        state = load_checkpoint(path, map_location=self.device)
-        changes = check_resume(state["identity"], self.identity, force=self.force_resume,
-                               ignore=self.resume_may_change, source=str(path))
-        if changes:
-            log.warning("resuming from %s despite changes (forced): %s", path, "; ".join(changes))
+    def begin_epoch(self, epoch: int) -> None:
+        self.n_force = self._set_force_selection(epoch)
+
+    def batches(self, shares: list[np.ndarray]):
+        if self.use_table:
+            if self.table is None:
+                self.table = EnergyTable(self.train_base, self.train_idx, self.potential.net,
+                                         self.device, self.dtype)
+            return (self.table.batch(b) for b in shares)
+        return self.train_batches(shares)
+
+    def zero_sums(self) -> torch.Tensor:
+        """``[sse_e, n_e, sse_f, n_f]`` (normalised units)."""
+        return torch.zeros(4, dtype=torch.float64, device=self.device)
+
+    def forward(self, batch):
+        batch = self._to_device(batch)
+        err = batch_errors(self.potential.net, batch, self.potential.energy_normalization,
+                           self.device, self.dtype, with_forces=self.train_forces,
+                           create_graph=True)
+        return err, err.sums()
+
+    def complete_sums(self, totals: torch.Tensor) -> torch.Tensor:
+        return totals
+
+    def has_loss(self, totals: torch.Tensor) -> bool:
+        n_e, n_f = float(totals[1]), float(totals[3])
+        return (self.alpha < 1.0 and n_e > 0) or (self.alpha > 0.0 and n_f > 0)
+
+    def objective(self, err, totals: torch.Tensor, world: int) -> torch.Tensor:
+        if world > 1:  # c * SSE_r, c from the global sums (training.distributed)
+            return surrogate_loss(err, totals, self.alpha)
+        return rmse_loss(err.sse_energy, float(totals[1]), err.sse_force, float(totals[3]),
+                         self.alpha)
+
+    def train_columns(self, sums: torch.Tensor) -> dict:
+        s = sums.tolist()
+        scale = self.potential.energy_normalization.scale
+        return {"train_loss": _loss_value(s, self.alpha),
+                "train_energy_rmse": (math.sqrt(s[0] / s[1]) * scale) if s[1] else None,
+                "train_force_rmse": (math.sqrt(s[2] / s[3]) * scale) if s[3] else None,
+                "force_structures": self.n_force}
+
+    def validate(self) -> tuple[float, dict, list]:
+        v = self._validate().tolist()
+        score = _loss_value(v, self.alpha)
+        scale = self.potential.energy_normalization.scale
+        return score, {"val_loss": score,
+                       "val_energy_rmse": (math.sqrt(v[0] / v[1]) * scale) if v[1] else None,
+                       "val_force_rmse": (math.sqrt(v[2] / v[3]) * scale) if v[3] else None}, v
+
+    def progress_columns(self, stopper) -> dict:
+        return {}
+
+    def keep_best(self, epoch: int, score: float | None) -> None:
+        self.best = {"epoch": epoch, "score": score,
+                     "state_dict": {k: v.detach().clone()
+                                    for k, v in self.potential.net.state_dict().items()}}
+
+    def end_epoch(self, row: dict, stopper, epochs: int) -> None:
+        log.info("epoch %d/%d: train loss %s (E %s eV/atom, F %s eV/Å), val loss %s "
+                 "(E %s, F %s); lr %.3g; %d force structures; %.2f s", row["epoch"],
+                 epochs, _fmt(row["train_loss"]), _fmt(row["train_energy_rmse"]),
+                 _fmt(row["train_force_rmse"]), _fmt(row.get("val_loss")),
+                 _fmt(row.get("val_energy_rmse")), _fmt(row.get("val_force_rmse")),
+                 row["lr"], row["force_structures"], row["time_s"])
+        if stopper.should_stop:
+            log.info("early stopping after epoch %d: %s", row["epoch"], stopper.describe())
+
+    def interrupted(self, epoch: int, step: int, n_steps: int, signal_name: str,
+                    path: Path | None) -> Exception:
+        where = path or Path(self.config.checkpoint_dir) / LAST_CHECKPOINT
+        return TrainingInterrupted(
+            f"training stopped by {signal_name} at epoch {epoch + 1}, step {step + 1}/"
+            f"{n_steps}; the training state is in {where}; resume with "
+            f"resume_from=<that file>", signal_name, [p for p in [path] if p is not None])
+
+    def checkpoint_entries(self, sums: torch.Tensor) -> tuple[dict, dict]:
+        return {"model": self.potential.to_payload(), "best": self.best,
+                "epoch_sums": sums.detach().cpu().clone()}, {}
+
+    def restore_entries(self, state: dict) -> torch.Tensor:
         pot = self.potential
-        try:
-            pot.load_payload_state(state["model"])
-            pot.net.to(device=self.device, dtype=self.dtype)
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ResumeMismatchError(f"cannot resume from {path}: its state does not fit the "
-                                      f"potential ({str(exc).splitlines()[0]})") from None
-        self.schedule.load_state_dict(state["scheduler"])
-        total = max(1, self.config.iterations * self.steps_per_epoch)
-        if total != self.schedule.total_steps:
-            self.schedule.reconfigure(self.config.method.learning_rate, total,
-                                      round(self.config.warmup_ratio * total))
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.stopper.load_state_dict(state["early_stopping"])
+        pot.load_payload_state(state["model"])
+        pot.net.to(device=self.device, dtype=self.dtype)
         self.best = state.get("best")
         if self.best is not None:
             self.best = {**self.best, "state_dict": {k: v.to(self.device) for k, v in
                                                      self.best["state_dict"].items()}}
-        self.history = list(state["history"])
-        self.epoch_sums = state["epoch_sums"].to(self.device)
-        self.epoch_lr = float(state["progress"]["epoch_lr"])
-        restore_rng_state(state["rng"])
-        return state["progress"]
+        return state["epoch_sums"]
 
     # ------------------------------------------------------------- steps
-    def _step(self, batch) -> torch.Tensor:
-        """One optimiser step on this rank's share of a global batch; returns
-        the global sums ``[sse_e, n_e, sse_f, n_f]``."""
-        net, cfg = self.potential.net, self.config
-        norm = self.potential.energy_normalization
-        self.optimizer.zero_grad(set_to_none=True)
-        if batch is not None:
-            batch = self._to_device(batch)
-            err = batch_errors(net, batch, norm, self.device, self.dtype,
-                               with_forces=self.train_forces, create_graph=True)
-            sums = err.sums()
-        else:
-            err = None
-            sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        totals = distributed.all_reduce_sum(sums.clone()) if self.world > 1 else sums
-        n_e, n_f = float(totals[1]), float(totals[3])
-        if (self.alpha < 1.0 and n_e > 0) or (self.alpha > 0.0 and n_f > 0):
-            if self.world > 1:
-                if err is not None:
-                    loss = surrogate_loss(err, totals, self.alpha)
-                    if loss.requires_grad:
-                        loss.backward(inputs=self.params)
-                distributed.all_reduce_gradients(self.params)
-            else:
-                rmse_loss(err.sse_energy, n_e, err.sse_force, n_f,
-                          self.alpha).backward(inputs=self.params)
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.optimizer.step()
-        # (a batch without any loss term -- e.g. force_weight=1 and no force
-        # structure in it -- leaves the weights alone; the schedule still counts it)
-        self.schedule.step()
-        if self.ema is not None:
-            self.ema.update()
-        return totals
-
     def _to_device(self, batch):
         """The batch on the training device, with derivatives in the training dtype
         (the force contraction runs in the networks' precision)."""
@@ -533,9 +517,6 @@ class ANNTrainer:
             from dataclasses import replace
             batch = replace(batch, derivatives=batch.derivatives.to(dtype=self.dtype))
         return batch
-
-    def _averaged(self):
-        return self.ema.average_parameters() if self.ema is not None else contextlib.nullcontext()
 
     def _validate(self) -> torch.Tensor:
         """Global sums over the validation split (averaged weights)."""
@@ -591,22 +572,24 @@ class ANNTrainer:
         with its final weights (see ``save_best``)."""
         cfg = self.config
         self._setup()
-        self.history: list[dict] = []
-        self.best: dict | None = None
-        self.epoch_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        self.epoch_lr = self.schedule.lr
+        loop = self.loop
         start_epoch, start_step = 0, 0
-        finished = False
         if self.resume_from is not None:
-            progress = self._restore()
-            start_epoch, start_step = int(progress["epoch"]), int(progress["step_in_epoch"])
-            finished = bool(progress["finished"]) and start_epoch >= cfg.iterations
+            if not self.resume_from.is_file():
+                raise ConfigError(f"resume_from: {self.resume_from} does not exist")
+            resumed = loop.restore(self.resume_from, force=self.force_resume,
+                                   ignore=self.resume_may_change, what="the potential")
+            if resumed.changes:
+                log.warning("resuming from %s despite changes (forced): %s", self.resume_from,
+                            "; ".join(resumed.changes))
+            start_epoch, start_step = resumed.epoch, resumed.step
             log.info("resumed from %s at epoch %d, step %d", self.resume_from, start_epoch + 1,
                      start_step)
-        if finished or (self.stopper.should_stop and start_step == 0 and self.history):
-            log.info("training had already finished; nothing to do")
-            self._finish(len(self.history))
-            return self.history
+            if loop.already_done(resumed):
+                log.info("training had already finished; nothing to do")
+                loop.write_checkpoint(len(loop.history), 0, finished=True)
+                self._finish(len(loop.history))
+                return loop.history
         use_interrupt = cfg.checkpoint_dir is not None
         if self.interrupt is not None:  # the caller's, already listening (nnpflow train)
             interrupt = contextlib.nullcontext(self.interrupt)
@@ -620,108 +603,24 @@ class ANNTrainer:
         selection = self.train_base.force_selection
         try:
             with interrupt as stop:
-                self._loop(start_epoch, start_step, stop if use_interrupt else None)
+                loop.run(start_epoch, start_step, stop if use_interrupt else None)
         finally:  # leave the caller's dataset as it was given
             self.train_base.set_force_selection(selection)
-        return self.history
+        self._finish(len(loop.history), loop.stopped_early)
+        return loop.history
 
-    def _loop(self, start_epoch: int, start_step: int, stop) -> None:
-        cfg = self.config
-        net = self.potential.net
-        scale = self.potential.energy_normalization.scale
-        epochs = range(start_epoch, cfg.iterations)
-        if cfg.show_progress and self.rank == 0:
-            from tqdm.auto import tqdm
-            epochs = tqdm(epochs, desc="training", unit="epoch", initial=start_epoch,
-                          total=cfg.iterations)
-        net.train()
-        stopped_early = False
-        for epoch in epochs:
-            t0 = time.perf_counter()
-            n_force = self._set_force_selection(epoch)
-            batches = chunks(epoch_order(self.train_idx, cfg.seed, epoch), cfg.batch_size)
-            first = start_step if epoch == start_epoch else 0
-            if first == 0:
-                self.epoch_lr = self.schedule.lr
-            shares = [b[self.rank::self.world] for b in batches[first:]]
-            if self.use_table:
-                if self.table is None:
-                    self.table = EnergyTable(self.train_base, self.train_idx, net, self.device,
-                                             self.dtype)
-                source = (self.table.batch(b) for b in shares)
-            else:
-                source = self.train_batches(shares)
-            for step, batch in enumerate(source, start=first):
-                totals = self._step(batch)
-                if not bool(torch.isfinite(totals).all()):
-                    raise self._nonfinite(totals.tolist(), epoch, step, shares[step - first])
-                self.epoch_sums += totals
-                if self.on_step is not None:
-                    self.on_step(epoch, step)
-                if stop is not None and distributed.any_rank(stop.requested, self.device):
-                    path = self._write_checkpoint(epoch, step + 1)
-                    raise TrainingInterrupted(
-                        f"training stopped by {stop.signal_name or 'SIGTERM'} at epoch "
-                        f"{epoch + 1}, step {step + 1}/{len(batches)}; the training state is in "
-                        f"{path or Path(cfg.checkpoint_dir) / LAST_CHECKPOINT}; resume with "
-                        f"resume_from=<that file>", stop.signal_name or "SIGTERM",
-                        [p for p in [path] if p is not None])
-            s = self.epoch_sums.tolist()
-            row: dict[str, Any] = {
-                "epoch": epoch + 1, "lr": self.epoch_lr,
-                "train_loss": _loss_value(s, self.alpha),
-                "train_energy_rmse": (math.sqrt(s[0] / s[1]) * scale) if s[1] else None,
-                "train_force_rmse": (math.sqrt(s[2] / s[3]) * scale) if s[3] else None,
-                "force_structures": n_force,
-            }
-            score = None
-            if self.val_set is not None:
-                with self._averaged():
-                    v = self._validate().tolist()
-                score = _loss_value(v, self.alpha)
-                if not math.isfinite(score):
-                    raise self._nonfinite(v, epoch, None, self.val_idx, validation=True)
-                row.update(val_loss=score,
-                           val_energy_rmse=(math.sqrt(v[0] / v[1]) * scale) if v[1] else None,
-                           val_force_rmse=(math.sqrt(v[2] / v[3]) * scale) if v[3] else None)
-                improved = self.stopper.update(score, epoch + 1)
-            else:
-                improved = True
-            row["best"] = bool(improved)
-            if improved:
-                with self._averaged():
-                    self.best = {"epoch": epoch + 1, "score": score,
-                                 "state_dict": {k: v.detach().clone()
-                                                for k, v in net.state_dict().items()}}
-            self.schedule.epoch_end(score)
-            row["time_s"] = round(time.perf_counter() - t0, 4)
-            self.history.append(row)
-            self.epoch_sums.zero_()
-            numbered = (epoch + 1) % cfg.checkpoint_interval == 0
-            self._write_checkpoint(epoch + 1, 0, numbered=numbered)
-            if self.rank == 0:
-                log.info("epoch %d/%d: train loss %s (E %s eV/atom, F %s eV/Å), val loss %s "
-                         "(E %s, F %s); lr %.3g; %d force structures; %.2f s", epoch + 1,
-                         cfg.iterations, _fmt(row["train_loss"]), _fmt(row["train_energy_rmse"]),
-                         _fmt(row["train_force_rmse"]), _fmt(row.get("val_loss")),
-                         _fmt(row.get("val_energy_rmse")), _fmt(row.get("val_force_rmse")),
-                         row["lr"], n_force, row["time_s"])
-            if self.stopper.should_stop:
-                log.info("early stopping after epoch %d: %s", epoch + 1, self.stopper.describe())
-                stopped_early = True
-                break
-        self._finish(len(self.history), stopped_early)
-
-    def _nonfinite(self, sums: list, epoch: int, step: int | None, indices,
-                   validation: bool = False) -> Exception:
+    def nonfinite(self, sums, epoch: int, step: int | None, indices,
+                  validation: bool = False) -> Exception:
         """The error for a non-finite loss (sums ``[sse_e, n_e, sse_f, n_f]``) at
         ``epoch``/``step`` (0-based): names the structures of ``indices`` (this
-        rank's share of the batch, or the validation split) with non-finite inputs,
-        else of the whole training split when the feature normalisation is not
-        finite (one structure's NaN features poison it for every batch)."""
+        rank's share of the batch; the validation split when ``validation``) with
+        non-finite inputs, else of the whole training split when the feature
+        normalisation is not finite (one structure's NaN features poison it for
+        every batch)."""
         from .finite import nonfinite_inputs, nonfinite_loss_error
+        sums = sums.tolist() if isinstance(sums, torch.Tensor) else list(sums)
         base = self.val_base if validation else self.train_base
-        culprits = nonfinite_inputs(base, indices)
+        culprits = nonfinite_inputs(base, self.val_idx if validation else indices)
         searched = "the validation split" if validation else "the batch"
         net = self.potential.net
         stats = list(getattr(net, "feature_mean", [])) + list(getattr(net, "feature_std", []))
@@ -734,22 +633,22 @@ class ANNTrainer:
                                     searched)
 
     def _finish(self, epochs_done: int, stopped_early: bool = False) -> None:
-        """Last checkpoint (live weights), then the final weights into the
-        potential (best, averaged or last; see ``save_best``) and its history."""
+        """The final weights into the potential (best, averaged or last; see
+        ``save_best``) and its history (the loop wrote the last checkpoint)."""
         cfg = self.config
         net = self.potential.net
-        self._write_checkpoint(epochs_done, 0, finished=True)
+        ema = self.loop.ema
         use_best = cfg.save_best and self.val_set is not None and self.best is not None
         if use_best:
             net.load_state_dict(self.best["state_dict"])
-        elif self.ema is not None:
-            self.ema.copy_to()
-        self.potential.history = list(self.history)
+        elif ema is not None:
+            ema.copy_to()
+        self.potential.history = list(self.loop.history)
         self.potential.training_info = {
             "epochs": epochs_done, "stopped_early": bool(stopped_early),
             "best_epoch": None if self.best is None else self.best["epoch"],
             "best_val_loss": None if self.best is None else self.best["score"],
-            "final_weights": "best" if use_best else ("ema" if self.ema is not None else "last"),
+            "final_weights": "best" if use_best else ("ema" if ema is not None else "last"),
             "config": cfg.to_dict(), "world_size": self.world,
             "n_train": int(len(self.train_idx)), "n_validation": int(len(self.val_idx)),
             "data": self.identity["data"],

@@ -15,9 +15,10 @@ Fields (units eV, Å, eV/Å)
     done (so an interrupted and resumed run equals an uninterrupted one);
     resuming a finished run with a larger value trains the further epochs.
 ``method`` (``Adam()``)
-    ``Adam(mu, batchsize, weight_decay, beta1, beta2, epsilon)`` or
+    ``Adam(mu, batchsize, weight_decay, beta1, beta2, epsilon)``,
+    ``AdamW(...)`` (the same fields; decoupled weight decay, default 0.01) or
     ``SGD(lr, batchsize, momentum, weight_decay)``; ``batchsize`` structures
-    per optimiser step.
+    per optimiser step (:mod:`nnpflow.training.optimizers` builds them).
 ``testpercent`` (10)
     Percentage of structures held out for validation when ``train(dataset=...)``
     or ``train(structures=...)`` splits the data (0 to 100; ignored with a
@@ -119,7 +120,7 @@ from .schedules import SCHEDULE_PARAMS, SCHEDULES
 from .settings import (DEFAULTS, SURFACE_DEFAULTS, TrainingSettings, boolean, integer,
                        number)
 
-__all__ = ["Adam", "SGD", "TorchTrainingConfig", "TrainingMethod", "NO_EFFECT"]
+__all__ = ["Adam", "AdamW", "SGD", "TorchTrainingConfig", "TrainingMethod", "NO_EFFECT"]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def _strict_init(cls):
 
 @dataclass
 class TrainingMethod:
-    """Base class of the optimisers (``Adam``, ``SGD``)."""
+    """Base class of the optimisers (``Adam``, ``AdamW``, ``SGD``)."""
 
     @property
     def method_name(self) -> str:
@@ -187,8 +188,26 @@ class TrainingMethod:
     def to_dict(self) -> dict:
         return {"method": self.method_name, **dataclasses.asdict(self)}
 
-    def make_optimizer(self, params):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def optimizer_settings(self) -> tuple[str, dict]:
+        """``(optimizer, optimizer_params)`` of :class:`~nnpflow.training.settings.
+        TrainingSettings` (the learning rate and batch size are fields of their own)."""
+        params = {k: v for k, v in dataclasses.asdict(self).items()
+                  if k not in ("mu", "lr", "batchsize")}
+        return self.method_name, params
+
+    @staticmethod
+    def from_settings(settings: TrainingSettings) -> "TrainingMethod":
+        """The method of ``settings`` (its optimiser, learning rate and batch size)."""
+        cls = {"adam": Adam, "adamw": AdamW, "sgd": SGD}[settings.optimizer]
+        rate = "lr" if cls is SGD else "mu"
+        return cls(**{rate: settings.learning_rate}, batchsize=settings.batch_size,
+                   **dict(settings.optimizer_params))
+
+    def make_optimizer(self, params):
+        """The ``torch.optim`` optimiser (:func:`nnpflow.training.optimizers.make_optimizer`)."""
+        from .optimizers import make_optimizer
+        name, options = self.optimizer_settings()
+        return make_optimizer(name, options, params, self.learning_rate)
 
 
 @_strict_init
@@ -205,14 +224,15 @@ class Adam(TrainingMethod):
     epsilon: float = 1e-8
 
     def __post_init__(self) -> None:
-        self.mu = _number(self.mu, "Adam.mu", minimum=0.0, exclusive_min=True)
-        self.batchsize = _integer(self.batchsize, "Adam.batchsize", 1)
-        self.weight_decay = _number(self.weight_decay, "Adam.weight_decay", minimum=0.0)
-        self.beta1 = _number(self.beta1, "Adam.beta1", minimum=0.0, maximum=1.0,
+        w = type(self).__name__  # Adam or AdamW
+        self.mu = _number(self.mu, f"{w}.mu", minimum=0.0, exclusive_min=True)
+        self.batchsize = _integer(self.batchsize, f"{w}.batchsize", 1)
+        self.weight_decay = _number(self.weight_decay, f"{w}.weight_decay", minimum=0.0)
+        self.beta1 = _number(self.beta1, f"{w}.beta1", minimum=0.0, maximum=1.0,
                              exclusive_max=True)
-        self.beta2 = _number(self.beta2, "Adam.beta2", minimum=0.0, maximum=1.0,
+        self.beta2 = _number(self.beta2, f"{w}.beta2", minimum=0.0, maximum=1.0,
                              exclusive_max=True)
-        self.epsilon = _number(self.epsilon, "Adam.epsilon", minimum=0.0, exclusive_min=True)
+        self.epsilon = _number(self.epsilon, f"{w}.epsilon", minimum=0.0, exclusive_min=True)
 
     @property
     def method_name(self) -> str:
@@ -222,17 +242,19 @@ class Adam(TrainingMethod):
     def learning_rate(self) -> float:
         return self.mu
 
-    def make_optimizer(self, params):
-        """``torch.optim.Adam``, fused into one kernel per step where torch supports
-        it for the parameters' device and dtype (same update, less overhead)."""
-        import torch
-        kwargs = dict(lr=self.mu, betas=(self.beta1, self.beta2), eps=self.epsilon,
-                      weight_decay=self.weight_decay)
-        params = list(params)
-        try:
-            return torch.optim.Adam(params, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):
-            return torch.optim.Adam(params, **kwargs)
+
+@_strict_init
+@dataclass
+class AdamW(Adam):
+    """AdamW (Adam with decoupled weight decay, torch's ``AdamW``): the fields of
+    :class:`Adam`, with ``weight_decay`` (default 0.01, torch's) shrinking the
+    weights by ``lr * weight_decay`` per step instead of entering the gradient."""
+
+    weight_decay: float = 0.01
+
+    @property
+    def method_name(self) -> str:
+        return "adamw"
 
 
 @_strict_init
@@ -261,10 +283,6 @@ class SGD(TrainingMethod):
     def learning_rate(self) -> float:
         return self.lr
 
-    def make_optimizer(self, params):
-        import torch
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
 
 
 #: fields that change how training runs but not its result; a resume may change them
@@ -331,7 +349,8 @@ class TorchTrainingConfig:
         if self.method is None:
             self.method = Adam()
         if not isinstance(self.method, TrainingMethod):
-            raise ConfigError(f"method: expected Adam(...) or SGD(...), got {self.method!r}")
+            raise ConfigError(f"method: expected Adam(...), AdamW(...) or SGD(...), "
+                              f"got {self.method!r}")
         self.testpercent = _number(self.testpercent, "testpercent", minimum=0.0, maximum=100.0)
         self.seed = _integer(self.seed, "seed", 0)
         if self.split_seed is not None:
@@ -459,7 +478,8 @@ class TorchTrainingConfig:
         caches, checkpoints, progress -- and the data options stay here)."""
         return TrainingSettings(
             epochs=self.iterations, batch_size=self.batch_size,
-            learning_rate=self.method.learning_rate, schedule=self.schedule,
+            learning_rate=self.method.learning_rate, optimizer=self.method.method_name,
+            optimizer_params=self.method.optimizer_settings()[1], schedule=self.schedule,
             schedule_params=self.schedule_params, warmup_ratio=self.warmup_ratio,
             ema_decay=self.ema_decay, patience=self.patience or 0,
             max_grad_norm=self.max_grad_norm, seed=self.seed, force_weight=self.force_weight,
@@ -470,7 +490,7 @@ class TorchTrainingConfig:
     @classmethod
     def from_settings(cls, settings: TrainingSettings, **runtime) -> "TorchTrainingConfig":
         """The configuration of :class:`~nnpflow.training.settings.TrainingSettings`
-        (Adam), with ``runtime`` fields (caches, checkpoints, progress) added and no
+        (its optimiser as ``method``), with ``runtime`` fields (caches, checkpoints, progress) added and no
         validation split of its own (``testpercent=0``: the caller gives the parts).
 
         The surfaces that translate through here (the workflow, train.yaml) are
@@ -484,7 +504,7 @@ class TorchTrainingConfig:
                               f"forces enter the loss; with {w}force_weight=0 no forces do (set "
                               "force_weight > 0 or leave them at their defaults)")
         values = dict(
-            iterations=s.epochs, method=Adam(mu=s.learning_rate, batchsize=s.batch_size),
+            iterations=s.epochs, method=TrainingMethod.from_settings(s),
             testpercent=0, seed=s.seed, force_weight=s.force_weight,
             force_fraction=s.force_fraction, force_sampling=s.force_sampling,
             schedule=s.schedule, schedule_params=dict(s.schedule_params),
@@ -513,10 +533,12 @@ class TorchTrainingConfig:
             name = m.pop("method", "adam")
             if name == "adam":
                 data["method"] = Adam(**m)
+            elif name == "adamw":
+                data["method"] = AdamW(**m)
             elif name == "sgd":
                 data["method"] = SGD(**m)
             else:
-                raise ConfigError(f"method: unknown optimiser {name!r} (adam or sgd)")
+                raise ConfigError(f"method: unknown optimiser {name!r} (adam, adamw or sgd)")
         return cls(**data)
 
     def identity(self) -> dict:

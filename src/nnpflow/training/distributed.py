@@ -1,6 +1,6 @@
 """Data-parallel training over several processes (``torch.distributed``).
 
-Inside an initialised process group the ANN trainer splits every global batch
+Inside an initialised process group the training loop splits every global batch
 of B structures across the R ranks (rank r takes structures r, r + R, ...),
 computes the global loss from all-reduced sums of squared errors and
 all-reduces the gradients (a sum).  Because the loss is a root-mean-square over
@@ -11,11 +11,12 @@ process with the same global batch, up to floating-point summation order.
 Gradients are reduced explicitly (not with ``DistributedDataParallel``, whose
 hooks do not support the double backward of force training).
 
-:func:`launch` starts R fresh worker interpreters
-(``python -m nnpflow.training.distributed``) with a file-based rendezvous,
-gloo on CPU and NCCL on CUDA, forwards SIGTERM/SIGINT to them and
-turns a worker's graceful stop (exit status 143) into
-:class:`~nnpflow.training.interrupt.TrainingInterrupted`.
+:func:`launch` starts R worker processes with ``torch.multiprocessing.spawn``
+and a file-based rendezvous, gloo on CPU and NCCL on CUDA, forwards
+SIGTERM/SIGINT to them and turns the workers' graceful stop into
+:class:`~nnpflow.training.interrupt.TrainingInterrupted`.  The training loop
+(:mod:`~nnpflow.training.loop`) does the same for every model family (the
+layer-stack task sums its per-term errors over ranks the same way).
 """
 
 from __future__ import annotations
@@ -25,18 +26,15 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
+import types
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from ..errors import ConfigError
-from ..safe_write import strict_json
 from .interrupt import TrainingInterrupted
-
-#: exit status of a worker that stopped gracefully on SIGTERM
-INTERRUPTED_STATUS = 128 + int(signal.SIGTERM)
-
 
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world size)``; ``(0, 1)`` outside a process group."""
@@ -96,14 +94,14 @@ def backend_for(device_type: str) -> str:
     return "nccl" if device_type == "cuda" else "gloo"
 
 
-def _worker_main(spec_path: str) -> int:
-    """Entry of a worker process (``python -m nnpflow.training.distributed SPEC``)."""
+def _run_rank(rank: int, spec: dict) -> None:
+    """One worker of :func:`launch` (started by ``torch.multiprocessing.spawn``):
+    join the process group, run the target; a graceful stop on SIGTERM
+    (``TrainingInterrupted``) leaves a marker for the launcher and ends normally,
+    so that no rank is killed while rank 0 writes its checkpoint."""
     import importlib
-    import json
 
     import torch.distributed as dist
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    rank = int(os.environ["NNPFLOW_RANK"])
     torch.set_num_threads(max(1, int(spec["threads"])))
     if spec["device_type"] == "cuda":
         torch.cuda.set_device(rank % max(1, torch.cuda.device_count()))
@@ -112,33 +110,41 @@ def _worker_main(spec_path: str) -> int:
                             world_size=int(spec["world_size"]))
     module, _, name = spec["target"].partition(":")
     fn = getattr(importlib.import_module(module), name)
-    status = 0
     try:
         fn(*spec["args"])
     except TrainingInterrupted:
-        status = INTERRUPTED_STATUS
+        (Path(spec["work"]) / f"interrupted_{rank}").touch()
+    except BaseException:
+        # the time tells the launcher which rank failed first (the others then fail
+        # at their next collective, their peer gone)
+        import traceback
+        (Path(spec["work"]) / f"failed_{rank}").write_text(
+            f"{time.time()!r}\n{traceback.format_exc()}", encoding="utf-8")
+        raise
     finally:
         dist.destroy_process_group()
-    return status
 
 
 def launch(target: str, args: Sequence, world_size: int, *, device_type: str = "cpu",
            threads: int = 1, rendezvous_dir: str | os.PathLike | None = None,
            poll_s: float = 0.2) -> None:
-    """Run ``target(*args)`` (``"module:function"``; ``args`` JSON-compatible) in
+    """Run ``target(*args)`` (``"module:function"``; ``args`` picklable) in
     ``world_size`` worker processes forming one process group.
 
-    Workers are fresh interpreters (``python -m nnpflow.training.distributed``),
-    so nothing of the caller's ``__main__`` runs again.  ``threads``: torch
-    threads per worker.  SIGTERM/SIGINT are forwarded to the workers; when a
-    worker fails the others are stopped.  Raises ``TrainingInterrupted`` when
-    the workers stopped on SIGTERM after checkpointing, ``RuntimeError`` (with
-    the end of the failing worker's output) when one failed.
+    Workers are started by ``torch.multiprocessing.spawn``: fresh interpreters
+    that import this module and the target's, never the caller's ``__main__``
+    (a Snakemake script's top level or an unguarded user script does not run
+    again), with a file-based rendezvous in ``rendezvous_dir``, gloo on CPU and NCCL on CUDA, ``threads``
+    torch threads each.  They write to this process's stdout and stderr (a
+    stage's rule log).  Inside a SLURM allocation they run on the allocated
+    node like any child process.  SIGTERM/SIGINT are forwarded to the workers;
+    when a worker fails the others are stopped.  Raises ``TrainingInterrupted``
+    when the workers stopped on SIGTERM after checkpointing, ``RuntimeError``
+    (naming the rank, with the end of its traceback) when one failed.
     """
-    import json
-    import subprocess
     import threading
-    import time
+
+    import torch.multiprocessing as mp
 
     if world_size < 1:
         raise ConfigError(f"devices must be >= 1, got {world_size}")
@@ -148,71 +154,74 @@ def launch(target: str, args: Sequence, world_size: int, *, device_type: str = "
     folder = Path(rendezvous_dir) if rendezvous_dir is not None else Path(tempfile.gettempdir())
     folder.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".distributed-", dir=folder))
-    init_file = work / "rendezvous"
     spec = {"target": target, "args": list(args), "world_size": int(world_size),
-            "device_type": device_type, "threads": int(threads), "init_file": str(init_file)}
-    spec_path = work / "spec.json"
-    spec_path.write_text(strict_json(spec, indent=None), encoding="utf-8")
-    procs, outputs = [], []
+            "device_type": device_type, "threads": int(threads),
+            "init_file": str(work / "rendezvous"), "work": str(work)}
+    context = None
+    received: list[int] = []
     previous = {}
 
     def forward(signum, frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+        received.append(signum)
+        for p in (context.processes if context is not None else []):
+            if p.is_alive():
+                os.kill(p.pid, signum)
 
+    env_threads = os.environ.get("OMP_NUM_THREADS")
     try:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, forward)
-        for rank in range(world_size):
-            env = dict(os.environ, NNPFLOW_RANK=str(rank), OMP_NUM_THREADS=str(threads))
-            out = open(work / f"rank_{rank}.log", "w+b")
-            outputs.append(out)
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "nnpflow.training.distributed", str(spec_path)],
-                env=env, stdout=out, stderr=subprocess.STDOUT))
-        failed = False
-        while any(p.poll() is None for p in procs):
-            if any(p.returncode not in (None, 0, INTERRUPTED_STATUS) for p in procs):
-                failed = True
-                break
-            time.sleep(poll_s)
-        if failed:  # the others usually fail at their next collective; then stop them
-            deadline = time.monotonic() + 10.0
-            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-                time.sleep(poll_s)
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-        codes = [p.wait() for p in procs]
-        bad = [(r, c) for r, c in enumerate(codes) if c not in (0, INTERRUPTED_STATUS)]
-        if bad:
-            reports = []
-            for rank, code in bad:
-                outputs[rank].seek(0)
-                tail = outputs[rank].read().decode("utf-8", "replace")[-3000:]
-                reports.append(f"rank {rank} of {world_size} exited with status {code}; its "
-                               f"output ends with:\n{tail}")
-            raise RuntimeError("distributed training failed:\n" + "\n".join(reports))
-        if any(c == INTERRUPTED_STATUS for c in codes):
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the workers
+        # the workers run _run_rank of this module only: multiprocessing would
+        # otherwise import the caller's __main__ in each of them (a Snakemake
+        # script's top level, which would run the stage again)
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            context = mp.spawn(_run_rank, args=(spec,), nprocs=world_size, join=False)
+        finally:
+            sys.modules["__main__"] = main
+            if env_threads is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = env_threads
+        for signum in received:  # a signal while the workers started
+            forward(signum, None)
+        try:
+            while not context.join(timeout=poll_s):
+                pass
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            raise RuntimeError("distributed training failed:\n"
+                               + _failure_report(work, exc, world_size)) from None
+        if any(work.glob("interrupted_*")):
             raise TrainingInterrupted("distributed training stopped by SIGTERM after writing "
                                       "its checkpoint; rerun to resume")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        if outputs:  # what rank 0 printed (warnings, errors) reaches the caller's stderr
-            outputs[0].seek(0)
-            text = outputs[0].read().decode("utf-8", "replace")
-            if text:
-                sys.stderr.write(text)
-        for out in outputs:
-            out.close()
+        if context is not None:
+            for p in context.processes:
+                if p.is_alive():
+                    p.kill()
+                    p.join()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _failure_report(work: Path, exc: Exception, world_size: int) -> str:
+    """Each failed rank with the end of its traceback, the first to fail first (from
+    the workers' ``failed_<rank>`` files), else what ``torch.multiprocessing`` saw."""
+    failed = []
+    for path in work.glob("failed_*"):
+        when, _, text = path.read_text(encoding="utf-8").partition("\n")
+        failed.append((float(when), int(path.name.split("_")[1]), text))
+    if failed:
+        return "\n".join(f"rank {rank} of {world_size} exited with status 1; its output "
+                         f"ends with:\n{text[-3000:]}" for _, rank, text in sorted(failed))
+    how = (f"was killed by {exc.signal_name}" if getattr(exc, "signal_name", None)
+           else f"exited with status {getattr(exc, 'exit_code', 1)}")
+    return (f"rank {exc.error_index} of {world_size} {how} (its output is above, in this "
+            "process's stderr)")
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -221,6 +230,3 @@ def local_device(device: torch.device) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device())
     return device
 
-
-if __name__ == "__main__":  # a worker of launch()
-    sys.exit(_worker_main(sys.argv[1]))

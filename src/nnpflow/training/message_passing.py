@@ -1,4 +1,6 @@
-"""The training loop for layer-stack models (SchNet) of a train.yaml.
+"""Layer-stack models (SchNet) of a train.yaml and of the workflow: their task of the
+one training loop (:class:`LayerStackTask` for :class:`~nnpflow.training.loop.TrainingLoop`)
+and :func:`train_model`, one Modelhub entry's whole training.
 
 One :class:`ModelJob` trains one Modelhub entry into its folder
 ``<DIR>/<name>-<architecture>[-<suffix>]/``:
@@ -15,8 +17,10 @@ One :class:`ModelJob` trains one Modelhub entry into its folder
   :func:`nnpflow.evaluation.metrics.energy_force_metrics` (per-atom energy and
   force errors, per species), computed with the best weights.
 
-Adam optimises the weighted loss of the entry; the learning rate follows the
-Trainer's schedule per optimiser step; the EMA weights are used for validation,
+The Trainer's optimiser (Adam unless ``optimizer`` says otherwise,
+:mod:`nnpflow.training.optimizers`) minimises the weighted loss of the entry (with
+``force_fraction`` < 1, the forces of each epoch's force structures only); the
+learning rate follows the Trainer's schedule per optimiser step; the EMA weights are used for validation,
 test and ``model_best.pt``.  Batch order is drawn per epoch from
 ``default_rng([seed, epoch])`` so a resumed run (``--resume``, also after
 SIGTERM mid-epoch) continues with exactly the batches, weights, optimiser, EMA,
@@ -40,27 +44,28 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ResumeMismatchError
+from ..errors import ConfigError
 from ..evaluation.metrics import energy_force_metrics
 from ..history import history_csv
 from ..models.batch import PackedGraphs, packed_for_model
 from ..models.lazy_graphs import lazy_for_model
-from ..models.model_file import (MODEL_SCHEMA, MODEL_SCHEMA_VERSION, dtype_from_name,
-                                 model_payload, read_torch_file, save_layer_stack)
+from ..models.model_file import dtype_from_name, model_payload, save_layer_stack
+from ..models.registry import read_model_file
 from ..models.stack import LayerStack
-from ..provenance import versions
 from ..runtime import keep_freed_memory, resolve_device
 from ..safe_write import write_json, write_text
 
-from .checkpoint import (capture_rng_state, check_resume, load_checkpoint, restore_rng_state,
-                         save_checkpoint, seed_everything)
+from .checkpoint import check_resume, load_checkpoint, seed_everything
+from . import distributed
 from .datahub import ProcessedData
 from .early_stopping import EarlyStopping
-from .ema import ExponentialMovingAverage
+from .force_sampling import force_subset
 from .interrupt import GracefulInterrupt, TrainingInterrupted
+from .loop import CheckpointFiles, TrainingLoop, chunks, epoch_order  # noqa: F401 (re-exported)
 from .losses import MetricAccumulator, WeightedLoss, metric, term_fields
 from .modelhub import build_model
-from .schedules import make_schedule
+from .optimizers import make_optimizer
+from .settings import TrainingSettings
 
 #: Trainer keys that may change when resuming (they do not change results)
 RUNTIME_KEYS = ("num_workers",)
@@ -138,22 +143,10 @@ def iter_batches(packed: PackedGraphs, batches: list[np.ndarray], dtype: torch.d
         yield inputs, targets
 
 
-def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """Training indices in the order of ``epoch`` (a permutation drawn from seed and epoch)."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(indices)
-
-
-def chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
-    return [indices[k:k + size] for k in range(0, len(indices), size)]
-
-
 def make_adam(params: list[torch.Tensor], lr) -> torch.optim.Adam:
-    """Adam (Enerzyme's optimiser), fused into one kernel per step where torch supports
-    it for the parameters' device and dtype."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+    """Adam (Enerzyme's optimiser, the Trainer's default), fused into one kernel per
+    step where torch supports it (:func:`~nnpflow.training.optimizers.make_optimizer`)."""
+    return make_optimizer("adam", {}, params, lr)
 
 
 def optimizer_step(model: LayerStack, loss_fn: WeightedLoss, optimizer: torch.optim.Optimizer,
@@ -283,12 +276,16 @@ def _prepare_output(job: ModelJob) -> dict[str, Path]:
     check_job(job)
     if job.resume:
         return paths
+    if distributed.rank_and_world()[0] != 0:  # rank 0 clears the folder
+        distributed.barrier()
+        return paths
     existing = [p.name for p in paths.values() if p.exists()]
     if existing:
         for name in existing:
             paths[name].unlink()
         job.logger.info("%s: --force: removed the previous %s", job.name, ", ".join(existing))
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     return paths
 
 
@@ -301,6 +298,218 @@ def graphs_for_model(data, model: LayerStack, fields, show_progress: bool = Fals
         return packed_for_model(data.structures(), model, targets=fields,
                                 total_charge=total_charge, show_progress=show_progress)
     return lazy_for_model(data.database, model, targets=fields, total_charge=total_charge)
+
+
+class LayerStackTask:
+    """The layer-stack family's task of the training loop
+    (:class:`~nnpflow.training.loop.TrainingLoop`): batches of named fields
+    (``(inputs, targets)`` from :class:`PackedGraphs` or :class:`LazyGraphs`),
+    the entry's weighted loss, the Metrics score on the validation part, the
+    best (averaged) weights written to ``model_best.pt``, history.csv after
+    every epoch, and checkpoints in ``model_last.pt``.  Running sums: the
+    batch losses weighted by their structures, and the structures.
+
+    With a force subset (``settings.force_fraction < 1``, the ``Fa`` terms of
+    an epoch over the atoms of its force structures only,
+    :mod:`~nnpflow.training.force_sampling`) or several processes, the loss
+    is assembled from per-term sums (squared or absolute errors and element
+    counts, summed over ranks), so that R processes compute the gradient of
+    the one global batch's loss; otherwise it is :class:`WeightedLoss` of the
+    batch."""
+
+    def __init__(self, job: ModelJob, model: LayerStack, packed, fields, metric_terms: dict,
+                 val_idx: np.ndarray, paths: dict, dtype: torch.dtype, device: torch.device,
+                 settings: TrainingSettings | None = None, train_idx=None):
+        self.job, self.module, self.packed, self.fields = job, model, packed, fields
+        self.metric_terms, self.val_idx, self.paths = metric_terms, val_idx, paths
+        self.dtype, self.device = dtype, device
+        self.log = job.logger
+        self.loss_fn = WeightedLoss(job.entry["loss"])
+        self.batch_size = int(job.trainer["batch_size"])
+        # validation and test batches (Trainer.inference_batch_size, else batch_size)
+        self.inference_batch_size = int(job.trainer.get("inference_batch_size") or self.batch_size)
+        self.workers = int(job.trainer["num_workers"])
+        # a non-finite loss stops training: every step is checked on the CPU (free); on
+        # a GPU once per epoch, so that steps need no host synchronisation
+        self.check_each_step = device.type == "cpu"
+        self.history: list[dict] = []
+        self.rank, self.world = distributed.rank_and_world()
+        self.settings = settings
+        self.train_idx = np.zeros(0, np.int64) if train_idx is None else train_idx
+        self.force_subset = (settings is not None and settings.force_fraction < 1.0
+                             and "Fa" in self.loss_fn.fields)
+        self.terms = [(kind, f, float(w)) for kind, weights in self.loss_fn.terms.items()
+                      for f, w in weights.items()]
+        self.by_terms = self.force_subset or self.world > 1
+        self.force_mask: np.ndarray | None = None
+        self.n_force = 0
+
+    def begin_epoch(self, epoch: int) -> None:
+        if not self.force_subset:
+            return
+        s = self.settings
+        chosen = force_subset(self.train_idx, s.force_fraction, s.force_sampling, s.seed, epoch)
+        self.force_mask = np.zeros(int(self.train_idx.max()) + 1, dtype=bool)
+        self.force_mask[chosen] = True
+        self.n_force = int(len(chosen))
+
+    def batches(self, shares: list[np.ndarray]):
+        made = iter_batches(self.packed, shares, self.dtype, self.device, self.workers)
+        if not self.by_terms:
+            return made
+        return (((b, *batch)) for b, batch in zip(shares, made))
+
+    def zero_sums(self) -> torch.Tensor:
+        """``[sum of batch loss x structures, structures]`` (and with per-term sums:
+        each term's error sum and element count)."""
+        n = 2 + (2 * len(self.terms) if self.by_terms else 0)
+        return torch.zeros(n, dtype=torch.float64, device=self.device)
+
+    def forward(self, batch):
+        if self.by_terms:
+            return self._term_sums(*batch)
+        inputs, targets = batch
+        loss, _ = self.loss_fn(self.module(inputs), targets)
+        sums = self.zero_sums()
+        sums[0] = loss.detach().double() * int(inputs["N"].shape[0])
+        sums[1] = int(inputs["N"].shape[0])
+        return loss, sums
+
+    def _term_sums(self, indices: np.ndarray, inputs: dict, targets: dict):
+        """This rank's error sums per term (with gradients) and the sums vector."""
+        out = self.module(inputs)
+        rows = None
+        if self.force_mask is not None:
+            n_atoms = inputs["N"].cpu().numpy()
+            rows = torch.from_numpy(np.flatnonzero(
+                np.repeat(self.force_mask[np.asarray(indices)], n_atoms))).to(self.device)
+        sums = self.zero_sums()
+        sums[1] = len(indices)
+        work = []
+        for k, (kind, f, _) in enumerate(self.terms):
+            pred, ref = out[f], targets[f]
+            if f == "Fa" and rows is not None:
+                pred, ref = pred.index_select(0, rows), ref.index_select(0, rows)
+            diff = pred - ref.to(pred.dtype)
+            err = (diff.abs() if kind == "mae" else diff * diff).sum().double()
+            work.append(err)
+            sums[2 + 2 * k] = err.detach()
+            sums[3 + 2 * k] = diff.numel()
+        return work, sums
+
+    def _term_factors(self, totals: torch.Tensor) -> list[float]:
+        """d loss / d (error sum) of each term at the global sums ``totals``
+        (0 for a term without elements)."""
+        t = totals.tolist()
+        out = []
+        for k, (kind, _, w) in enumerate(self.terms):
+            err, n = t[2 + 2 * k], t[3 + 2 * k]
+            if n == 0 or w == 0:
+                out.append(0.0)
+            elif kind == "rmse":
+                out.append(w / (2.0 * math.sqrt(err * n)) if err > 0 else 0.0)
+            else:  # mse, mae: err / n
+                out.append(w / n)
+        return out
+
+    def complete_sums(self, totals: torch.Tensor) -> torch.Tensor:
+        """The global batch's loss x structures into ``totals[0]`` (per-term sums)."""
+        if not self.by_terms:
+            return totals
+        t = totals.tolist()
+        loss = 0.0
+        for k, (kind, _, w) in enumerate(self.terms):
+            err, n = t[2 + 2 * k], t[3 + 2 * k]
+            if n:
+                loss += w * (math.sqrt(err / n) if kind == "rmse" else err / n)
+        totals[0] = loss * t[1]
+        return totals
+
+    def has_loss(self, totals: torch.Tensor) -> bool:
+        if not self.by_terms:
+            return True
+        t = totals.tolist()
+        return any(w > 0 and t[3 + 2 * k] > 0 for k, (_, _, w) in enumerate(self.terms))
+
+    def objective(self, work, totals: torch.Tensor, world: int) -> torch.Tensor:
+        if not self.by_terms:
+            return work
+        # sum over ranks of c_k * err_k,r: the gradient of the global batch's loss
+        factors = self._term_factors(totals)
+        return sum(c * err for c, err in zip(factors, work))
+
+    def train_columns(self, sums: torch.Tensor) -> dict:
+        row = {"train_loss": float(sums[0]) / max(int(sums[1]), 1)}
+        if self.force_subset:
+            row["force_structures"] = self.n_force
+        return row
+
+    def validate(self) -> tuple[float, dict, float]:
+        values = validation_metrics(self.module, self.packed, self.val_idx, self.fields,
+                                    self.inference_batch_size, self.dtype, self.device, self.workers)
+        score = MetricAccumulator.score(values, self.metric_terms)
+        columns = {"val_loss": MetricAccumulator.score(values, self.job.entry["loss"]),
+                   "val_score": score}
+        for kind, weights in self.metric_terms.items():
+            for f in weights:
+                columns[f"val_{kind}_{f}"] = values[f"{kind}_{f}"]
+        return score, columns, score
+
+    def progress_columns(self, stopper: EarlyStopping) -> dict:
+        return {"epochs_without_improvement": stopper.bad_epochs}
+
+    def keep_best(self, epoch: int, score: float | None) -> None:
+        job = self.job
+        if self.rank != 0:
+            return
+        save_layer_stack(self.paths["model_best.pt"], self.module, {
+            "name": job.name, "epoch": epoch, "val_score": score,
+            "targets": list(self.module.outputs), "data_hash": job.data.hash})
+
+    def end_epoch(self, row: dict, stopper: EarlyStopping, epochs: int) -> None:
+        job = self.job
+        self.history.append(row)
+        _write_history(self.paths["history.csv"], self.history)
+        terms = ", ".join(f"{k[4:]} {_fmt(v)}" for k, v in row.items()
+                          if k.startswith("val_") and k not in ("val_loss", "val_score"))
+        score = row.get("val_score")
+        self.log.info("%s epoch %d/%d: train loss %s, val loss %s, score %s%s; lr %.3g; %s; "
+                      "%.1f s", job.name, row["epoch"], epochs, _fmt(row["train_loss"]),
+                      _fmt(row.get("val_loss")), _fmt(score), f" ({terms})" if terms else "",
+                      row["lr"], stopper.describe() if len(self.val_idx) else "no validation",
+                      row["time_s"])
+        if stopper.should_stop:
+            self.log.info("%s: early stopping after epoch %d: %s", job.name, row["epoch"],
+                          stopper.describe())
+
+    def nonfinite(self, raw, epoch: int, step: int | None, indices,
+                  validation: bool = False) -> Exception:
+        if isinstance(raw, torch.Tensor):  # the running sums of a batch or an epoch
+            raw = float(raw[0]) / max(float(raw[1]), 1.0)
+        if validation:
+            return _nonfinite(self.job, raw, epoch, None, self.val_idx, "validation")
+        return _nonfinite(self.job, raw, epoch, step, indices)
+
+    def interrupted(self, epoch: int, step: int, n_steps: int, signal_name: str,
+                    path: Path | None) -> Exception:
+        job = self.job
+        return TrainingInterrupted(
+            f"{job.name}: stopped by {signal_name} at epoch {epoch + 1}, step {step + 1}/"
+            f"{n_steps}; the training state is in {self.paths['model_last.pt']}; continue "
+            f"with: {job.command} --resume", signal_name, [self.paths["model_last.pt"]])
+
+    def checkpoint_entries(self, sums: torch.Tensor) -> tuple[dict, dict]:
+        return ({"model": model_payload(self.module, {"name": self.job.name}),
+                 "epoch_loss": sums[0].detach().cpu().clone()},
+                {"epoch_count": int(sums[1])})
+
+    def restore_entries(self, state: dict) -> torch.Tensor:
+        self.module.load_state_dict(state["model"]["state_dict"])
+        self.history = list(state["history"])
+        sums = self.zero_sums()  # (per-term sums: of the batch, not carried across steps)
+        sums[0] = state["epoch_loss"].to(self.device, torch.float64)
+        sums[1] = int(state["progress"]["epoch_count"])
+        return sums
 
 
 def train_model(job: ModelJob) -> dict:
@@ -341,169 +550,46 @@ def train_model(job: ModelJob) -> dict:
     train_idx = np.asarray(job.split["training"], dtype=np.int64)
     val_idx = np.asarray(job.split.get("validation", []), dtype=np.int64)
     test_idx = np.asarray(job.split.get("test", []), dtype=np.int64)
-    bs, workers = int(cfg["batch_size"]), int(cfg["num_workers"])
-    ibs = int(cfg.get("inference_batch_size") or bs)  # validation and test batches
-    steps_per_epoch = math.ceil(len(train_idx) / bs)
-    optimizer = make_adam(params, cfg["learning_rate"])
-    schedule = make_schedule(cfg["schedule"], optimizer, cfg["learning_rate"],
-                             cfg["max_epochs"] * steps_per_epoch, cfg["warmup_ratio"],
-                             **cfg["schedule_params"])
-    ema = (ExponentialMovingAverage(model, cfg["ema_decay"],
-                                    warmup=cfg.get("ema_use_num_updates", True))
-           if cfg["ema_decay"] is not None else None)
-    stopper = EarlyStopping(cfg["patience"] if len(val_idx) else None)
-    loss_fn = WeightedLoss(entry["loss"])
+    settings = TrainingSettings.from_trainer(cfg)
+    task = LayerStackTask(job, model, packed, fields, metric_terms, val_idx, paths, dtype,
+                          device, settings, train_idx)
+    loop = TrainingLoop(task, settings, train_idx,
+                        has_validation=len(val_idx) > 0, identity=job.identity(),
+                        files=CheckpointFiles(paths["model_last.pt"]), device=device,
+                        on_step=job.on_step, progress=job.name if job.show_progress else None)
+    if task.force_subset:
+        log.info("%s: forces of %g of the training structures per epoch (%s subsets)",
+                 job.name, settings.force_fraction, settings.force_sampling)
     if not len(val_idx):
         log.info("%s: no validation structures: no early stopping; model_best.pt holds the "
                  "weights of the last epoch", job.name)
-    identity = job.identity()
-    history: list[dict] = []
     start_epoch, start_step = 0, 0
-    epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
-    epoch_count = 0
-    lr_used = resumed_lr = schedule.lr
     if job.resume:
-        state = load_checkpoint(paths["model_last.pt"], map_location=device)
-        changes = check_resume(state["identity"], identity, force=job.force,
-                               ignore=job.resume_may_change, source=str(paths["model_last.pt"]))
-        old_epochs = state["identity"].get("Trainer", {}).get("max_epochs")
-        if changes:
-            log.warning("%s: resuming despite changes (--force): %s", job.name, "; ".join(changes))
-        try:
-            model.load_state_dict(state["model"]["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ResumeMismatchError(f"cannot resume from {paths['model_last.pt']}: its state "
-                                      f"does not fit the model ({str(exc).splitlines()[0]})"
-                                      ) from None
-        schedule.load_state_dict(state["scheduler"])
-        total = cfg["max_epochs"] * steps_per_epoch
-        if changes or total != schedule.total_steps:  # the new settings win
-            schedule.reconfigure(cfg["learning_rate"], total, round(cfg["warmup_ratio"] * total))
+        resumed = loop.restore(paths["model_last.pt"], force=job.force,
+                               ignore=job.resume_may_change, what="the model")
+        old_epochs = resumed.state["identity"].get("Trainer", {}).get("max_epochs")
+        if resumed.changes:
+            log.warning("%s: resuming despite changes (--force): %s", job.name,
+                        "; ".join(resumed.changes))
         if old_epochs is not None and old_epochs != cfg["max_epochs"]:
             log.info("%s: max_epochs %s -> %s: training continues to epoch %d%s", job.name,
                      old_epochs, cfg["max_epochs"], cfg["max_epochs"],
                      "" if cfg["schedule"] in ("constant", "plateau") and not cfg["warmup_ratio"]
                      else f" (the {cfg['schedule']} schedule is stretched to the new length)")
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        stopper.load_state_dict(state["early_stopping"])
-        if changes:
-            stopper.patience = cfg["patience"] if len(val_idx) else None
-        history = list(state["history"])
-        progress = state["progress"]
-        start_epoch, start_step = int(progress["epoch"]), int(progress["step_in_epoch"])
-        epoch_loss = state["epoch_loss"].to(device)
-        epoch_count = int(progress["epoch_count"])
-        resumed_lr = progress["epoch_lr"]
-        restore_rng_state(state["rng"])
+        start_epoch, start_step = resumed.epoch, resumed.step
         log.info("%s: resumed from %s at epoch %d, step %d", job.name, paths["model_last.pt"].name,
                  start_epoch + 1, start_step)
-        if progress.get("finished") and not changes and (
-                start_epoch >= cfg["max_epochs"] or stopper.should_stop):
+        if loop.already_done(resumed):
             log.info("%s: training had already finished; nothing to do", job.name)
             if paths["test_metrics.json"].exists():
                 return json.loads(paths["test_metrics.json"].read_text(encoding="utf-8"))
             return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device,
-                           history)
-
-    def checkpoint(epoch: int, step: int, finished: bool = False) -> None:
-        save_checkpoint(paths["model_last.pt"], {
-            "model": model_payload(model, {"name": job.name}),
-            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-            "ema": None if ema is None else ema.state_dict(),
-            "early_stopping": stopper.state_dict(), "rng": capture_rng_state(),
-            "progress": {"epoch": epoch, "step_in_epoch": step, "finished": finished,
-                         "epoch_count": epoch_count, "steps_per_epoch": steps_per_epoch,
-                         "epoch_lr": lr_used},
-            "epoch_loss": epoch_loss.detach().cpu().clone(),
-            "history": history, "identity": identity, "versions": versions()})
-
-    def averaged():
-        return ema.average_parameters() if ema is not None else contextlib.nullcontext()
-
-    max_grad = cfg["max_grad_norm"]
-    # a non-finite loss stops training: every step is checked on the CPU (free); on a
-    # GPU once per epoch, so that steps need no host synchronisation
-    check_each_step = device.type == "cpu"
-    epochs = range(start_epoch, cfg["max_epochs"])
-    if job.show_progress:
-        from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=job.name, unit="epoch", initial=start_epoch,
-                      total=cfg["max_epochs"])
-    for epoch in epochs:
-        t_epoch = time.perf_counter()
-        batches = chunks(epoch_order(train_idx, cfg["seed"], epoch), bs)
-        first = start_step if epoch == start_epoch else 0
-        lr_used = resumed_lr if first else schedule.lr  # the rate of the epoch's first step
-        model.train()
-        for step, (inputs, targets) in enumerate(
-                iter_batches(packed, batches[first:], dtype, device, workers), start=first):
-            loss = optimizer_step(model, loss_fn, optimizer, params, inputs, targets, max_grad)
-            if check_each_step and not bool(torch.isfinite(loss)):
-                raise _nonfinite(job, float(loss), epoch, step, batches[step])
-            schedule.step()
-            if ema is not None:
-                ema.update()
-            n = len(batches[step])
-            epoch_loss += loss.detach().double() * n
-            epoch_count += n
-            if job.on_step is not None:
-                job.on_step(epoch, step)
-            if job.interrupt is not None and job.interrupt.requested:
-                checkpoint(epoch, step + 1)
-                raise TrainingInterrupted(
-                    f"{job.name}: stopped by {job.interrupt.signal_name} at epoch {epoch + 1}, "
-                    f"step {step + 1}/{len(batches)}; the training state is in "
-                    f"{paths['model_last.pt']}; continue with: {job.command} --resume",
-                    job.interrupt.signal_name or "SIGTERM", [paths["model_last.pt"]])
-        train_loss = float(epoch_loss) / max(epoch_count, 1)
-        if not math.isfinite(train_loss):  # (on the GPU the steps are not checked one by one)
-            raise _nonfinite(job, train_loss, epoch, None, train_idx)
-        row = {"epoch": epoch + 1, "lr": lr_used, "train_loss": train_loss}
-        score = None
-        if len(val_idx):
-            with averaged():
-                values = validation_metrics(model, packed, val_idx, fields, ibs, dtype, device,
-                                            workers)
-            score = MetricAccumulator.score(values, metric_terms)
-            if not math.isfinite(score):
-                raise _nonfinite(job, score, epoch, None, val_idx, "validation")
-            row["val_loss"] = MetricAccumulator.score(values, entry["loss"])
-            row["val_score"] = score
-            for kind, weights in metric_terms.items():
-                for f in weights:
-                    row[f"val_{kind}_{f}"] = values[f"{kind}_{f}"]
-            improved = stopper.update(score, epoch + 1)
-        else:
-            improved = True
-        row["best"] = bool(improved)
-        row["epochs_without_improvement"] = stopper.bad_epochs
-        row["time_s"] = round(time.perf_counter() - t_epoch, 3)
-        history.append(row)
-        schedule.epoch_end(score)
-        if improved:
-            with averaged():
-                save_layer_stack(paths["model_best.pt"], model, {
-                    "name": job.name, "epoch": epoch + 1, "val_score": score,
-                    "targets": list(model.outputs), "data_hash": job.data.hash})
-        epoch_loss.zero_()
-        epoch_count = 0
-        checkpoint(epoch + 1, 0)
-        _write_history(paths["history.csv"], history)
-        terms = ", ".join(f"{k[4:]} {_fmt(v)}" for k, v in row.items()
-                          if k.startswith("val_") and k not in ("val_loss", "val_score"))
-        log.info("%s epoch %d/%d: train loss %s, val loss %s, score %s%s; lr %.3g; %s; %.1f s",
-                 job.name, epoch + 1, cfg["max_epochs"], _fmt(train_loss),
-                 _fmt(row.get("val_loss")),
-                 _fmt(score), f" ({terms})" if terms else "", lr_used,
-                 stopper.describe() if len(val_idx) else "no validation", row["time_s"])
-        if stopper.should_stop:
-            log.info("%s: early stopping after epoch %d: %s", job.name, epoch + 1,
-                     stopper.describe())
-            break
-    checkpoint(len(history), 0, finished=True)
-    return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device, history)
+                           loop.history)
+    loop.run(start_epoch, start_step, job.interrupt)
+    if loop.rank != 0:  # rank 0 writes the results
+        return {}
+    return _finish(job, model, packed, test_idx, metric_terms, paths, dtype, device,
+                   loop.history)
 
 
 def _nonfinite(job: ModelJob, value: float, epoch: int, step: int | None, indices,
@@ -519,7 +605,8 @@ def _nonfinite(job: ModelJob, value: float, epoch: int, step: int | None, indice
 
 def _finish(job, model, packed, test_idx, terms, paths, dtype, device, history) -> dict:
     """Load the best weights, evaluate the test part, write test_metrics.json."""
-    best = read_torch_file(paths["model_best.pt"], MODEL_SCHEMA, MODEL_SCHEMA_VERSION, device)
+    # through the registry: a model_best.pt of a run started by an older nnpflow too
+    best = read_model_file(paths["model_best.pt"], "layer_stack")[1]
     model.load_state_dict(best["state_dict"])
     if not len(test_idx):
         job.logger.info("%s: no test structures; no test metrics", job.name)

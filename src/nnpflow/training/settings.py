@@ -101,7 +101,10 @@ def reject_unknown(block: Mapping, allowed, where: str) -> None:
 FIELD_DOCS: dict[str, tuple[str, str]] = {
     "epochs": ("epochs", "passes over the training structures"),
     "batch_size": ("structures", "structures per optimiser step"),
-    "learning_rate": ("1", "Adam learning rate (the peak of a warmed-up schedule)"),
+    "learning_rate": ("1", "the optimiser's learning rate (the peak of a warmed-up schedule)"),
+    "optimizer": ("-", "adam, adamw or sgd (nnpflow.training.optimizers)"),
+    "optimizer_params": ("-", "the optimiser's own parameters: beta1, beta2, epsilon, "
+                              "weight_decay (adam, adamw); momentum, weight_decay (sgd)"),
     "schedule": ("-", "learning-rate schedule per optimiser step: constant, linear, cosine, "
                       "plateau (on the validation loss)"),
     "schedule_params": ("-", "the schedule's own parameters (nnpflow.training.schedules)"),
@@ -138,6 +141,8 @@ class TrainingSettings:
     epochs: int = 200
     batch_size: int = 32
     learning_rate: float = 0.001
+    optimizer: str = "adam"
+    optimizer_params: Mapping[str, float] = field(default_factory=dict)
     schedule: str = "plateau"
     schedule_params: Mapping[str, float] = field(default_factory=dict)
     warmup_ratio: float = 0.0
@@ -164,6 +169,9 @@ class TrainingSettings:
         set_("batch_size", integer(self.batch_size, w + "batch_size", 1))
         set_("learning_rate", number(self.learning_rate, w + "learning_rate", minimum=0.0,
                                      exclusive_min=True))
+        from .optimizers import check_optimizer
+        name, params = check_optimizer(self.optimizer, self.optimizer_params, w)
+        set_("optimizer_params", MappingProxyType(params))
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"{w}schedule: {self.schedule!r} is not one of "
                               f"{', '.join(SCHEDULES)}{suggest(self.schedule, SCHEDULES)}")
@@ -235,7 +243,11 @@ class TrainingSettings:
             patience=trainer["patience"] or 0,
             max_grad_norm=trainer["max_grad_norm"], seed=trainer["seed"],
             device="cuda" if trainer["cuda"] else "cpu", precision=trainer["dtype"],
-            num_workers=trainer["num_workers"], force_weight=0.0, where="Trainer")
+            num_workers=trainer["num_workers"], force_weight=0.0, where="Trainer",
+            optimizer=trainer.get("optimizer", DEFAULTS["optimizer"]),
+            optimizer_params=trainer.get("optimizer_params", {}),
+            force_fraction=trainer.get("force_fraction", DEFAULTS["force_fraction"]),
+            force_sampling=trainer.get("force_sampling", DEFAULTS["force_sampling"]))
         values.update(overrides)
         return cls(**values)
 
@@ -245,8 +257,9 @@ class TrainingSettings:
         """The ``Trainer`` mapping of the layer-stack trainer
         (:mod:`nnpflow.training.message_passing`); 0 (off) of ``patience`` and
         ``ema_decay`` becomes its null.  Part of a checkpoint's identity: keys and
-        values must stay as they are (``ema_use_num_updates`` and
-        ``inference_batch_size`` are added only where they differ from the default)."""
+        values must stay as they are (``ema_use_num_updates``, ``inference_batch_size``,
+        the optimiser and the force subset are added only where they differ from the
+        default: checkpoints written before them still resume)."""
         out = {"batch_size": self.batch_size, "cuda": bool(cuda), "dtype": self.precision,
                "schedule": self.schedule, "schedule_params": dict(self.schedule_params),
                "learning_rate": self.learning_rate, "max_epochs": self.epochs,
@@ -257,7 +270,19 @@ class TrainingSettings:
             out["ema_use_num_updates"] = False
         if self.inference_batch_size is not None:
             out["inference_batch_size"] = self.inference_batch_size
+        if self.optimizer != DEFAULTS["optimizer"] or self.optimizer_params:
+            out.update(optimizer=self.optimizer, optimizer_params=dict(self.optimizer_params))
+        if (self.force_fraction, self.force_sampling) != (DEFAULTS["force_fraction"],
+                                                          DEFAULTS["force_sampling"]):
+            out.update(force_fraction=self.force_fraction, force_sampling=self.force_sampling)
         return out
+
+    def make_optimizer(self, parameters):
+        """This run's ``torch.optim`` optimiser over ``parameters``
+        (:func:`nnpflow.training.optimizers.make_optimizer`)."""
+        from .optimizers import make_optimizer
+        return make_optimizer(self.optimizer, self.optimizer_params, parameters,
+                              self.learning_rate)
 
 
 def _setter(obj):

@@ -346,8 +346,13 @@ def test_all_active_unsupported_models_are_named_in_one_error(workdir):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"Trainer": {"amsgrad": True}}, "Trainer.amsgrad: True is not supported"),
-    ({"Trainer": {"weight_decay": 0.01}}, "Trainer.weight_decay: 0.01 is not supported"),
+    ({"Trainer": {"amsgrad": 1}}, "Trainer.amsgrad: expected true or false, got 1"),
+    ({"Trainer": {"weight_decay": -0.01}}, "Trainer.weight_decay: must be >= 0.0"),
+    ({"Trainer": {"optimizer": "Muon"}}, "Trainer.optimizer: 'Muon' is not supported; "
+                                         "nnpflow trains with Adam or AdamW"),
+    ({"Trainer": {"betas": [0.9]}}, "Trainer.betas: expected two numbers"),
+    ({"Trainer": {"Optimizer": {"name": "Adam", "amsgrad": True}}},
+     "give amsgrad either in Trainer or in Trainer.Optimizer, not both"),
     ({"Trainer": {"resume": 3}}, "Trainer.resume: expected 0"),
     ({"Trainer": {"max_norm": 1.0, "max_grad_norm": 1.0}}, "either max_grad_norm or its alias"),
     ({"Trainer": {"use_emma": True}}, "Trainer.use_emma: unknown key (did you mean 'use_ema'?)"),
@@ -374,6 +379,45 @@ def test_refusals_name_the_key(workdir, changes, message):
     with pytest.raises(ConfigError) as info:
         load_config(config, workdir)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("form", ["flat", "Optimizer"])
+def test_enerzymes_optimizer_keys_reach_the_torch_optimizer(workdir, form):
+    """optimizer/betas/eps/weight_decay/amsgrad (flat, or Enerzyme's Trainer.Optimizer
+    block with name) build torch's AdamW with those hyper-parameters."""
+    keys = {"betas": [0.85, 0.99], "eps": 1e-6, "weight_decay": 1e-4, "amsgrad": True}
+
+    def apply(config):
+        trainer = config["Trainer"]
+        for key in ("weight_decay", "amsgrad"):
+            trainer.pop(key, None)
+        if form == "flat":
+            trainer.update(optimizer="AdamW", **keys)
+        else:
+            trainer["Optimizer"] = {"name": "AdamW", **keys}
+    config = edited(workdir, "molecules.yaml", "adamw.yaml", apply)
+    assert main(["train", "-c", str(config), "-o", "out"]) == 0
+    state = torch.load(workdir / "out" / "FF02-SchNet" / "model_last.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["betas"] == (0.85, 0.99) or list(group["betas"]) == [0.85, 0.99]
+    assert (group["eps"], group["weight_decay"], group["amsgrad"]) == (1e-6, 1e-4, True)
+    assert "decoupled_weight_decay" not in group or group["decoupled_weight_decay"]
+    # the resolved configuration keeps Enerzyme's flat spelling
+    resolved = yaml.safe_load((workdir / "out" / "config.yaml").read_text())["Trainer"]
+    assert (resolved["optimizer"], resolved["amsgrad"]) == ("AdamW", True)
+
+
+def test_the_default_optimizer_adds_nothing_to_a_runs_identity():
+    """Adam without AMSGrad (the default, also when written out) leaves the loop's
+    Trainer mapping, a checkpoint's identity, as it was before these keys existed."""
+    from nnpflow.training.yaml_config import loop_trainer, resolve_trainer
+
+    plain = loop_trainer(resolve_trainer({}))
+    written = loop_trainer(resolve_trainer({"optimizer": "Adam", "amsgrad": False, "eps": 1e-8,
+                                            "weight_decay": 0, "betas": [0.9, 0.999]}))
+    assert plain == written and "optimizer" not in plain
+    ams = loop_trainer(resolve_trainer({"amsgrad": True}))
+    assert (ams["optimizer"], ams["optimizer_params"]) == ("adam", {"amsgrad": True})
 
 
 def test_both_metric_forms_give_the_same_table():
@@ -434,13 +478,13 @@ def test_settings_translation_of_the_enerzyme_keys(workdir):
 
     trainer = resolve_trainer({"use_ema": False, "ema_decay": 0.999, "inference_batch_size": 7,
                                "max_norm": 2.5})
-    s = TrainingSettings.from_trainer(trainer)
+    s = TrainingSettings.from_trainer(loop_trainer(trainer))  # what the loops read
     assert (s.ema_decay, s.inference_batch_size, s.max_grad_norm) == (0.0, 7, 2.5)
     loop = loop_trainer(trainer)
     assert loop["ema_decay"] is None and loop["inference_batch_size"] == 7
     warm = resolve_trainer({"schedule": "constant_with_warmup"})
     assert (warm["schedule"], warm["warmup_ratio"]) == ("constant", 0.01)
-    s = TrainingSettings.from_trainer(resolve_trainer({"ema_use_num_updates": False}))
+    s = TrainingSettings.from_trainer(loop_trainer(resolve_trainer({"ema_use_num_updates": False})))
     assert s.ema_warmup is False and s.layer_stack_trainer(False)["ema_use_num_updates"] is False
     # the defaults add nothing to the loop's mapping: checkpoints keep their identity
     default = loop_trainer(resolve_trainer({}))

@@ -15,7 +15,7 @@ from nnpflow.stages.train import TRAINING_DEFAULTS, ann_training_config, resolve
 from nnpflow.training.config import Adam, TorchTrainingConfig
 from nnpflow.training.settings import (DEFAULTS, FIELD_DOCS, SURFACE_DEFAULTS,
                                        TrainingSettings)
-from nnpflow.training.yaml_config import TRAINER_DEFAULTS, resolve_trainer
+from nnpflow.training.yaml_config import TRAINER_DEFAULTS, loop_trainer, resolve_trainer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "training-settings.md"
 
@@ -29,7 +29,7 @@ def test_train_yaml_sets_enerzymes_differing_defaults_explicitly():
     trainer = resolve_trainer({})
     assert (trainer["schedule"], trainer["ema_decay"], trainer["patience"],
             trainer["max_epochs"], trainer["warmup_ratio"]) == ("linear", 0.99, 50, 100, 0.01)
-    s = TrainingSettings.from_trainer(trainer)
+    s = TrainingSettings.from_trainer(loop_trainer(trainer))  # the loops' mapping
     own = SURFACE_DEFAULTS["train.yaml"]
     for name, value in DEFAULTS.items():
         if name in ("device", "devices", "force_weight"):

@@ -185,13 +185,21 @@ class TrainingMethod:
     def learning_rate(self) -> float:
         raise NotImplementedError
 
+    def _fields(self) -> dict:
+        """The fields, without ``amsgrad`` when it is off (so that a run's identity
+        and saved configuration read as they did before the field existed)."""
+        d = dataclasses.asdict(self)
+        if d.get("amsgrad") is False:
+            d.pop("amsgrad")
+        return d
+
     def to_dict(self) -> dict:
-        return {"method": self.method_name, **dataclasses.asdict(self)}
+        return {"method": self.method_name, **self._fields()}
 
     def optimizer_settings(self) -> tuple[str, dict]:
         """``(optimizer, optimizer_params)`` of :class:`~nnpflow.training.settings.
         TrainingSettings` (the learning rate and batch size are fields of their own)."""
-        params = {k: v for k, v in dataclasses.asdict(self).items()
+        params = {k: v for k, v in self._fields().items()
                   if k not in ("mu", "lr", "batchsize")}
         return self.method_name, params
 
@@ -214,7 +222,8 @@ class TrainingMethod:
 @dataclass
 class Adam(TrainingMethod):
     """Adam: learning rate ``mu``, ``batchsize`` structures per step, L2
-    ``weight_decay``, moment decays ``beta1``/``beta2``, ``epsilon``."""
+    ``weight_decay``, moment decays ``beta1``/``beta2``, ``epsilon``, and
+    ``amsgrad`` (the AMSGrad variant; an nnpflow addition for Enerzyme's files)."""
 
     mu: float = DEFAULTS["learning_rate"]
     batchsize: int = DEFAULTS["batch_size"]
@@ -222,6 +231,7 @@ class Adam(TrainingMethod):
     beta1: float = 0.9
     beta2: float = 0.999
     epsilon: float = 1e-8
+    amsgrad: bool = False
 
     def __post_init__(self) -> None:
         w = type(self).__name__  # Adam or AdamW
@@ -233,6 +243,7 @@ class Adam(TrainingMethod):
         self.beta2 = _number(self.beta2, f"{w}.beta2", minimum=0.0, maximum=1.0,
                              exclusive_max=True)
         self.epsilon = _number(self.epsilon, f"{w}.epsilon", minimum=0.0, exclusive_min=True)
+        self.amsgrad = boolean(self.amsgrad, f"{w}.amsgrad")
 
     @property
     def method_name(self) -> str:

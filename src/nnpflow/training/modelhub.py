@@ -155,8 +155,8 @@ def initial_weights(entry: Mapping[str, Any], path: str | os.PathLike, where: st
     import torch
 
     from ..errors import SchemaError
-    from ..models.model_file import check_payload
-    from ..models.registry import family, load_model
+    from ..models.model_file import model_from_payload
+    from ..models.registry import load_model
     from ..models.stack import LayerStack
     from .checkpoint import CHECKPOINT_SCHEMA, load_checkpoint
 
@@ -171,12 +171,12 @@ def initial_weights(entry: Mapping[str, Any], path: str | os.PathLike, where: st
         if isinstance(raw, Mapping) and raw.get("schema") == CHECKPOINT_SCHEMA:
             state = load_checkpoint(file)
             payload = state.get("model")
-            if not isinstance(payload, Mapping) or "schema" not in payload:
+            if (not isinstance(payload, Mapping) or "schema" not in payload
+                    or payload.get("family", "layer_stack") != "layer_stack"):
                 raise ConfigError(f"{where}: the checkpoint {file} holds no model of the layer-"
                                   "stack family (an ANN checkpoint? use its model_best.pt)")
-            fam = family(payload["schema"])
-            module = fam.load_payload(check_payload(str(file), dict(payload), payload["schema"],
-                                                    fam.SCHEMA_VERSION), "cpu")
+            # the envelope, or the nnpflow.layer_stack v1 dict of an older checkpoint
+            module = model_from_payload(dict(payload), "cpu")
             weights = {k: v.clone() for k, v in module.state_dict().items()}
             kind = "checkpoint (live weights)"
             ema = state.get("ema")

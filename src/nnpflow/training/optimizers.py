@@ -9,7 +9,8 @@ parameters aenet-python's ``Adam(...)``/``SGD(...)`` methods take
 
 * ``adam``/``adamw``: ``beta1``, ``beta2`` (moment decays), ``epsilon``,
   ``weight_decay`` (Adam: L2 added to the gradient; AdamW: decoupled decay of
-  the weights, ``w -= lr * weight_decay * w``);
+  the weights, ``w -= lr * weight_decay * w``), ``amsgrad`` (true: the AMSGrad
+  variant, the running maximum of the second moment; Enerzyme's default);
 * ``sgd``: ``momentum``, ``weight_decay`` (L2 added to the gradient).
 
 :func:`make_optimizer` is the one place a training loop gets its
@@ -28,9 +29,9 @@ __all__ = ["OPTIMIZERS", "OPTIMIZER_PARAMS", "check_optimizer", "make_optimizer"
 #: every optimiser's parameters and their defaults (torch's)
 OPTIMIZER_PARAMS: Mapping[str, Mapping[str, float]] = MappingProxyType({
     "adam": MappingProxyType({"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8,
-                              "weight_decay": 0.0}),
+                              "weight_decay": 0.0, "amsgrad": False}),
     "adamw": MappingProxyType({"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8,
-                               "weight_decay": 0.01}),
+                               "weight_decay": 0.01, "amsgrad": False}),
     "sgd": MappingProxyType({"momentum": 0.0, "weight_decay": 0.0}),
 })
 OPTIMIZERS = tuple(OPTIMIZER_PARAMS)
@@ -44,7 +45,7 @@ _BOUNDS = {"beta1": (0.0, 1.0, False, True), "beta2": (0.0, 1.0, False, True),
 def check_optimizer(name: Any, params: Any, where: str = "") -> tuple[str, dict]:
     """``(name, params)`` checked: a known optimiser and only its own finite
     parameters within their bounds; ``ConfigError`` naming ``where`` + the key."""
-    from .settings import number, reject_unknown, suggest
+    from .settings import boolean, number, reject_unknown, suggest
     if name not in OPTIMIZER_PARAMS:
         raise ConfigError(f"{where}optimizer: {name!r} is not one of "
                           f"{', '.join(OPTIMIZERS)}{suggest(name, OPTIMIZERS)}")
@@ -53,6 +54,9 @@ def check_optimizer(name: Any, params: Any, where: str = "") -> tuple[str, dict]
     reject_unknown(params, OPTIMIZER_PARAMS[name], f"{where}optimizer_params ({name})")
     out = {}
     for key, value in params.items():
+        if key == "amsgrad":
+            out[key] = boolean(value, f"{where}optimizer_params.{key}")
+            continue
         lo, hi, ex_lo, ex_hi = _BOUNDS[key]
         out[key] = number(value, f"{where}optimizer_params.{key}", minimum=lo, maximum=hi,
                           exclusive_min=ex_lo, exclusive_max=ex_hi)
@@ -74,7 +78,7 @@ def make_optimizer(name: str, params: Mapping[str, float], parameters: Iterable,
                                weight_decay=p["weight_decay"])
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     kwargs = dict(lr=learning_rate, betas=(p["beta1"], p["beta2"]), eps=p["epsilon"],
-                  weight_decay=p["weight_decay"])
+                  weight_decay=p["weight_decay"], amsgrad=p["amsgrad"])
     try:
         return cls(parameters, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):

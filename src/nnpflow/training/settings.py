@@ -227,8 +227,11 @@ class TrainingSettings:
 
     @classmethod
     def from_trainer(cls, trainer: Mapping, **overrides) -> "TrainingSettings":
-        """A resolved train.yaml ``Trainer`` section (:func:`nnpflow.training.yaml_config.
-        resolve_trainer`, which filled in :data:`SURFACE_DEFAULTS` ``["train.yaml"]``).
+        """The training loops' mapping of a resolved train.yaml ``Trainer`` section
+        (:func:`nnpflow.training.yaml_config.loop_trainer` of
+        :func:`~nnpflow.training.yaml_config.resolve_trainer`, which filled in
+        :data:`SURFACE_DEFAULTS` ``["train.yaml"]``; the optimiser as ``optimizer``/
+        ``optimizer_params`` in nnpflow's terms).
         ``patience``/``ema_decay`` null become 0 (off), as does ``ema_decay`` with
         ``use_ema: false``; ``ema_use_num_updates`` is ``ema_warmup``; ``force_weight``
         comes from the model's loss (``overrides``)."""

@@ -23,8 +23,9 @@ of Enerzyme's keys is treated, is docs/train-yaml.md.  In short:
     ``Splitter`` and the settings translated into
     :class:`~nnpflow.training.settings.TrainingSettings` (:data:`TRAINER_DEFAULTS`),
     Enerzyme's ``use_ema``, ``ema_use_num_updates``, ``inference_batch_size``,
-    ``max_norm`` (alias of ``max_grad_norm``), ``weight_decay: 0``,
-    ``amsgrad: false``, ``resume`` (0/1/2, see
+    ``max_norm`` (alias of ``max_grad_norm``), the optimiser (``optimizer``
+    Adam/AdamW, ``betas``, ``eps``, ``weight_decay``, ``amsgrad``, flat or in an
+    ``Optimizer`` mapping with ``name``), ``resume`` (0/1/2, see
     :func:`nnpflow.training.session.start_plan`) and keys accepted without
     effect (:data:`TRAINER_NO_EFFECT`, logged once at INFO by ``nnpflow train``).
 ``Metrics`` / ``Metric``
@@ -68,6 +69,14 @@ SPLITTER_DEFAULTS: dict[str, Any] = {
     "method": "random", "parts": ["training", "validation", "test"], "ratios": [0.8, 0.1, 0.1],
     "seed": None, "save": True, "preload": True,
 }
+#: Enerzyme's optimiser names -> nnpflow's (:mod:`nnpflow.training.optimizers`)
+OPTIMIZER_NAMES = {"Adam": "adam", "AdamW": "adamw"}
+#: Enerzyme's optimiser keys (flat in ``Trainer``, or in ``Trainer.Optimizer`` with
+#: ``name``) and nnpflow's defaults for them: Adam without AMSGrad, eps 1e-8 (torch's,
+#: and what the tutorial's runs used); Enerzyme's own code defaults to
+#: ``amsgrad: true``, ``eps: 1e-6``, which a file may set (docs/train-yaml.md)
+OPTIMIZER_KEYS = {"optimizer": "Adam", "betas": [0.9, 0.999], "eps": 1e-8,
+                  "weight_decay": 0.0, "amsgrad": False}
 #: the Trainer keys' defaults: the one set of :data:`nnpflow.training.settings.DEFAULTS`,
 #: except where Enerzyme's train.yaml documents another (``max_epochs`` 100,
 #: ``schedule`` linear, ``warmup_ratio`` 0.01, ``ema_decay`` 0.99, ``patience`` 50:
@@ -84,15 +93,13 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "use_ema": True, "ema_use_num_updates": _D["ema_warmup"],
     "inference_batch_size": _D["inference_batch_size"], "resume": 0,
     "otf_graph": None, "non_target_features": [], "data_in_memory": None, "Monitor": None,
+    **OPTIMIZER_KEYS,
 }
 #: the Trainer keys the training loops read (a checkpoint's identity): Enerzyme's
 #: further keys enter :func:`loop_trainer`'s mapping only where they change training
 LOOP_KEYS = ("Splitter", "batch_size", "cuda", "dtype", "schedule", "schedule_params",
              "learning_rate", "max_epochs", "num_workers", "patience", "seed", "warmup_ratio",
              "ema_decay", "max_grad_norm")
-#: Enerzyme keys nnpflow accepts only with the value that is nnpflow's behaviour
-#: (``weight_decay``/``amsgrad`` of Adam); they are not kept in the resolved section
-FIXED_TRAINER_KEYS = {"weight_decay": 0, "amsgrad": False}
 #: Enerzyme's spelling of ``max_grad_norm`` (a negative value: no clipping)
 TRAINER_ALIASES = {"max_norm": "max_grad_norm"}
 #: Trainer keys accepted without effect, and why (logged once at INFO by nnpflow train)
@@ -271,14 +278,7 @@ def resolve_trainer(raw: Mapping) -> dict:
             if value is not None:
                 value = _float(value, f"{where}.{alias}")
             raw[name] = None if value is None or value <= 0 else value  # <= 0: no clipping
-    for key, accepted in FIXED_TRAINER_KEYS.items():
-        if key in raw:
-            value = raw.pop(key)
-            if value != accepted or isinstance(value, bool) != isinstance(accepted, bool):
-                raise ConfigError(
-                    f"{where}.{key}: {value!r} is not supported; nnpflow's optimiser is Adam "
-                    f"without weight decay or AMSGrad ({key}: {str(accepted).lower()} is "
-                    "accepted)")
+    _resolve_optimizer(raw, where)
     if raw.get("schedule") == "constant_with_warmup":  # Enerzyme's (transformers') name
         raw["schedule"] = "constant"
         raw.setdefault("warmup_ratio", TRAINER_DEFAULTS["warmup_ratio"])
@@ -342,8 +342,54 @@ def resolve_trainer(raw: Mapping) -> dict:
     if out["Monitor"] is not None and not isinstance(out["Monitor"], Mapping):
         raise ConfigError(f"{where}.Monitor: expected a mapping of energy terms to "
                           f"statistics, got {out['Monitor']!r}")
-    TrainingSettings.from_trainer(out)  # the one settings object's checks of every field
+    TrainingSettings.from_trainer(loop_trainer(out))  # the one settings object's checks
     return out
+
+
+def _resolve_optimizer(raw: dict, where: str) -> None:
+    """Check Enerzyme's optimiser keys of ``raw`` in place: a ``Trainer.Optimizer``
+    mapping (``name`` and the keys) becomes the flat keys; the name must be one
+    nnpflow has (:data:`OPTIMIZER_NAMES`)."""
+    block = raw.pop("Optimizer", None)
+    if block is not None:
+        block = dict(_mapping(block, f"{where}.Optimizer"))
+        if "name" in block:
+            block["optimizer"] = block.pop("name")
+        both = sorted(set(block) & set(raw))
+        if both:
+            raise ConfigError(f"{where}: give {', '.join(both)} either in Trainer or in "
+                              "Trainer.Optimizer, not both")
+        check_keys(block, [*OPTIMIZER_KEYS, "learning_rate"], f"{where}.Optimizer")
+        raw.update(block)
+    name = raw.get("optimizer", OPTIMIZER_KEYS["optimizer"])
+    if name not in OPTIMIZER_NAMES:
+        raise ConfigError(f"{where}.optimizer: {name!r} is not supported; nnpflow trains with "
+                          f"{' or '.join(OPTIMIZER_NAMES)}{_suggest(name, OPTIMIZER_NAMES)}")
+    betas = raw.get("betas", OPTIMIZER_KEYS["betas"])
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError(f"{where}.betas: expected two numbers [beta1, beta2], got {betas!r}")
+    raw["betas"] = [number(b, f"{where}.betas[{i}]", minimum=0.0, maximum=1.0,
+                           exclusive_max=True) for i, b in enumerate(betas)]
+    if "eps" in raw:
+        raw["eps"] = number(raw["eps"], f"{where}.eps", minimum=0.0, exclusive_min=True)
+    if "weight_decay" in raw:
+        raw["weight_decay"] = number(raw["weight_decay"], f"{where}.weight_decay", minimum=0.0)
+    if "amsgrad" in raw:
+        _bool(raw["amsgrad"], f"{where}.amsgrad")
+
+
+def _optimizer(trainer: Mapping) -> tuple[str, dict]:
+    """``(optimizer, optimizer_params)`` of a resolved ``Trainer`` section in
+    :class:`~nnpflow.training.settings.TrainingSettings`' terms: only the
+    parameters that differ from torch's defaults of that optimiser."""
+    from .optimizers import OPTIMIZER_PARAMS
+    name = OPTIMIZER_NAMES[trainer.get("optimizer", OPTIMIZER_KEYS["optimizer"])]
+    beta1, beta2 = trainer.get("betas", OPTIMIZER_KEYS["betas"])
+    given = {"beta1": beta1, "beta2": beta2,
+             "epsilon": trainer.get("eps", OPTIMIZER_KEYS["eps"]),
+             "weight_decay": trainer.get("weight_decay", OPTIMIZER_KEYS["weight_decay"]),
+             "amsgrad": trainer.get("amsgrad", OPTIMIZER_KEYS["amsgrad"])}
+    return name, {k: v for k, v in given.items() if v != OPTIMIZER_PARAMS[name][k]}
 
 
 def loop_trainer(trainer: Mapping) -> dict:
@@ -360,6 +406,9 @@ def loop_trainer(trainer: Mapping) -> dict:
         out["ema_use_num_updates"] = False
     if trainer.get("inference_batch_size") is not None:
         out["inference_batch_size"] = int(trainer["inference_batch_size"])
+    name, params = _optimizer(trainer)
+    if name != DEFAULTS["optimizer"] or params:
+        out.update(optimizer=name, optimizer_params=params)
     return out
 
 

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
+from .validators import boolean, number, reject_unknown, suggest
 
 __all__ = ["OPTIMIZERS", "OPTIMIZER_PARAMS", "check_optimizer", "make_optimizer"]
 
@@ -45,7 +46,6 @@ _BOUNDS = {"beta1": (0.0, 1.0, False, True), "beta2": (0.0, 1.0, False, True),
 def check_optimizer(name: Any, params: Any, where: str = "") -> tuple[str, dict]:
     """``(name, params)`` checked: a known optimiser and only its own finite
     parameters within their bounds; ``ConfigError`` naming ``where`` + the key."""
-    from .settings import boolean, number, reject_unknown, suggest
     if name not in OPTIMIZER_PARAMS:
         raise ConfigError(f"{where}optimizer: {name!r} is not one of "
                           f"{', '.join(OPTIMIZERS)}{suggest(name, OPTIMIZERS)}")

@@ -438,7 +438,7 @@ def test_models_saved_before_order_keep_scale_then_shift(tmp_path):
     torch.manual_seed(2)
     old = LayerStack("SchNet", layers, ENERZYME_BUILD).double()
     payload = model_payload(old)
-    for spec in payload["config"]["layers"]:
+    for spec in payload["settings"]["layers"]:
         if spec["name"] == "AtomicAffine":
             del spec["params"]["order"]  # as the older code wrote it
     path = tmp_path / "old.pt"

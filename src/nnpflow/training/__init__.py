@@ -1,4 +1,4 @@
-"""Training: shared infrastructure and the trainers.
+"""Training: one loop for every model family, its parts, and the surfaces that drive it.
 
 The aenet-style API is importable from here, as from aenet-python's
 ``aenet.torch_training`` (the aenet PyTorch dataset specification, with
@@ -10,8 +10,12 @@ The aenet-style API is importable from here, as from aenet-python's
 first use (module ``__getattr__``), so importing :mod:`nnpflow.training.settings`
 or another light submodule does not import torch.
 
-Shared by every trainer (import the submodule you need; nothing heavy is
-imported here):
+The one loop is :mod:`~nnpflow.training.loop` (``TrainingLoop`` and the ``Task``
+protocol a family's batches plug into: :class:`~nnpflow.training.ann_trainer.ANNTrainer`
+for the ANN, :class:`~nnpflow.training.message_passing.LayerStackTask` for layer
+stacks); :mod:`~nnpflow.training.settings` is its one settings object and
+:mod:`~nnpflow.training.optimizers` builds its optimiser.  Its parts (import the
+submodule you need; nothing heavy is imported here):
 
 - :mod:`~nnpflow.training.losses` -- weighted ``rmse``/``mae``/``mse`` losses over
   named fields and exact whole-set metric accumulation (validation score).
@@ -27,7 +31,8 @@ The Enerzyme-style trainer (Enerzyme's train.yaml, ``nnpflow train -c train.yaml
 :mod:`~nnpflow.training.yaml_config` (train.yaml), :mod:`~nnpflow.training.datahub`
 (processed data), :mod:`~nnpflow.training.splitter` (splits),
 :mod:`~nnpflow.training.modelhub` (models and architectures),
-:mod:`~nnpflow.training.message_passing` (the loop for layer-stack models) and
+:mod:`~nnpflow.training.message_passing` (the layer-stack task of the loop),
+:mod:`~nnpflow.training.predict` (``nnpflow predict``) and
 :mod:`~nnpflow.training.session` (one whole ``train`` invocation).
 """
 

@@ -439,14 +439,15 @@ class ANNTrainer:
         return totals
 
     def has_loss(self, totals: torch.Tensor) -> bool:
-        n_e, n_f = float(totals[1]), float(totals[3])
+        # the counts read once per step (has_loss precedes objective in the loop's step)
+        _, n_e, _, n_f = self._counts = totals.tolist()
         return (self.alpha < 1.0 and n_e > 0) or (self.alpha > 0.0 and n_f > 0)
 
     def objective(self, err, totals: torch.Tensor, world: int) -> torch.Tensor:
         if world > 1:  # c * SSE_r, c from the global sums (training.distributed)
             return surrogate_loss(err, totals, self.alpha)
-        return rmse_loss(err.sse_energy, float(totals[1]), err.sse_force, float(totals[3]),
-                         self.alpha)
+        _, n_e, _, n_f = self._counts
+        return rmse_loss(err.sse_energy, n_e, err.sse_force, n_f, self.alpha)
 
     def train_columns(self, sums: torch.Tensor) -> dict:
         s = sums.tolist()

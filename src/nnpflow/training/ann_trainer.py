@@ -61,7 +61,7 @@ from .ann_loss import batch_errors, rmse_loss, surrogate_loss
 from .config import TorchTrainingConfig
 from .force_sampling import force_subset
 from .interrupt import GracefulInterrupt, TrainingInterrupted
-from .loop import CheckpointFiles, TrainingLoop, chunks, epoch_order  # noqa: F401 (re-exported)
+from .loop import CheckpointFiles, TrainingLoop, chunks
 from .normalization import energy_normalization
 
 log = logging.getLogger("nnpflow.training.ann")

@@ -61,7 +61,7 @@ from .datahub import ProcessedData
 from .early_stopping import EarlyStopping
 from .force_sampling import force_subset
 from .interrupt import GracefulInterrupt, TrainingInterrupted
-from .loop import CheckpointFiles, TrainingLoop, chunks, epoch_order  # noqa: F401 (re-exported)
+from .loop import CheckpointFiles, TrainingLoop, chunks
 from .losses import MetricAccumulator, WeightedLoss, metric, term_fields
 from .modelhub import build_model
 from .optimizers import make_optimizer

@@ -73,11 +73,11 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import yaml
 
 from ..errors import ConfigError, InputError, SchemaError
 from ..safe_write import atomic_path, write_text
 from .losses import MetricAccumulator, metric, parse_metric_table
+from .yaml_config import check_keys, load_config, parse_yaml, resolve_datahub
 
 LOGGER_NAME = "nnpflow.predict"
 
@@ -111,13 +111,7 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise InputError(f"no such {what}", source=str(path)) from None
     except OSError as exc:
         raise InputError(f"cannot read {what}: {exc.strerror}", source=str(path)) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML "
-                          f"({getattr(exc, 'problem', exc)})") from None
+    return parse_yaml(text, path)
 
 
 def read_predict_config(path: str | os.PathLike) -> dict:
@@ -129,7 +123,6 @@ def read_predict_config(path: str | os.PathLike) -> dict:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected a mapping of sections "
                           f"({', '.join(PREDICT_SECTIONS)})")
-    from .yaml_config import check_keys
     try:
         check_keys(raw, PREDICT_SECTIONS, "predict.yaml")
         if "Metric" in raw and "Metrics" in raw:
@@ -170,7 +163,6 @@ def read_predict_config(path: str | os.PathLike) -> dict:
 
 def read_run(model_dir: str | os.PathLike) -> tuple[dict, dict]:
     """``(resolved configuration, provenance)`` of a ``nnpflow train`` output directory."""
-    from .yaml_config import load_config
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -241,7 +233,6 @@ def new_data(datahub: Mapping, config: Mapping, out: Path, log: logging.Logger,
              show_progress: bool) -> EvaluationData:
     """Every frame of predict.yaml's Datahub (merged over the run's)."""
     from .datahub import prepare_data
-    from .yaml_config import resolve_datahub
 
     run = config["Datahub"]
     merged = dict(run)

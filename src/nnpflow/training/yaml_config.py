@@ -457,6 +457,18 @@ def resolve_config(raw: Mapping, base_dir: str | os.PathLike = ".") -> dict:
     return config
 
 
+def parse_yaml(text: str, path: str | os.PathLike) -> Any:
+    """The YAML document ``text`` read from ``path``; invalid YAML is a
+    ``ConfigError`` naming the file and line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{path}{line}: not valid YAML ({problem})") from None
+
+
 def load_config(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> dict:
     """Read and resolve a train.yaml; YAML errors name the file and line."""
     path = Path(path)
@@ -464,13 +476,7 @@ def load_config(path: str | os.PathLike, base_dir: str | os.PathLike | None = No
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(f"{path}{line}: not valid YAML ({problem})") from None
+    raw = parse_yaml(text, path)
     if raw is None:
         raise ConfigError(f"{path}: empty configuration")
     try:

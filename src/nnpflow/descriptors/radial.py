@@ -15,19 +15,22 @@ __all__ = ["cutoff_function", "chebyshev_rows"]
 
 
 def cutoff_function(r: torch.Tensor, rc: float, derivative: bool = False,
-                    all_inside: bool = False):
+                    all_inside: bool = False, lower: float | None = None):
     """fc(r) = 1/2 (cos(pi r / rc) + 1) for r < rc, else 0 (and dfc/dr, 1/Å).
 
-    ``all_inside=True`` promises r < rc for every entry (skips the masking)."""
+    ``lower`` (Å): also 0 for r <= lower (the descriptor's ``min_cutoff``, for
+    distances that were not filtered out beforehand).  ``all_inside=True``
+    promises lower < r < rc for every entry (skips the masking)."""
     arg = r * (math.pi / rc)
     fc = torch.cos(arg).add_(1.0).mul_(0.5)
     if not all_inside:
-        fc = torch.where(r < rc, fc, 0.0)
+        inside = r < rc if lower is None else (r > lower) & (r < rc)
+        fc = torch.where(inside, fc, 0.0)
     if not derivative:
         return fc
     dfc = torch.sin(arg).mul_(-0.5 * math.pi / rc)
     if not all_inside:
-        dfc = torch.where(r < rc, dfc, 0.0)
+        dfc = torch.where(inside, dfc, 0.0)
     return fc, dfc
 
 

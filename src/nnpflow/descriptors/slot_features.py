@@ -29,18 +29,9 @@ import math
 
 import torch
 
-from .radial import chebyshev_rows
+from .radial import chebyshev_rows, cutoff_function
 
 __all__ = ["SlotFeatures", "slot_features"]
-
-
-def _cutoff(r: torch.Tensor, lo: float, rc: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fc(r) and dfc/dr (1/Å) for lo < r < rc, zero elsewhere."""
-    inside = (r > lo) & (r < rc)
-    arg = r * (math.pi / rc)
-    fc = torch.where(inside, torch.cos(arg).add_(1.0).mul_(0.5), 0.0)
-    dfc = torch.where(inside, torch.sin(arg).mul_(-0.5 * math.pi / rc), 0.0)
-    return fc, dfc
 
 
 def _rowsum(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +80,7 @@ class SlotFeatures:
         # radial
         rc = desc.rad_cutoff
         r, self.u_rad = _lengths(rad_vectors.reshape(-1, 3))
-        fc, dfc = _cutoff(r, lo, rc)
+        fc, dfc = cutoff_function(r, rc, derivative=True, lower=lo)
         t, dt = chebyshev_rows(r * (2.0 / rc) - 1.0, desc.rad_order, derivative=True)
         d = (t * fc).t().reshape(n, kr, desc.n_rad)                       # (N, K, R+1)
         self.dd = dt.mul_(fc * (2.0 / rc)).addcmul_(t, dfc).t().contiguous()  # dD/dr (E, R+1)
@@ -99,7 +90,7 @@ class SlotFeatures:
         rc = desc.ang_cutoff
         basis = desc.angular_basis
         ra, u = _lengths(ang_vectors.reshape(-1, 3))
-        fa, dfa = _cutoff(ra, lo, rc)
+        fa, dfa = cutoff_function(ra, rc, derivative=True, lower=lo)
         vg = basis.values_and_gradients(basis.monomials(u[:, 0], u[:, 1], u[:, 2]))
         y = vg[:, 0]                                                       # (E, nY)
         self.ang = (u, ra, fa, dfa, y, vg[:, 1:])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import pickle
 import shutil
 from pathlib import Path
 
@@ -15,35 +14,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from ase.data import chemical_symbols
 
 from nnpflow.cli import main
 from nnpflow.database import DatabaseReader
 from nnpflow.models.batch import packed_for_model
 from nnpflow.models.model_file import load_layer_stack
 
-REFS = {"H": -0.1, "C": -0.2, "O": -0.3}
-
-
-def make_pickle(path: Path, n_frames: int, seed: int) -> dict:
-    from ase.build import molecule
-    from ase.calculators.emt import EMT
-
-    rng = np.random.default_rng(seed)
-    base = molecule("CH3OH")
-    coords, energy, grad = [], [], []
-    for _ in range(n_frames):
-        atoms = base.copy()
-        atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
-        atoms.calc = EMT()
-        coords.append(atoms.positions.copy())
-        energy.append(atoms.get_potential_energy())
-        grad.append(-atoms.get_forces())
-    data = {"coordinates": np.array(coords), "atomic_numbers": base.numbers.copy(),
-            "energy": np.array(energy), "gradient": np.array(grad),
-            "symbols": base.get_chemical_symbols()}
-    with open(path, "wb") as fh:
-        pickle.dump(data, fh)
-    return data
+from test_train_cli import ATOMIC_ENERGIES as REFS, make_dataset, write_methanol_frames
 
 
 LAYERS = [{"name": "RangeSeparation"}, {"name": "GaussianSmearing", "params": {"cuton": 0.0}},
@@ -88,9 +66,7 @@ MODELS = ("FF01-SchNet-tiny", "FF02-SchNet")
 def run_dir(tmp_path_factory):
     """A finished ``nnpflow train`` run (trained once for the module)."""
     folder = tmp_path_factory.mktemp("run")
-    make_pickle(folder / "dataset.pkl", 12, seed=0)
-    (folder / "atomic_energy.csv").write_text(
-        "atom_type,atomic_energy\n" + "".join(f"{k},{v}\n" for k, v in REFS.items()))
+    make_dataset(folder, 12, seed=0)
     (folder / "train.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
@@ -201,7 +177,8 @@ def test_unsaved_split_is_drawn_again(run, tmp_path):
 
 
 def test_with_datahub_evaluates_every_frame_of_new_data(run, tmp_path):
-    raw = make_pickle(tmp_path / "new.pkl", 5, seed=42)
+    raw = write_methanol_frames(tmp_path / "new.pkl", 5, seed=42)
+    symbols = [chemical_symbols[z] for z in raw["atomic_numbers"]]
     config = write_yaml(tmp_path / "predict.yaml", {
         "Datahub": {"data_path": "new.pkl", "data_format": "pickle",
                     "features": {"Ra": "coordinates", "Za": "atomic_numbers"},
@@ -215,14 +192,14 @@ def test_with_datahub_evaluates_every_frame_of_new_data(run, tmp_path):
     out = tmp_path / "pred"
     assert len(list(out.glob("processed_dataset_*"))) == 1
     # references: the run's transforms applied to the raw data, computed here
-    offset = sum(REFS[s] for s in raw["symbols"])
+    offset = sum(REFS[s] for s in symbols)
     npz = np.load(out / "FF01-SchNet-tiny-prediction.npz")
     assert npz["frame"].tolist() == list(range(5))
     np.testing.assert_allclose(npz["E"], raw["energy"] - offset, rtol=1e-12)
     np.testing.assert_allclose(npz["Fa"], -raw["gradient"].reshape(-1, 3), rtol=1e-12)
     assert npz["Za"].tolist() == raw["atomic_numbers"].tolist() * 5
     from nnpflow.structure import Structure
-    structures = [Structure(positions=p, species=raw["symbols"]) for p in raw["coordinates"]]
+    structures = [Structure(positions=p, species=symbols) for p in raw["coordinates"]]
     model, _ = load_layer_stack(run / "FF01-SchNet-tiny" / "model_best.pt")
     model = model.double().eval()
     inputs, _ = packed_for_model(structures, model).batch(np.arange(5), dtype=torch.float64)
@@ -321,9 +298,7 @@ def test_ann_run_is_predicted_through_the_registry(tmp_path, monkeypatch):
     """An ``architecture: ANN`` model of a train.yaml goes the same way."""
     from nnpflow.training.potential import TorchANNPotential
 
-    make_pickle(tmp_path / "dataset.pkl", 8, seed=1)
-    (tmp_path / "atomic_energy.csv").write_text(
-        "atom_type,atomic_energy\n" + "".join(f"{k},{v}\n" for k, v in REFS.items()))
+    make_dataset(tmp_path, 8, seed=1)
     config = copy.deepcopy(CONFIG)
     config["Modelhub"] = {"FF03": {
         "architecture": "ANN", "hidden": [[4, "tanh"]],

@@ -30,7 +30,13 @@ from nnpflow.training.yaml_config import resolve_config
 MODEL_DIR = "FF01-SchNet-tiny"
 
 
-def make_dataset(folder: Path, n_frames: int = 12, seed: int = 0) -> None:
+#: the atomic reference energies (eV) of :func:`make_dataset`'s atomic_energy.csv
+ATOMIC_ENERGIES = {"H": -0.1, "C": -0.2, "O": -0.3}
+
+
+def write_methanol_frames(path: Path, n_frames: int, seed: int) -> dict:
+    """A pickle of ``n_frames`` rattled CH3OH frames with EMT energies (eV) and energy
+    gradients (eV/Å) in Enerzyme's dict-of-arrays layout; returns its content."""
     from ase.build import molecule
     from ase.calculators.emt import EMT
 
@@ -46,9 +52,17 @@ def make_dataset(folder: Path, n_frames: int = 12, seed: int = 0) -> None:
         grad.append(-atoms.get_forces())
     data = {"coordinates": np.array(coords), "atomic_numbers": base.numbers.copy(),
             "energy": np.array(energy), "gradient": np.array(grad)}
-    with open(folder / "dataset.pkl", "wb") as fh:
+    with open(path, "wb") as fh:
         pickle.dump(data, fh)
-    (folder / "atomic_energy.csv").write_text("atom_type,atomic_energy\nH,-0.1\nC,-0.2\nO,-0.3\n")
+    return data
+
+
+def make_dataset(folder: Path, n_frames: int = 12, seed: int = 0) -> dict:
+    """dataset.pkl (:func:`write_methanol_frames`) and atomic_energy.csv in ``folder``."""
+    data = write_methanol_frames(folder / "dataset.pkl", n_frames, seed)
+    (folder / "atomic_energy.csv").write_text(
+        "atom_type,atomic_energy\n" + "".join(f"{k},{v}\n" for k, v in ATOMIC_ENERGIES.items()))
+    return data
 
 
 CONFIG = {
@@ -389,117 +403,6 @@ def test_periodic_cells_from_extxyz_xsf_and_database(workdir, data_format):
     assert metrics["n_structures"] == 2 and set(metrics["per_species"]) == {"Cu"}
     text = logs(workdir)[-1]
     assert "pair lists for 8 structures" in text and "targets E, Fa" in text
-
-
-SPEC_EXAMPLE = """
-Datahub:
-    data_path: "dataset.pkl"
-    data_format: "pickle"
-    features:
-        N: "number_of_atoms"
-        Ra: "coordinates"
-        Za: "atomic_numbers"
-        Q: "total_charge"
-    targets:
-        E: "energy"
-        Fa: "forces"
-        Qa: "atomic_charges"
-        M2: "dipole"
-    compression: true
-    preload: true
-    transforms:
-        atomic_energy: "atomic_energy.csv"
-        negative_gradient: true
-Modelhub:
-    FF01:
-        suffix:
-        architecture: SchNet
-        active: true
-        build_params:
-            dim_embedding: 16
-            num_rbf: 8
-            max_Za: 94
-            cutoff_sr: 5.0
-            Hartree_in_E: 1
-            Bohr_in_R: 0.5291772108
-        layers:
-          - name: RangeSeparation
-          - name: GaussianSmearing
-          - name: RandomAtomEmbedding
-          - name: Core
-            params:
-                num_interactions: 2
-                hidden_channels: 16
-          - name: AtomicAffine
-          - name: ChargeConservation
-          - name: AtomicCharge2Dipole
-          - name: ElectrostaticEnergy
-          - name: EnergyReduce
-          - name: Force
-        loss:
-            rmse:
-                Fa: 52.917721
-                Qa: 1
-                E: 1
-                M2: 1.8897261
-                Q: 1
-Trainer:
-    Splitter:
-        method: random
-        parts:
-        - training
-        - validation
-        - test
-        preload: true
-        ratios:
-        - 0.5
-        - 0.25
-        - 0.25
-        save: true
-        seed: 42
-    batch_size: 4
-    cuda: false
-    dtype: float32
-    schedule: linear
-    learning_rate: 0.001
-    max_epochs: 1
-    num_workers: 0
-    patience: 50
-    seed: 42
-    warmup_ratio: 0.001
-Metrics:
-    rmse:
-        E: 1
-        Fa: 52.917721
-        Qa: 1
-        M2: 1.8897261
-        Q: 1
-"""
-
-
-def test_spec_example_with_charges_and_dipoles(workdir):
-    """spec 004's train.yaml as written (charges, dipoles, total charge, electrostatics)."""
-    rng = np.random.default_rng(0)
-    frames = []
-    for k in range(8):
-        n = 5 if k % 2 else 6  # frames of different sizes, padded to 6 atoms with N given
-        pos = np.zeros((6, 3))
-        pos[:n] = rng.uniform(0, 2.5, (n, 3)) + np.arange(n)[:, None] * 1.2
-        q = rng.normal(0, 0.2, 6)
-        frames.append({"number_of_atoms": n, "coordinates": pos,
-                       "atomic_numbers": np.array([6, 1, 1, 8, 1, 1]),
-                       "total_charge": float(k % 3 - 1),
-                       "energy": float(rng.normal()), "forces": rng.normal(size=(6, 3)),
-                       "atomic_charges": q, "dipole": rng.normal(size=3)})
-    with open(workdir / "dataset.pkl", "wb") as fh:
-        pickle.dump(frames, fh)
-    (workdir / "train.yaml").write_text(SPEC_EXAMPLE)
-    assert main(["train", "-c", "train.yaml", "-o", "."]) == 0
-    metrics = json.loads((workdir / "FF01-SchNet" / "test_metrics.json").read_text())
-    assert set(metrics["terms"]) == {"rmse_E", "rmse_Fa", "rmse_Qa", "rmse_M2", "rmse_Q"}
-    assert (workdir / "config.yaml").exists() and list((workdir / "logs").glob("train-*.log"))
-    model, _ = load_layer_stack(workdir / "FF01-SchNet" / "model_best.pt")
-    assert model.outputs == ["E", "Fa", "Qa", "Q", "M2"]
 
 
 def test_npz_data_gives_the_same_processed_structures_as_pickle(workdir):

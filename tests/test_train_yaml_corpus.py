@@ -618,3 +618,6 @@ def test_the_tutorials_configuration_verbatim(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "FF01-SchNet" / "test_metrics.json").read_text())
     assert metrics["n_structures"] == 2
     assert set(metrics["terms"]) == {"rmse_E", "rmse_Fa", "rmse_Qa", "rmse_M2", "rmse_Q"}
+    assert (tmp_path / "config.yaml").exists() and list((tmp_path / "logs").glob("train-*.log"))
+    model, _ = load_layer_stack(tmp_path / "FF01-SchNet" / "model_best.pt")
+    assert model.outputs == ["E", "Fa", "Qa", "Q", "M2"]  # charges, total charge, dipole

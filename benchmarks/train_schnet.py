@@ -7,10 +7,13 @@ The model is the spec-004 SchNet stack (RangeSeparation, GaussianSmearing,
 RandomAtomEmbedding, Core with 4 interactions and 128 channels, 128 Gaussians,
 cutoff 5 Å, AtomicAffine, EnergyReduce, Force) trained on energies and forces
 (loss: rmse E + 10 rmse Fa, Adam) of 9-atom molecules (ethanol, randomly
-displaced), through the trainer's own code path
-(:func:`nnpflow.training.message_passing.optimizer_step` on
-:class:`nnpflow.models.batch.PackedGraphs` batches).  Each step includes the
-batch assembly.  Reported: the median and the best of ``--repeats`` timing
+displaced): the model step the training loop makes (:func:`optimizer_step` below:
+forward with forces, :class:`~nnpflow.training.losses.WeightedLoss`, backward,
+Adam from the loop's builder :func:`nnpflow.training.optimizers.make_optimizer`) on
+:class:`nnpflow.models.batch.PackedGraphs` batches, without the loop's per-step
+bookkeeping (which ``benchmarks/schnet_memory.py`` times through the train stage),
+so that the step can be captured in a CUDA graph.  Each step includes the batch
+assembly.  Reported: the median and the best of ``--repeats`` timing
 windows (the best is closest to a quiet machine), in wall time.
 ``--conventional`` also times :class:`ConventionalSchNet` (the same model written
 the usual way: directed pair list with both directions, one ``nn.Linear`` filter
@@ -50,13 +53,26 @@ from nnpflow.runtime import configure_threads, resolve_device  # noqa: E402
 from nnpflow.structure import Structure  # noqa: E402
 from nnpflow.runtime import keep_freed_memory  # noqa: E402
 from nnpflow.training.losses import WeightedLoss  # noqa: E402
-from nnpflow.training.message_passing import make_adam, optimizer_step  # noqa: E402
+from nnpflow.training.optimizers import make_optimizer  # noqa: E402
 
 BUILD = {"dim_embedding": 128, "num_rbf": 128, "max_Za": 94, "cutoff_sr": 5.0}
 LAYERS = [{"name": "RangeSeparation"}, {"name": "GaussianSmearing"},
           {"name": "RandomAtomEmbedding"},
           {"name": "Core", "params": {"num_interactions": 4, "hidden_channels": 128}},
           {"name": "AtomicAffine"}, {"name": "EnergyReduce"}, {"name": "Force"}]
+
+
+def optimizer_step(model: LayerStack, loss_fn: WeightedLoss, optimizer: torch.optim.Optimizer,
+                   params: list[torch.Tensor], inputs: dict, targets: dict) -> torch.Tensor:
+    """One optimiser step on a batch; returns the (detached) batch loss.  Gradients
+    for the trainable parameters only (the positions require gradients for the
+    forces); no host synchronisation, so the step can be captured in a CUDA graph."""
+    out = model(inputs)
+    loss, _ = loss_fn(out, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    optimizer.step()
+    return loss.detach()
 
 
 def molecules(n: int, seed: int = 0) -> list[Structure]:
@@ -174,7 +190,7 @@ def make_step(batch_size: int, device: torch.device, cuda_graphs: bool, dtype: t
                 static_tg[key].copy_(v, non_blocking=True)
             graph.replay()
         return step
-    optimizer = make_adam(params, 1e-4)
+    optimizer = make_optimizer("adam", {}, params, 1e-4)
     if device.type == "cuda":
         def step(k):
             optimizer_step(model, loss_fn, optimizer, params, *batches[k % n_batches])

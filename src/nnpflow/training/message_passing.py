@@ -64,7 +64,6 @@ from .interrupt import GracefulInterrupt, TrainingInterrupted
 from .loop import CheckpointFiles, TrainingLoop, chunks
 from .losses import MetricAccumulator, WeightedLoss, metric, term_fields
 from .modelhub import build_model
-from .optimizers import make_optimizer
 from .settings import TrainingSettings
 
 #: Trainer keys that may change when resuming (they do not change results)
@@ -141,31 +140,6 @@ def iter_batches(packed: PackedGraphs, batches: list[np.ndarray], dtype: torch.d
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
         yield inputs, targets
-
-
-def make_adam(params: list[torch.Tensor], lr) -> torch.optim.Adam:
-    """Adam (Enerzyme's optimiser, the Trainer's default), fused into one kernel per
-    step where torch supports it (:func:`~nnpflow.training.optimizers.make_optimizer`)."""
-    return make_optimizer("adam", {}, params, lr)
-
-
-def optimizer_step(model: LayerStack, loss_fn: WeightedLoss, optimizer: torch.optim.Optimizer,
-                   params: list[torch.Tensor], inputs: dict, targets: dict,
-                   max_grad_norm: float | None = None) -> torch.Tensor:
-    """One optimiser step on a batch; returns the (detached) batch loss.
-
-    Gradients are computed for the trainable parameters only (not for the
-    positions, which require gradients for the forces).  No host
-    synchronisation, so the step can be captured in a CUDA graph.
-    """
-    out = model(inputs)
-    loss, _ = loss_fn(out, targets)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward(inputs=params)
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    return loss.detach()
 
 
 # --------------------------------------------------------------- evaluation
